@@ -1,0 +1,733 @@
+#!/usr/bin/env python3
+"""Benchmark sigscope against an untraced run and bpftrace.
+
+Benchmark tooling, not part of the installed package. Run as root from the repository root:
+
+    python3 bench/run.py                       # 3 paired rounds, tgkill, 1,000,000 signals
+    python3 bench/run.py --quick               # smoke test: 100,000 signals, 1 round
+    python3 bench/run.py --via kill --rounds 5 --configs untraced,sigscope-trace
+    python3 bench/run.py --paced               # highest zero-loss rate of `sigscope trace --json`
+
+The workload is bench/loadgen.c, compiled here with the system C compiler. Every round runs
+every configuration once (in a rotated order), so drift on the machine affects all alike and
+slowdowns are computed against the untraced run of the same round. Prints a markdown table of
+medians and writes every run's raw numbers to bench/out/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import queue
+import re
+import select
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+OUT_DIR = BENCH_DIR / "out"
+
+LOADGEN_COMM = "loadgen"  # the binary is named so; tracers filter on this sender comm
+BENCH_SIGNAL = 10  # SIGUSR1, loadgen's default
+VIAS = ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_send_signal")
+CONFIGS = ("untraced", "sigscope-trace", "sigscope-top", "bpftrace-stream", "bpftrace-count")
+STREAMING_CONFIGS = ("sigscope-trace", "bpftrace-stream")
+
+READY_TIMEOUT_S = 60.0  # bpftrace compiles with LLVM at start-up; allow for a slow machine
+STOP_TIMEOUT_S = 60.0  # a tracer drains its buffers after SIGINT
+PROBE_TIMEOUT_S = 30.0
+
+
+class BenchError(Exception):
+    """A run that could not be completed; the message is one line."""
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass
+class RunResult:
+    """One configuration run once in one round."""
+
+    config: str
+    round: int
+    via: str
+    count: int
+    available: bool = True
+    error: Optional[str] = None
+    sent: Optional[int] = None
+    failed: Optional[int] = None
+    elapsed_s: Optional[float] = None
+    rate: Optional[float] = None
+    slowdown: Optional[float] = None  # untraced rate of the same round / this run's rate
+    captured: Optional[int] = None
+    lost: Optional[int] = None
+    exact: Optional[bool] = None  # captured + lost == sent
+    tracer_cpu_s: Optional[float] = None
+    tracer_maxrss_mib: Optional[float] = None
+    ready_s: Optional[float] = None
+
+
+@dataclass
+class TracerSpec:
+    """How to start one tracer, recognise that it is ready, and count what it saw."""
+
+    argv: list[str]
+    ready_prefix: str
+    ready_on_stdout: bool  # bpftrace prints "Attaching N probes..." on stdout, sigscope on stderr
+    # (stdout lines, stderr, via) -> (captured, lost); stdout is streamed: it can be 100s of MB
+    count: Callable[[Iterable[str], str, str], tuple[int, int]]
+    env: Optional[dict] = None
+
+
+@dataclass
+class LoadgenResult:
+    via: str
+    sent: int
+    failed: int
+    elapsed_s: float
+    rate: float
+
+
+@dataclass
+class ChildRegistry:
+    """Every process we start, so that all of them are killed at the end, whatever happens."""
+
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    def popen(self, argv: list[str], **kwargs) -> subprocess.Popen:
+        proc = subprocess.Popen(argv, **kwargs)
+        self.processes.append(proc)
+        return proc
+
+    def kill_all(self) -> None:
+        for proc in self.processes:
+            if proc.returncode is None and proc.poll() is None:
+                proc.kill()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def median_or_none(values: Iterable[Optional[float]]) -> Optional[float]:
+    """Median of the values that are not None; None when there are none."""
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def round_order(configs: list[str], round_index: int) -> list[str]:
+    """Rotate the configuration order each round so no configuration always runs first."""
+    if not configs:
+        return []
+    shift = round_index % len(configs)
+    return configs[shift:] + configs[:shift]
+
+
+def pair_by_round(results: Iterable[RunResult]) -> dict[int, dict[str, RunResult]]:
+    """Group runs as {round: {config: result}}."""
+    rounds: dict[int, dict[str, RunResult]] = {}
+    for result in results:
+        rounds.setdefault(result.round, {})[result.config] = result
+    return rounds
+
+
+def apply_slowdowns(results: list[RunResult]) -> None:
+    """Set each traced run's slowdown against the untraced run of the same round."""
+    for runs in pair_by_round(results).values():
+        baseline = runs.get("untraced")
+        for result in runs.values():
+            if baseline is None or not baseline.rate or not result.rate:
+                result.slowdown = None
+            else:
+                result.slowdown = baseline.rate / result.rate
+
+
+def exact_summary(results: list[RunResult]) -> str:
+    checks = [r.exact for r in results if r.exact is not None]
+    if not checks:
+        return "n/a"
+    if all(checks):
+        return "yes"
+    return f"no ({checks.count(False)}/{len(checks)} runs)"
+
+
+def format_number(value: Optional[float], digits: int = 0, suffix: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if digits == 0:
+        return f"{value:,.0f}{suffix}"
+    return f"{value:,.{digits}f}{suffix}"
+
+
+TABLE_HEADER = (
+    "config",
+    "rate (signals/s)",
+    "slowdown",
+    "captured",
+    "lost",
+    "captured+lost == sent",
+    "tracer CPU (s)",
+    "tracer max RSS (MiB)",
+    "ready (s)",
+)
+
+
+def summary_row(config: str, runs: list[RunResult]) -> list[str]:
+    """One table row of medians over the rounds; n/a when the configuration never ran."""
+    usable = [r for r in runs if r.available and r.error is None]
+    if not usable:
+        reason = "n/a"
+        if runs and runs[0].available and runs[0].error:
+            reason = "error"
+        return [config] + [reason] * (len(TABLE_HEADER) - 1)
+    traced = config != "untraced"
+    return [
+        config,
+        format_number(median_or_none(r.rate for r in usable)),
+        format_number(median_or_none(r.slowdown for r in usable), 2, "x") if traced else "1.00x",
+        format_number(median_or_none(r.captured for r in usable)),
+        format_number(median_or_none(r.lost for r in usable)),
+        exact_summary(usable),
+        format_number(median_or_none(r.tracer_cpu_s for r in usable), 2),
+        format_number(median_or_none(r.tracer_maxrss_mib for r in usable), 1),
+        format_number(median_or_none(r.ready_s for r in usable), 2),
+    ]
+
+
+def format_table(results: list[RunResult], configs: list[str]) -> str:
+    """A markdown table, one row per configuration, medians over the rounds."""
+    rows = [list(TABLE_HEADER), ["---"] * len(TABLE_HEADER)]
+    for config in configs:
+        rows.append(summary_row(config, [r for r in results if r.config == config]))
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def find_max_zero_loss_rate(
+    fails_at: Callable[[int], bool], start: int = 100_000, refine_steps: int = 4,
+    max_rate: int = 100_000_000,
+) -> Optional[int]:
+    """Highest rate at which fails_at(rate) is False: double from start until it fails, then
+    bisect refine_steps times between the last clean and the first failing rate.
+    None when even the lowest rate tried fails."""
+    clean, failing = 0, None
+    rate = start
+    while rate <= max_rate:
+        if fails_at(rate):
+            failing = rate
+            break
+        clean = rate
+        rate *= 2
+    if failing is None:
+        return clean
+    for _ in range(refine_steps):
+        middle = (clean + failing) // 2
+        if middle <= clean:
+            break
+        if fails_at(middle):
+            failing = middle
+        else:
+            clean = middle
+    return clean or None
+
+
+# ----------------------------------------------------------------------------- output parsing
+
+
+def json_lines(lines: Iterable[str]) -> Iterable[dict]:
+    for line in lines:
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue  # a record cut short by a kill is not worth crashing over
+        if isinstance(value, dict):
+            yield value
+
+
+def sender_comm(record: dict) -> Optional[str]:
+    sender = record.get("sender")
+    if isinstance(sender, dict):
+        return sender.get("comm")
+    return record.get("sender_comm")
+
+
+def count_trace_records(stdout: Iterable[str], stderr: str, via: str) -> tuple[int, int]:
+    """`sigscope trace --json`: signal records sent by loadgen via `via`, and reported losses."""
+    captured = lost = 0
+    for record in json_lines(stdout):
+        kind = record.get("type")
+        if kind == "signal" and record.get("via") == via and sender_comm(record) == LOADGEN_COMM:
+            captured += 1
+        elif kind == "lost":
+            lost += int(record.get("count", 0))
+    return captured, lost
+
+
+def count_top_intervals(stdout: Iterable[str], stderr: str, via: str) -> tuple[int, int]:
+    """`sigscope top --json`: sum of row counts for `via` over all intervals, and their losses."""
+    captured = lost = 0
+    for interval in json_lines(stdout):
+        for row in interval.get("rows", []):
+            if isinstance(row, dict) and row.get("via") == via:
+                captured += int(row.get("count", 0))
+        lost += int(interval.get("lost", 0) or 0)
+    return captured, lost
+
+
+BPFTRACE_LOST = re.compile(r"Lost (\d+) events")
+
+
+def bpftrace_lost(text: str) -> int:
+    return sum(int(n) for n in BPFTRACE_LOST.findall(text))
+
+
+def count_bpftrace_stream(stdout: Iterable[str], stderr: str, via: str) -> tuple[int, int]:
+    captured = lost = 0
+    for line in stdout:
+        if line.startswith("S "):
+            captured += 1
+        else:
+            lost += bpftrace_lost(line)
+    return captured, lost + bpftrace_lost(stderr)
+
+
+BPFTRACE_MAP_ENTRY = re.compile(rf"@\[{BENCH_SIGNAL}\]: (\d+)")
+
+
+def count_bpftrace_map(stdout: Iterable[str], stderr: str, via: str) -> tuple[int, int]:
+    for line in stdout:
+        match = BPFTRACE_MAP_ENTRY.match(line)
+        if match:
+            return int(match.group(1)), 0
+    return 0, 0
+
+
+# ----------------------------------------------------------------------------- tracers
+
+
+BPFTRACE_FILTER = f'/comm == "{LOADGEN_COMM}" && args->sig == {BENCH_SIGNAL}/'
+BPFTRACE_STREAM = (
+    f"tracepoint:signal:signal_generate {BPFTRACE_FILTER} "
+    '{ printf("S %d %d %d\\n", args->sig, args->pid, args->result); }'
+)
+BPFTRACE_COUNT = (
+    f"tracepoint:signal:signal_generate {BPFTRACE_FILTER} {{ @[args->sig] = count(); }}"
+)
+
+
+def sigscope_command(option: Optional[str]) -> tuple[list[str], Optional[dict]]:
+    """The sigscope command line and environment: --sigscope, else `sigscope` on PATH, else
+    `python3 -m sigscope` with this checkout's src/ on PYTHONPATH."""
+    if option:
+        return shlex.split(option), None
+    if shutil.which("sigscope"):
+        return ["sigscope"], None
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_DIR / "src"),
+                                                      env.get("PYTHONPATH")]))
+    return [sys.executable, "-m", "sigscope"], env
+
+
+def command_works(argv: list[str], env: Optional[dict]) -> bool:
+    try:
+        probe = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, timeout=PROBE_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+def tracer_specs(sigscope: list[str], env: Optional[dict], system_wide: bool = False
+                 ) -> dict[str, TracerSpec]:
+    """Every tracer configuration; system_wide drops sigscope's sender filter (paced mode)."""
+    comm_filter = [] if system_wide else ["-c", LOADGEN_COMM]
+    return {
+        "sigscope-trace": TracerSpec(sigscope + ["trace", "--json"] + comm_filter, "Tracing",
+                                     False, count_trace_records, env),
+        "sigscope-top": TracerSpec(sigscope + ["top", "--json", "-c", LOADGEN_COMM, "-i", "1"],
+                                   "Tracing", False, count_top_intervals, env),
+        "bpftrace-stream": TracerSpec(["bpftrace", "-e", BPFTRACE_STREAM], "Attaching", True,
+                                      count_bpftrace_stream),
+        "bpftrace-count": TracerSpec(["bpftrace", "-e", BPFTRACE_COUNT], "Attaching", True,
+                                     count_bpftrace_map),
+    }
+
+
+def available_configs(specs: dict[str, TracerSpec], sigscope: list[str],
+                      env: Optional[dict]) -> set[str]:
+    available = {"untraced"}
+    if shutil.which("bpftrace"):
+        available |= {"bpftrace-stream", "bpftrace-count"}
+    for sub, config in (("trace", "sigscope-trace"), ("top", "sigscope-top")):
+        if command_works(sigscope + [sub, "--help"], env):
+            available.add(config)
+    return available & (set(specs) | {"untraced"})
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def compile_loadgen(out_dir: Path) -> Path:
+    compiler = os.environ.get("CC", "cc")
+    binary = out_dir / LOADGEN_COMM
+    argv = [compiler, "-O2", "-Wall", "-pthread", "-o", str(binary), str(BENCH_DIR / "loadgen.c")]
+    try:
+        build = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise BenchError(f"cannot compile loadgen with {compiler}: {error}") from None
+    if build.returncode != 0:
+        raise BenchError(f"loadgen does not compile: {build.stderr.strip().splitlines()[:1]}")
+    return binary
+
+
+def parse_loadgen_output(stdout: str) -> LoadgenResult:
+    for value in json_lines(stdout.splitlines()):
+        return LoadgenResult(value["via"], int(value["sent"]), int(value["failed"]),
+                             float(value["elapsed_s"]), float(value["rate"]))
+    raise BenchError(f"loadgen printed no result: {stdout.strip()[:200]!r}")
+
+
+def loadgen_timeout(count: int) -> float:
+    return max(60.0, count / 5_000)  # even a heavily slowed run sends 5k signals/s
+
+
+def run_loadgen(children: ChildRegistry, loadgen: Path, via: str, count: int,
+                rate: Optional[int] = None) -> LoadgenResult:
+    argv = [str(loadgen), "--via", via, "--count", str(count)]
+    if rate:
+        argv += ["--rate", str(rate)]
+    proc = children.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=loadgen_timeout(count))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise BenchError(f"loadgen timed out after {loadgen_timeout(count):.0f} s") from None
+    return parse_loadgen_output(stdout)
+
+
+def wait_with_rusage(proc: subprocess.Popen, timeout: float) -> tuple[int, object]:
+    """Reap proc with wait4 to get its own rusage; raises TimeoutError after timeout."""
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        if not select.select([pidfd], [], [], timeout)[0]:
+            raise TimeoutError
+    finally:
+        os.close(pidfd)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage
+
+
+def collect_lines(stream, lines: list[str], arrivals: queue.Queue) -> None:
+    for line in stream:
+        lines.append(line)
+        arrivals.put(line)
+    arrivals.put(None)  # end of stream
+
+
+@dataclass
+class RunningTracer:
+    proc: subprocess.Popen
+    stdout_path: Path
+    stderr_lines: list[str]
+    stderr_reader: threading.Thread
+    ready_s: float
+
+
+def file_has_line(path: Path, prefix: str) -> bool:
+    with open(path, errors="replace") as out:
+        return any(line.startswith(prefix) for line in out)
+
+
+def wait_ready(proc: subprocess.Popen, spec: TracerSpec, stdout_path: Path,
+               arrivals: queue.Queue, started: float) -> float:
+    """Seconds from exec to the tracer's ready line; BenchError if it exits or times out."""
+    deadline = started + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if spec.ready_on_stdout:
+            # A file has no ready notification; a 5 ms poll bounds the measurement error.
+            if file_has_line(stdout_path, spec.ready_prefix):
+                return time.monotonic() - started
+            if proc.poll() is not None:
+                break
+            time.sleep(0.005)
+            continue
+        try:
+            line = arrivals.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        if line is None:
+            break
+        if line.startswith(spec.ready_prefix):
+            return time.monotonic() - started
+    status = proc.poll()
+    if status is None:
+        raise BenchError(f"tracer not ready after {READY_TIMEOUT_S:.0f} s")
+    raise BenchError(f"tracer exited with status {status} before its ready line")
+
+
+def start_tracer(children: ChildRegistry, spec: TracerSpec, stdout_path: Path) -> RunningTracer:
+    started = time.monotonic()
+    with open(stdout_path, "w") as stdout_file:
+        try:
+            # A session of its own: a Ctrl-C at the terminal reaches only us; we stop it.
+            proc = children.popen(spec.argv, stdout=stdout_file, stderr=subprocess.PIPE,
+                                  text=True, env=spec.env, start_new_session=True)
+        except OSError as error:
+            raise BenchError(f"cannot start {spec.argv[0]}: {error.strerror}") from None
+    stderr_lines: list[str] = []
+    arrivals: queue.Queue = queue.Queue()
+    stderr_reader = threading.Thread(target=collect_lines,
+                                     args=(proc.stderr, stderr_lines, arrivals), daemon=True)
+    stderr_reader.start()
+    try:
+        ready_s = wait_ready(proc, spec, stdout_path, arrivals, started)
+    except BenchError as error:
+        tail = "".join(stderr_lines[-3:]).strip().replace("\n", " | ")
+        raise BenchError(f"{error}: {tail}" if tail else str(error)) from None
+    return RunningTracer(proc, stdout_path, stderr_lines, stderr_reader, ready_s)
+
+
+def stop_tracer(tracer: RunningTracer) -> tuple[str, object]:
+    """SIGINT, wait for the tracer to drain and exit; returns its stderr and rusage."""
+    tracer.proc.send_signal(signal.SIGINT)
+    try:
+        _, usage = wait_with_rusage(tracer.proc, STOP_TIMEOUT_S)
+    except TimeoutError:
+        tracer.proc.kill()
+        raise BenchError(f"tracer did not exit {STOP_TIMEOUT_S:.0f} s after SIGINT") from None
+    tracer.stderr_reader.join(timeout=5)  # the pipe hits EOF now that the tracer is gone
+    return "".join(tracer.stderr_lines), usage
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def fill_workload(result: RunResult, workload: LoadgenResult) -> None:
+    result.sent, result.failed = workload.sent, workload.failed
+    result.elapsed_s, result.rate = workload.elapsed_s, workload.rate
+
+
+def run_untraced(children: ChildRegistry, loadgen: Path, result: RunResult) -> None:
+    fill_workload(result, run_loadgen(children, loadgen, result.via, result.count))
+
+
+def run_traced(children: ChildRegistry, loadgen: Path, spec: TracerSpec, result: RunResult,
+               out_dir: Path, rate: Optional[int] = None, keep_output: bool = False) -> None:
+    stdout_path = out_dir / f"{result.config}-round{result.round}.out"
+    tracer = start_tracer(children, spec, stdout_path)
+    result.ready_s = tracer.ready_s
+    fill_workload(result, run_loadgen(children, loadgen, result.via, result.count, rate))
+    stderr, usage = stop_tracer(tracer)
+    result.tracer_cpu_s = usage.ru_utime + usage.ru_stime
+    result.tracer_maxrss_mib = usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+    with open(stdout_path, errors="replace") as stdout:
+        result.captured, result.lost = spec.count(stdout, stderr, result.via)
+    result.exact = result.captured + result.lost == result.sent
+    if not keep_output:
+        stdout_path.unlink()  # a million JSON records is hundreds of MB
+
+
+def run_one(children: ChildRegistry, loadgen: Path, specs: dict[str, TracerSpec],
+            result: RunResult, out_dir: Path, keep_output: bool = False) -> RunResult:
+    try:
+        if result.config == "untraced":
+            run_untraced(children, loadgen, result)
+        else:
+            run_traced(children, loadgen, specs[result.config], result, out_dir,
+                       keep_output=keep_output)
+    except BenchError as error:
+        result.error = str(error)
+    return result
+
+
+def run_rounds(children: ChildRegistry, loadgen: Path, specs: dict[str, TracerSpec],
+               configs: list[str], available: set[str], args: argparse.Namespace
+               ) -> list[RunResult]:
+    results = []
+    for round_index in range(args.rounds):
+        for config in round_order(configs, round_index):
+            result = RunResult(config, round_index, args.via, args.count,
+                               available=config in available)
+            if result.available:
+                run_one(children, loadgen, specs, result, OUT_DIR, args.keep_output)
+                print(f"round {round_index} {config}: {describe(result)}", file=sys.stderr)
+            results.append(result)
+    apply_slowdowns(results)
+    return results
+
+
+def describe(result: RunResult) -> str:
+    if result.error:
+        return f"error: {result.error}"
+    text = f"{format_number(result.rate)} signals/s"
+    if result.captured is not None:
+        text += f", captured {result.captured}, lost {result.lost}, sent {result.sent}"
+    return text
+
+
+# ----------------------------------------------------------------------------- paced mode
+
+
+PACED_SHORTFALL = 0.95  # a run reaching less than this share of the asked rate did not sustain it
+
+
+def paced_outcome(result: RunResult, asked_rate: int) -> str:
+    """"ok", "lost" (records lost or missing) or "not sustained" (the sender fell short of
+    the asked rate, e.g. because the tracer slows every send down)."""
+    if result.lost or not result.exact:
+        return "lost"
+    if (result.rate or 0) < PACED_SHORTFALL * asked_rate:
+        return "not sustained"
+    return "ok"
+
+
+def paced_trial(children: ChildRegistry, loadgen: Path, spec: TracerSpec, config: str,
+                via: str, seconds: float, rate: int, trials: list[dict]) -> bool:
+    """One paced run; True when it failed (lost something or did not sustain the rate)."""
+    result = RunResult(config, len(trials), via, int(rate * seconds))
+    run_traced(children, loadgen, spec, result, OUT_DIR, rate=rate)
+    outcome = paced_outcome(result, rate)
+    trials.append({"asked_rate": rate, "outcome": outcome, **dataclasses.asdict(result)})
+    print(f"paced {config} {rate:,}/s: {outcome} (achieved {format_number(result.rate)}/s, "
+          f"captured {result.captured}, lost {result.lost}, sent {result.sent})", file=sys.stderr)
+    return outcome != "ok"
+
+
+def run_paced(children: ChildRegistry, loadgen: Path, specs: dict[str, TracerSpec],
+              configs: list[str], args: argparse.Namespace) -> dict[str, dict]:
+    """{config: {"max_zero_loss_rate": rate or None, "trials": [...], "error": ...}}"""
+    report: dict[str, dict] = {}
+    for config in configs:
+        trials: list[dict] = []
+        report[config] = {"max_zero_loss_rate": None, "trials": trials, "error": None}
+
+        def fails_at(rate: int, config: str = config, trials: list[dict] = trials) -> bool:
+            return paced_trial(children, loadgen, specs[config], config, args.via,
+                               args.paced_seconds, rate, trials)
+        try:
+            best = find_max_zero_loss_rate(fails_at, start=args.paced_start)
+        except BenchError as error:
+            print(f"paced {config}: error: {error}", file=sys.stderr)
+            report[config]["error"] = str(error)
+            continue
+        report[config]["max_zero_loss_rate"] = best
+    return report
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--via", choices=VIAS, default="tgkill")
+    parser.add_argument("--count", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--configs", default=",".join(CONFIGS),
+                        help=f"comma-separated subset of {','.join(CONFIGS)}")
+    parser.add_argument("--sigscope", help="sigscope command (default: sigscope on PATH, "
+                        "else python3 -m sigscope)")
+    parser.add_argument("--quick", action="store_true", help="100,000 signals, 1 round")
+    parser.add_argument("--paced", action="store_true",
+                        help="find the highest zero-loss sustained rate of streaming tracers")
+    parser.add_argument("--paced-seconds", type=float, default=10.0)
+    parser.add_argument("--paced-start", type=int, default=100_000)
+    parser.add_argument("--keep-output", action="store_true",
+                        help="keep each tracer's output under bench/out/ (can be large)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.count, args.rounds = 100_000, 1
+    args.config_list = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = set(args.config_list) - set(CONFIGS)
+    if unknown:
+        parser.error(f"unknown configs: {', '.join(sorted(unknown))}")
+    return args
+
+
+def write_results(path: Path, args: argparse.Namespace, results: list[RunResult],
+                  paced: Optional[dict[str, dict]]) -> None:
+    document = {
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "via": args.via,
+        "count": args.count,
+        "rounds": args.rounds,
+        "runs": [dataclasses.asdict(r) for r in results],
+        "paced": paced,
+        "paced_seconds": args.paced_seconds if paced is not None else None,
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def bench(args: argparse.Namespace, children: ChildRegistry) -> int:
+    OUT_DIR.mkdir(exist_ok=True)
+    loadgen = compile_loadgen(OUT_DIR)
+    sigscope, env = sigscope_command(args.sigscope)
+    specs = tracer_specs(sigscope, env)
+    available = available_configs(specs, sigscope, env)
+    for config in args.config_list:
+        if config not in available:
+            print(f"{config}: not available, reported as n/a", file=sys.stderr)
+    paced = None
+    if args.paced:
+        paced_specs = tracer_specs(sigscope, env, system_wide=True)
+        configs = [c for c in args.config_list if c in STREAMING_CONFIGS and c in available]
+        paced = run_paced(children, loadgen, paced_specs, configs, args)
+        results: list[RunResult] = []
+        for config, outcome in paced.items():
+            print(f"{config}: highest sustained zero-loss rate over {args.paced_seconds:g} s: "
+                  f"{format_number(outcome['max_zero_loss_rate'])} signals/s")
+    else:
+        results = run_rounds(children, loadgen, specs, args.config_list, available, args)
+        print(f"{args.via}, {args.count:,} signals, median of {args.rounds} paired rounds:\n")
+        print(format_table(results, args.config_list))
+    write_results(OUT_DIR / "results.json", args, results, paced)
+    print(f"\nraw results: {OUT_DIR / 'results.json'}", file=sys.stderr)
+    return 0
+
+
+def interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    children = ChildRegistry()
+    # SIGTERM, and SIGINT even when started in the background with it ignored, unwind through
+    # the finally below so that no tracer is left running.
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        return bench(args, children)
+    except BenchError as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        children.kill_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

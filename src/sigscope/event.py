@@ -1,0 +1,143 @@
+"""The tool's model: one Event per send attempt and recipient."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from .signals import code_name, errno_name, signal_name
+
+# What signal_generate's `result` says became of the signal (enum TRACE_SIGNAL_*), in the
+# names sigscope reports.
+OUTCOMES = ("delivered", "ignored", "already_pending", "overflow", "lose_info")
+
+# Where a kernel-generated signal came from (via == "kernel").
+ORIGINS = ("fault", "child", "timer", "pipe", "tty", "rlimit", "oom", "seccomp", "io", "other")
+
+_SIGNUM = {
+    "SIGHUP": 1, "SIGINT": 2, "SIGQUIT": 3, "SIGILL": 4, "SIGTRAP": 5, "SIGABRT": 6, "SIGBUS": 7,
+    "SIGFPE": 8, "SIGKILL": 9, "SIGSEGV": 11, "SIGPIPE": 13, "SIGALRM": 14, "SIGCHLD": 17,
+    "SIGCONT": 18, "SIGTSTP": 20, "SIGTTIN": 21, "SIGTTOU": 22, "SIGURG": 23, "SIGXCPU": 24,
+    "SIGXFSZ": 25, "SIGVTALRM": 26, "SIGPROF": 27, "SIGWINCH": 28, "SIGIO": 29, "SIGSYS": 31,
+}
+SI_USER, SI_KERNEL, SI_QUEUE, SI_TIMER, SI_TKILL = 0, 0x80, -1, -2, -6
+SYS_SECCOMP = 1
+_FAULT_SIGNALS = {_SIGNUM[n] for n in ("SIGILL", "SIGTRAP", "SIGBUS", "SIGFPE", "SIGSEGV")}
+_TIMER_SIGNALS = {_SIGNUM[n] for n in ("SIGALRM", "SIGVTALRM", "SIGPROF")}
+_TTY_SIGNALS = {_SIGNUM[n] for n in ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTSTP", "SIGTTIN",
+                                     "SIGTTOU", "SIGWINCH", "SIGCONT")}
+_IO_SIGNALS = {_SIGNUM[n] for n in ("SIGIO", "SIGURG")}
+_RLIMIT_SIGNALS = {_SIGNUM[n] for n in ("SIGXCPU", "SIGXFSZ")}
+
+
+def kernel_origin(sig: int, code: int) -> str:
+    """Why the kernel generated a signal, from the signal and its si_code."""
+    if code == SI_TIMER or (sig in _TIMER_SIGNALS and code in (SI_KERNEL, SI_USER)):
+        return "timer"
+    if sig == _SIGNUM["SIGCHLD"]:
+        return "child"
+    if sig in _FAULT_SIGNALS and (code > 0 or code == SI_KERNEL):
+        return "fault"
+    if sig == _SIGNUM["SIGSYS"] and code == SYS_SECCOMP:
+        return "seccomp"
+    if sig == _SIGNUM["SIGPIPE"]:
+        return "pipe"
+    if sig in _RLIMIT_SIGNALS:
+        return "rlimit"
+    if sig in _IO_SIGNALS or (code > 0 and sig not in _FAULT_SIGNALS):
+        return "io"
+    if sig in _TTY_SIGNALS and code == SI_KERNEL:
+        return "tty"
+    if sig == _SIGNUM["SIGKILL"] and code == SI_KERNEL:
+        return "oom"
+    return "other"
+
+
+def outcome_name(result: int | None) -> str | None:
+    if result is None or result < 0:
+        return None
+    return OUTCOMES[result] if result < len(OUTCOMES) else str(result)
+
+
+@dataclass(slots=True)
+class Event:
+    """One signal send attempt and recipient.
+
+    Times: ``ktime_ns`` is CLOCK_MONOTONIC as the kernel took it; ``time_ns`` the same instant
+    on the wall clock (UTC). Target fields are None when neither the kernel nor /proc could tell.
+    ``result``/``error`` are the syscall's return and errno name (None for via == "kernel");
+    ``outcome`` is what the kernel did with the signal (None when nothing was generated).
+    """
+
+    id: int
+    ktime_ns: int
+    time_ns: int
+    sig: int
+    via: str
+    sender_pid: int
+    sender_tid: int
+    sender_comm: str
+    sender_uid: int
+    target_pid: int | None
+    target_tid: int | None
+    target_comm: str | None
+    arg_pid: int | None
+    arg_tid: int | None
+    arg_pidfd: int | None
+    code: int | None
+    result: int | None
+    outcome: str | None
+    group: bool | None = None
+
+    @property
+    def signal(self) -> str:
+        return signal_name(self.sig)
+
+    @property
+    def origin(self) -> str | None:
+        if self.via != "kernel":
+            return None
+        return kernel_origin(self.sig, self.code if self.code is not None else SI_KERNEL)
+
+    @property
+    def error(self) -> str | None:
+        if self.result is None or self.result >= 0:
+            return None
+        return errno_name(self.result)
+
+    @property
+    def code_name(self) -> str | None:
+        return None if self.code is None else code_name(self.code, self.sig)
+
+    @property
+    def failed(self) -> bool:
+        return self.result is not None and self.result < 0
+
+    def iso_time(self) -> str:
+        seconds, nanos = divmod(self.time_ns, 1_000_000_000)
+        stamp = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{stamp}.{nanos // 1000:06d}Z"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON Lines object (documented in README; keys may be added, never renamed)."""
+        return {
+            "type": "signal",
+            "id": self.id,
+            "time": self.iso_time(),
+            "ktime_ns": self.ktime_ns,
+            "sig": self.sig,
+            "signal": self.signal,
+            "via": self.via,
+            "origin": self.origin,
+            "sender": {"pid": self.sender_pid, "tid": self.sender_tid,
+                       "comm": self.sender_comm, "uid": self.sender_uid},
+            "target": {"pid": self.target_pid, "tid": self.target_tid,
+                       "comm": self.target_comm},
+            "args": {"pid": self.arg_pid, "tid": self.arg_tid, "pidfd": self.arg_pidfd},
+            "code": self.code,
+            "code_name": self.code_name,
+            "result": self.result,
+            "error": self.error,
+            "outcome": self.outcome,
+        }

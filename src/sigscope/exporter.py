@@ -1,0 +1,376 @@
+"""Prometheus exposition of in-kernel signal counts (`sigscope top --prometheus ADDR:PORT`).
+
+The counting side (the BPF programs and the map reader) is not this module's business: it hands us
+a ``snapshot()`` callable returning cumulative rows and health counters, and we turn each scrape
+into metric families. Keeping that seam small means this module is tested with a fake snapshot and
+the counting can change without touching the exposition.
+
+prometheus-client is an optional dependency (``pip install 'sigscope[prometheus]'``); it is only
+imported when a collector or server is built, so ``import sigscope.exporter`` always works.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from sigscope import __version__
+
+log = logging.getLogger(__name__)
+
+METRICS_PATH = "/metrics"
+# The port deploy/ and the docs use; nothing in this module depends on it.
+DEFAULT_PORT = 9567
+
+# Every label a user may keep, in the order they appear in the output when all are kept.
+LABEL_NAMES: Tuple[str, ...] = (
+    "signal",
+    "via",
+    "outcome",
+    "error",
+    "sender_comm",
+    "target_comm",
+    "sender_pid",
+    "target_pid",
+)
+# Bounded by the number of distinct programs, not processes: pids are opt-in.
+DEFAULT_LABELS: Tuple[str, ...] = ("signal", "via", "outcome", "sender_comm", "target_comm")
+
+MISSING_DEPENDENCY = (
+    "the Prometheus exporter needs prometheus-client: pip install 'sigscope[prometheus]'"
+)
+
+
+class ExporterError(RuntimeError):
+    """A one-line, user-facing failure of the exporter (missing dependency, cannot listen)."""
+
+
+@dataclass(frozen=True)
+class CountRow:
+    """One aggregated key of the kernel count map and its cumulative count since start.
+
+    ``target_pid``/``target_comm`` are None when the signal had no single resolved target (e.g. a
+    process-group kill or a failed send to a pid that does not exist); ``result``/``error`` are
+    None when no sending syscall was involved (kernel-generated signals); ``outcome`` is None when
+    the fate of the signal is not known (yet).
+    """
+
+    sender_pid: int
+    sender_comm: str
+    target_pid: Optional[int]
+    target_comm: Optional[str]
+    sig: int
+    signal: str
+    via: str
+    result: Optional[int]
+    error: Optional[str]
+    outcome: Optional[str]
+    count: int
+
+
+@dataclass(frozen=True)
+class Health:
+    """Cumulative health counters of the counting side, all since start.
+
+    lost_events: signal events seen by the kernel but not counted (e.g. program recursion misses).
+    map_full:    times a new key did not fit the kernel map and was counted in the "other" bucket.
+    other:       signals counted in the "other" bucket (their key was not kept).
+    records:     signals counted in total, keyed and "other" alike.
+    """
+
+    lost_events: int
+    map_full: int
+    other: int
+    records: int
+
+
+Snapshot = Callable[[], Tuple[List[CountRow], Health]]
+
+
+def parse_labels(spec: str) -> Tuple[str, ...]:
+    """Parse a ``--labels`` value such as ``"signal,via,sender_comm"``.
+
+    Whitespace around names is ignored, repeated names are kept once, and an empty spec means no
+    labels at all (one series with the total). Unknown names raise a one-line ValueError.
+    """
+    labels: List[str] = []
+    for part in spec.split(","):
+        name = part.strip()
+        if not name:
+            continue
+        if name not in LABEL_NAMES:
+            raise ValueError(
+                f"unknown label {name!r} in --labels (valid: {', '.join(LABEL_NAMES)})"
+            )
+        if name not in labels:
+            labels.append(name)
+    return tuple(labels)
+
+
+def _require_prometheus_client() -> Any:
+    try:
+        import prometheus_client
+    except ImportError:
+        raise ExporterError(MISSING_DEPENDENCY) from None
+    return prometheus_client
+
+
+def _label_value(value: object) -> str:
+    # Prometheus treats an empty label value as "label not set", which is what None means here.
+    return "" if value is None else str(value)
+
+
+class _MonotonicCounters:
+    """Keeps exposed counters from ever going down.
+
+    The snapshot is cumulative by contract, so a sum only drops when the counting side forgot
+    something (a key evicted, a process's rows pruned). Prometheus would read the drop as a counter
+    reset and double-count on the next rate(); instead we carry the forgotten amount as an offset
+    and keep exposing series that vanished, at their last value.
+    """
+
+    def __init__(self) -> None:
+        self._last_raw: Dict[Tuple[str, ...], float] = {}
+        self._offset: Dict[Tuple[str, ...], float] = {}
+
+    def update(self, raw: Dict[Tuple[str, ...], float]) -> Dict[Tuple[str, ...], float]:
+        exposed: Dict[Tuple[str, ...], float] = {}
+        for key in list(self._last_raw) + [k for k in raw if k not in self._last_raw]:
+            value = raw.get(key, 0)
+            previous = self._last_raw.get(key, 0)
+            if value < previous:
+                self._offset[key] = self._offset.get(key, 0) + (previous - value)
+            self._last_raw[key] = value
+            exposed[key] = value + self._offset.get(key, 0)
+        return exposed
+
+
+class SignalCollector:
+    """A prometheus_client custom collector over a cumulative count snapshot.
+
+    Each ``collect()`` takes one snapshot, keeps the chosen labels, sums the rows that collapse to
+    the same label values, and yields the metric families. Safe to call from several scrape
+    threads at once.
+    """
+
+    def __init__(self, snapshot: Snapshot, labels: Sequence[str] = DEFAULT_LABELS) -> None:
+        _require_prometheus_client()
+        unknown = [name for name in labels if name not in LABEL_NAMES]
+        if unknown:
+            raise ValueError(f"unknown label {unknown[0]!r} (valid: {', '.join(LABEL_NAMES)})")
+        self.labels: Tuple[str, ...] = tuple(dict.fromkeys(labels))
+        self._snapshot = snapshot
+        self._kernel_release = os.uname().release
+        self._lock = threading.Lock()
+        self._signals = _MonotonicCounters()
+        self._health = _MonotonicCounters()
+
+    def _sum_rows(self, rows: Sequence[CountRow]) -> Dict[Tuple[str, ...], float]:
+        sums: Dict[Tuple[str, ...], float] = {}
+        for row in rows:
+            key = tuple(_label_value(getattr(row, name)) for name in self.labels)
+            sums[key] = sums.get(key, 0) + row.count
+        return sums
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        # Snapshot and update under one lock: two scrapes racing could otherwise apply an older
+        # snapshot after a newer one, which would look like a drop and be carried as an offset.
+        with self._lock:
+            rows, health = self._snapshot()
+            signals = self._signals.update(self._sum_rows(rows))
+            health_values = self._health.update(
+                {
+                    ("lost_events",): health.lost_events,
+                    ("map_full",): health.map_full,
+                    ("other",): health.other,
+                    ("records",): health.records,
+                }
+            )
+
+        family = CounterMetricFamily(
+            "sigscope_signals_total",
+            "Signals counted since start, by the kept labels (see --labels).",
+            labels=self.labels,
+        )
+        for key in sorted(signals):
+            family.add_metric(list(key), signals[key])
+        yield family
+
+        health_help = {
+            "lost_events": (
+                "sigscope_lost_events_total",
+                "Signal events the kernel saw but sigscope could not count.",
+            ),
+            "map_full": (
+                "sigscope_map_full_total",
+                "New keys that did not fit the kernel count map and went to the other bucket.",
+            ),
+            "other": (
+                "sigscope_other_signals_total",
+                "Signals counted in the other bucket, without their labels (map was full).",
+            ),
+            "records": (
+                "sigscope_records_total",
+                "Signals counted in total, keyed and other bucket alike.",
+            ),
+        }
+        for field, (name, documentation) in health_help.items():
+            yield CounterMetricFamily(name, documentation, value=health_values[(field,)])
+
+        yield GaugeMetricFamily(
+            "sigscope_tracked_keys",
+            "Distinct keys currently held in the kernel count map.",
+            value=len(rows),
+        )
+        build = GaugeMetricFamily(
+            "sigscope_build_info",
+            "Always 1; the sigscope version and the kernel release it runs on.",
+            labels=("version", "kernel"),
+        )
+        build.add_metric([__version__, self._kernel_release], 1)
+        yield build
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP server
+
+_ADDR_RE = re.compile(r"^(?:\[(?P<v6>[^\]]*)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$")
+
+
+def parse_listen_address(spec: str) -> Tuple[str, int]:
+    """Parse ``HOST:PORT``, ``:PORT`` (all IPv4 interfaces) or ``[IPV6]:PORT``."""
+    match = _ADDR_RE.match(spec.strip())
+    if match is None:
+        raise ValueError(f"bad listen address {spec!r}: expected HOST:PORT, :PORT or [IPV6]:PORT")
+    port = int(match.group("port"))
+    if port > 65535:
+        raise ValueError(f"bad listen address {spec!r}: port {port} is out of range 0-65535")
+    if match.group("v6") is not None:
+        host = match.group("v6")
+        if not host:
+            raise ValueError(f"bad listen address {spec!r}: empty IPv6 address")
+    else:
+        host = match.group("host") or "0.0.0.0"
+    return host, port
+
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    server: _MetricsHTTPServer
+    # A stuck client must not hold a handler thread forever.
+    timeout = 30
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self._respond(send_body=True)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._respond(send_body=False)
+
+    def _respond(self, send_body: bool) -> None:
+        path = self.path.split("?", 1)[0]
+        if path != METRICS_PATH:
+            self._send(
+                404, "text/plain; charset=utf-8", b"not found: metrics are at /metrics\n", send_body
+            )
+            return
+        encoder, content_type = self.server.choose_encoder(self.headers.get("Accept", ""))
+        try:
+            body = encoder(self.server.registry)
+        except Exception as error:  # a failing snapshot must not take the server down
+            log.warning("collecting metrics failed: %s", error)
+            self._send(
+                500,
+                "text/plain; charset=utf-8",
+                f"collecting metrics failed: {error}\n".encode(),
+                send_body,
+            )
+            return
+        self._send(200, content_type, body, send_body)
+
+    def _send(self, status: int, content_type: str, body: bytes, send_body: bool) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        # The default writes every request to stderr, which would scribble over `top`'s screen.
+        log.debug("%s - %s", self.address_string(), format % args)
+
+
+class _MetricsHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    registry: Any
+    choose_encoder: Callable[[str], Tuple[Callable[[Any], bytes], str]]
+
+
+class MetricsServer:
+    """A running /metrics endpoint; ``port`` is the bound port (useful with port 0)."""
+
+    def __init__(self, httpd: _MetricsHTTPServer, thread: threading.Thread) -> None:
+        self._httpd = httpd
+        self._thread = thread
+        address = httpd.server_address
+        self.host: str = address[0]
+        self.port: int = address[1]
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}{METRICS_PATH}"
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._httpd.shutdown()
+            self._thread.join()
+        self._httpd.server_close()
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def serve(addr: str, collector: Any) -> MetricsServer:
+    """Serve ``collector`` on ``http://ADDR/metrics`` from a background daemon thread.
+
+    The registry is private and holds only ``collector``: no process/GC metrics from the global
+    registry, so a scrape shows exactly what sigscope counts. Raises ValueError for a bad address
+    and ExporterError (one line) when the address cannot be bound or prometheus-client is missing.
+    """
+    host, port = parse_listen_address(addr)
+    prometheus_client = _require_prometheus_client()
+    from prometheus_client.exposition import choose_encoder
+
+    registry = prometheus_client.CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server_class = type("MetricsHTTPServer", (_MetricsHTTPServer,), {"address_family": family})
+    try:
+        httpd = server_class((host, port), _MetricsHandler)
+    except (OSError, OverflowError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise ExporterError(f"cannot listen on {addr}: {reason}") from None
+    httpd.registry = registry
+    httpd.choose_encoder = choose_encoder
+
+    # A short poll interval only bounds how long close() waits for the loop to notice shutdown.
+    thread = threading.Thread(
+        target=httpd.serve_forever,
+        kwargs={"poll_interval": 0.1},
+        name=f"sigscope-metrics-{httpd.server_address[1]}",
+        daemon=True,
+    )
+    thread.start()
+    return MetricsServer(httpd, thread)

@@ -1,0 +1,51 @@
+"""What the user asked to see. Applied in the kernel wherever the key is known at the hook."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .record import VIA_NAMES
+
+MAX_IN_KERNEL_IDS = 16  # each pid/tid compared costs an instruction per event
+
+
+class FilterError(ValueError):
+    """A filter the user gave that cannot be honoured (one line)."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    sender_pids: frozenset[int] = frozenset()   # -p: sender thread-group ids
+    target_ids: frozenset[int] = frozenset()    # -T: target process or thread ids
+    signals: frozenset[int] | None = None       # -s minus -e; None = every signal (0 included)
+    comm: str | None = None                     # -c: sender command (exact, first 15 bytes)
+    vias: frozenset[str] = field(default_factory=lambda: frozenset(VIA_NAMES))
+    failed_only: bool = False                   # -x: only sends that failed
+
+    def __post_init__(self) -> None:
+        unknown = set(self.vias) - set(VIA_NAMES)
+        if unknown:
+            raise FilterError(
+                f"unknown via {', '.join(sorted(unknown))!s}: choose from {', '.join(VIA_NAMES)}"
+            )
+        for what, ids in (("--pid", self.sender_pids), ("--tpid", self.target_ids)):
+            if len(ids) > MAX_IN_KERNEL_IDS:
+                raise FilterError(f"{what} takes at most {MAX_IN_KERNEL_IDS} ids")
+            if any(i <= 0 for i in ids):
+                raise FilterError(f"{what} ids must be positive")
+        if self.comm is not None and not self.comm:
+            raise FilterError("--comm needs a command name")
+
+    @property
+    def include_kernel(self) -> bool:
+        return "kernel" in self.vias and not self.failed_only
+
+    @property
+    def syscall_vias(self) -> frozenset[str]:
+        return frozenset(v for v in self.vias if v != "kernel")
+
+    def comm_bytes(self) -> bytes | None:
+        """The comm as the kernel stores it: at most 15 bytes, NUL padded to 16."""
+        if self.comm is None:
+            return None
+        return self.comm.encode()[:15].ljust(16, b"\0")

@@ -1,0 +1,457 @@
+"""The signal-tracing BPF programs, assembled from the record layout and tracefs offsets.
+
+Three kinds of program share one body of logic, like a libbpf tool's thin per-syscall wrappers:
+
+* ``sys_enter_<call>`` (one per signal syscall): applies the sender filters, then parks a record
+  under the thread id in the ``inflight`` hash map: who is sending, which signal, the arguments.
+* ``signal:signal_generate``: the kernel has made a signal for a recipient. If the current thread
+  is inside a signal syscall for the same signal, the recipient belongs to that call: the first
+  is stored in the parked record, further ones (kill(-pgid), kill(-1)) are written out at once as
+  FANOUT records. Otherwise the kernel generated the signal itself: a KERNEL record is written.
+* ``sys_exit_<call>``: adds the return value to the parked record and writes it out as CALL.
+
+So each send attempt and recipient is exactly one record, and a signal is never reported twice.
+
+Filters are load-time constants compiled into the instructions. The output is either a BPF ring
+buffer (``bpf_ringbuf_output`` with BPF_RB_NO_WAKEUP: the reader polls at a bounded interval so a
+signal storm never pays for a reader wake-up per event) or a perf event array.
+Writes that fail (buffer full) are counted per CPU in the ``counters`` map: lost, never hidden.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from . import record as rec
+from .bpf import asm
+from .bpf.asm import DW, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, W
+from .bpf.tracefs import EventFormat
+from .bpf.uapi import BPF_ANY, BPF_F_CURRENT_CPU, BPF_RB_NO_WAKEUP
+from .filters import Filters
+
+# Slots of the per-CPU `counters` array.
+COUNTER_LOST = 0            # a record could not be written (buffer full)
+COUNTER_INFLIGHT_FULL = 1   # the in-flight map was full: the call is reported as lost
+NUM_COUNTERS = 4
+
+OUTPUT_RINGBUF = "ringbuf"
+OUTPUT_PERF = "perf"
+
+INFLIGHT_MAX_ENTRIES = 16384  # threads inside a signal syscall at the same moment
+
+# Stack layout (offsets from r10). The record buffer must be 8-aligned.
+_STACK_RECORD = -rec.RECORD_SIZE                 # one record being built
+_STACK_KEY = _STACK_RECORD - 8                   # u32 map key (tid or counter index)
+
+# signal_generate's own fields (names as in its tracefs format file).
+GENERATE_FIELDS = ("sig", "errno", "code", "comm", "pid", "group", "result")
+
+# Per-syscall argument fields in sys_enter_<call>: record field -> tracefs field.
+SYSCALL_ARGS: dict[str, dict[str, str]] = {
+    "kill": {"arg_pid": "pid"},
+    "tkill": {"arg_pid": "pid"},
+    "tgkill": {"arg_pid": "tgid", "arg_tid": "pid"},
+    "rt_sigqueueinfo": {"arg_pid": "pid"},
+    "rt_tgsigqueueinfo": {"arg_pid": "tgid", "arg_tid": "pid"},
+    "pidfd_send_signal": {"arg_pidfd": "pidfd"},
+}
+
+
+@dataclass(frozen=True)
+class MapFds:
+    inflight: int
+    events: int
+    counters: int
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    filters: Filters
+    output: str  # OUTPUT_RINGBUF or OUTPUT_PERF
+    maps: MapFds
+
+
+class _Labels:
+    """Unique label names within one program."""
+
+    def __init__(self) -> None:
+        self._counter = itertools.count()
+
+    def __call__(self, what: str) -> str:
+        return f"{what}_{next(self._counter)}"
+
+
+def _f(name: str) -> int:
+    return rec.offset(name)
+
+
+# --- small shared pieces ----------------------------------------------------------------
+
+def _load_s32(dst: int, src: int, off: int, size: int) -> list:
+    """Load a 32-bit signed value held in a field of `size` bytes (syscall args are 8-byte slots),
+    sign-extended to 64 bits (kill(-1) must compare as -1, whatever the upper half held)."""
+    return [
+        asm.ldx(W if size == 4 else DW, dst, src, off),
+        asm.alu64_imm("LSH", dst, 32),
+        asm.alu64_imm("ARSH", dst, 32),
+    ]
+
+
+def _zero_stack_record() -> list:
+    return [asm.st(DW, R10, _STACK_RECORD + i, 0) for i in range(0, rec.RECORD_SIZE, 8)]
+
+
+def _bump_counter(cfg: ProbeConfig, index: int, labels: _Labels) -> list:
+    """counters[index] += 1 on this CPU. Clobbers r0-r5."""
+    done = labels("counted")
+    return [
+        asm.st(W, R10, _STACK_KEY, index),
+        asm.ld_map_fd(R1, cfg.maps.counters),
+        asm.mov64_reg(R2, R10),
+        asm.alu64_imm("ADD", R2, _STACK_KEY),
+        asm.call("map_lookup_elem"),
+        asm.jmp_imm("JEQ", R0, 0, done),
+        asm.mov64_imm(R1, 1),
+        asm.atomic_add(DW, R0, R1, 0),
+        asm.label(done),
+    ]
+
+
+def _output(
+    cfg: ProbeConfig, data_reg: int, labels: _Labels, on_success: list | None = None
+) -> list:
+    """Write RECORD_SIZE bytes at data_reg to the events buffer; count a failure as lost.
+    Expects r6 = ctx. Clobbers r0-r5."""
+    failed, done = labels("output_failed"), labels("output_done")
+    if cfg.output == OUTPUT_RINGBUF:
+        write = [
+            asm.ld_map_fd(R1, cfg.maps.events),
+            asm.mov64_reg(R2, data_reg),
+            asm.mov64_imm(R3, rec.RECORD_SIZE),
+            asm.mov64_imm(R4, BPF_RB_NO_WAKEUP),
+            asm.call("ringbuf_output"),
+        ]
+    else:
+        write = [
+            asm.mov64_reg(R1, R6),
+            asm.ld_map_fd(R2, cfg.maps.events),
+            asm.ld_imm64(R3, BPF_F_CURRENT_CPU),
+            asm.mov64_reg(R4, data_reg),
+            asm.mov64_imm(R5, rec.RECORD_SIZE),
+            asm.call("perf_event_output"),
+        ]
+    return [
+        *write,
+        asm.jmp_imm("JNE", R0, 0, failed),
+        *(on_success or []),
+        asm.ja(done),
+        asm.label(failed),
+        *_bump_counter(cfg, COUNTER_LOST, labels),
+        asm.label(done),
+    ]
+
+
+def _ids_filter(reg: int, ids: frozenset[int], fail: str, labels: _Labels) -> list:
+    """Fall through when reg (32-bit) is one of ids, else jump to fail."""
+    if not ids:
+        return []
+    ok = labels("id_ok")
+    out = [asm.jmp32_imm("JEQ", reg, i, ok) for i in sorted(ids)]
+    return [*out, asm.ja(fail), asm.label(ok)]
+
+
+def _signal_filter(
+    sig_reg: int, signals: frozenset[int] | None, fail: str, labels: _Labels
+) -> list:
+    """Fall through when the signal in sig_reg is wanted. Uses r1 and r2."""
+    if signals is None:
+        return []
+    ok = labels("sig_ok")
+    mask = sum(1 << s for s in signals if 0 <= s < 64)
+    out: list = []
+    if 64 in signals:
+        out.append(asm.jmp_imm("JEQ", sig_reg, 64, ok))
+    out += [
+        asm.jmp_imm("JGT", sig_reg, 63, fail),  # also catches negative values (unsigned compare)
+        *asm.ld_imm64(R1, mask),
+        asm.mov64_reg(R2, sig_reg),
+        asm.alu64_reg("RSH", R1, R2),
+        asm.alu64_imm("AND", R1, 1),
+        asm.jmp_imm("JEQ", R1, 0, fail),
+        asm.label(ok),
+    ]
+    return out
+
+
+def _comm_filter(comm_off_reg: int, comm_off: int, comm: bytes | None, fail: str) -> list:
+    """Fall through when the 16 bytes at comm_off_reg+comm_off equal comm. Uses r1 and r2."""
+    if comm is None:
+        return []
+    lo = int.from_bytes(comm[:8], "little")
+    hi = int.from_bytes(comm[8:16], "little")
+    return [
+        asm.ldx(DW, R1, comm_off_reg, comm_off),
+        *asm.ld_imm64(R2, lo),
+        asm.jmp_reg("JNE", R1, R2, fail),
+        asm.ldx(DW, R1, comm_off_reg, comm_off + 8),
+        *asm.ld_imm64(R2, hi),
+        asm.jmp_reg("JNE", R1, R2, fail),
+    ]
+
+
+def _sender_filters(cfg: ProbeConfig, fail: str, labels: _Labels) -> list:
+    """Sender pid filter on r7 (pid_tgid). Uses r1."""
+    if not cfg.filters.sender_pids:
+        return []
+    return [
+        asm.mov64_reg(R1, R7),
+        asm.alu64_imm("RSH", R1, 32),
+        *_ids_filter(R1, cfg.filters.sender_pids, fail, labels),
+    ]
+
+
+def _current_comm_into_stack() -> list:
+    return [
+        asm.mov64_reg(R1, R10),
+        asm.alu64_imm("ADD", R1, _STACK_RECORD + _f("sender_comm")),
+        asm.mov64_imm(R2, 16),
+        asm.call("get_current_comm"),
+    ]
+
+
+def _fill_sender_into_stack() -> list:
+    """Sender ids and uid into the stack record, from r7 = pid_tgid. Clobbers r0-r5."""
+    return [
+        asm.stx(W, R10, R7, _STACK_RECORD + _f("sender_tid")),
+        asm.mov64_reg(R1, R7),
+        asm.alu64_imm("RSH", R1, 32),
+        asm.stx(W, R10, R1, _STACK_RECORD + _f("sender_tgid")),
+        asm.call("get_current_uid_gid"),
+        asm.stx(W, R10, R0, _STACK_RECORD + _f("sender_uid")),
+    ]
+
+
+def _copy_generate_fields(dst: int, dst_base: int, gen: EventFormat) -> list:
+    """Copy signal_generate's recipient fields from ctx (r6) to dst+dst_base+record offsets.
+    Uses r1. The comm is copied in 4-byte words: tracepoint context reads must be aligned."""
+    out: list = []
+    for src_name, dst_name in (("code", "gen_code"), ("errno", "gen_errno"), ("pid", "target_tid"),
+                               ("group", "gen_group"), ("result", "gen_result")):
+        fld = gen.field(src_name)
+        out += [asm.ldx(W, R1, R6, fld.offset), asm.stx(W, dst, R1, dst_base + _f(dst_name))]
+    comm = gen.field("comm")
+    for i in range(0, 16, 4):
+        out += [asm.ldx(W, R1, R6, comm.offset + i),
+                asm.stx(W, dst, R1, dst_base + _f("target_comm") + i)]
+    return out
+
+
+def _target_filter(cfg: ProbeConfig, gen: EventFormat, fail: str, labels: _Labels) -> list:
+    """Fall through when the recipient's pid (a thread id) is one of -T. Uses r1."""
+    if not cfg.filters.target_ids:
+        return []
+    return [asm.ldx(W, R1, R6, gen.field("pid").offset),
+            *_ids_filter(R1, cfg.filters.target_ids, fail, labels)]
+
+
+def _lookup_inflight(cfg: ProbeConfig, missing: str) -> list:
+    """r8 = inflight[current tid] or jump to missing. Expects r7 = pid_tgid."""
+    return [
+        asm.stx(W, R10, R7, _STACK_KEY),
+        asm.ld_map_fd(R1, cfg.maps.inflight),
+        asm.mov64_reg(R2, R10),
+        asm.alu64_imm("ADD", R2, _STACK_KEY),
+        asm.call("map_lookup_elem"),
+        asm.jmp_imm("JEQ", R0, 0, missing),
+        asm.mov64_reg(R8, R0),
+    ]
+
+
+def _prologue() -> list:
+    return [asm.mov64_reg(R6, R1), asm.call("get_current_pid_tgid"), asm.mov64_reg(R7, R0)]
+
+
+def _epilogue(out: str) -> list:
+    return [asm.label(out), asm.mov64_imm(R0, 0), asm.exit_()]
+
+
+# --- the programs ---------------------------------------------------------------------------
+
+def build_sys_enter(cfg: ProbeConfig, call: str, enter: EventFormat) -> list:
+    """sys_enter_<call>: park the call under the thread id when its sender and signal pass."""
+    labels, out = _Labels(), "out"
+    via = rec.VIA_CODES[call]
+    sig = enter.field("sig")
+    suppressed = call not in cfg.filters.vias  # parked only so generate knows it's no kernel signal
+    prog = [*_prologue(), *_sender_filters(cfg, out, labels)]
+    prog += [*_load_s32(R9, R6, sig.offset, sig.size),
+             *_signal_filter(R9, cfg.filters.signals, out, labels)]
+    prog += _zero_stack_record()
+    prog += _current_comm_into_stack()
+    prog += _comm_filter(R10, _STACK_RECORD + _f("sender_comm"), cfg.filters.comm_bytes(), out)
+    prog += _fill_sender_into_stack()
+    prog += [
+        asm.stx(W, R10, R9, _STACK_RECORD + _f("sig")),
+        asm.st(W, R10, _STACK_RECORD + _f("kind"), 0 if suppressed else rec.KIND_CALL),
+        asm.st(W, R10, _STACK_RECORD + _f("via"), via),
+        asm.st(W, R10, _STACK_RECORD + _f("gen_result"), rec.GEN_NONE),
+        asm.st(W, R10, _STACK_RECORD + _f("arg_pidfd"), -1),
+        asm.st(DW, R10, _STACK_RECORD + _f("arg_pid"), 0),
+        asm.st(DW, R10, _STACK_RECORD + _f("arg_tid"), 0),
+    ]
+    for rec_field, fmt_field in SYSCALL_ARGS[call].items():
+        fld = enter.field(fmt_field)
+        prog += _load_s32(R1, R6, fld.offset, fld.size)
+        prog.append(asm.stx(W if rec_field == "arg_pidfd" else DW, R10, R1,
+                            _STACK_RECORD + _f(rec_field)))
+    prog += [
+        asm.call("ktime_get_ns"),
+        asm.stx(DW, R10, R0, _STACK_RECORD + _f("call_id")),
+        asm.stx(DW, R10, R0, _STACK_RECORD + _f("ktime_ns")),
+        asm.stx(W, R10, R7, _STACK_KEY),
+        asm.ld_map_fd(R1, cfg.maps.inflight),
+        asm.mov64_reg(R2, R10),
+        asm.alu64_imm("ADD", R2, _STACK_KEY),
+        asm.mov64_reg(R3, R10),
+        asm.alu64_imm("ADD", R3, _STACK_RECORD),
+        asm.mov64_imm(R4, BPF_ANY),
+        asm.call("map_update_elem"),
+        asm.jmp_imm("JEQ", R0, 0, out),
+        *_bump_counter(cfg, COUNTER_INFLIGHT_FULL, labels),
+    ]
+    return prog + _epilogue(out)
+
+
+def build_signal_generate(cfg: ProbeConfig, gen: EventFormat) -> list:
+    """signal:signal_generate: attribute the recipient to the in-flight call, or report a
+    kernel-generated signal."""
+    labels, out, kernel = _Labels(), "out", "kernel_generated"
+    f = cfg.filters
+    sig = gen.field("sig")
+    prog = [*_prologue(), *_lookup_inflight(cfg, kernel)]
+    # Inside a signal syscall, but for another signal (seccomp's SIGSYS, say): the kernel's own.
+    prog += [asm.ldx(W, R1, R6, sig.offset), asm.ldx(W, R2, R8, _f("sig")),
+             asm.jmp_reg("JNE", R1, R2, kernel)]
+    # From here on the recipient belongs to the call parked in r8.
+    prog += [asm.ldx(W, R1, R8, _f("kind")), asm.jmp_imm("JEQ", R1, 0, out)]  # via filtered out
+    if f.failed_only:
+        # A call that generated a signal succeeded (kill(2) returns 0 when any recipient got
+        # it), so -x needs none of its recipients. (No code after this jump: the verifier
+        # rejects unreachable instructions.)
+        prog.append(asm.ja(out))
+    else:
+        prog += _attribute_to_call(cfg, gen, out, labels)
+    prog.append(asm.label(kernel))
+    # Kernel-generated: outside any signal syscall (or another signal than the call's).
+    if not f.include_kernel:
+        prog.append(asm.ja(out))
+    else:
+        prog += _sender_filters(cfg, out, labels)
+        prog += [asm.ldx(W, R9, R6, sig.offset)]
+        prog += _signal_filter(R9, f.signals, out, labels)
+        prog += _target_filter(cfg, gen, out, labels)
+        prog += _zero_stack_record()
+        prog += _current_comm_into_stack()
+        prog += _comm_filter(R10, _STACK_RECORD + _f("sender_comm"), f.comm_bytes(), out)
+        prog += _fill_sender_into_stack()
+        prog += _copy_generate_fields(R10, _STACK_RECORD, gen)
+        prog += [
+            asm.stx(W, R10, R9, _STACK_RECORD + _f("sig")),
+            asm.st(W, R10, _STACK_RECORD + _f("kind"), rec.KIND_KERNEL),
+            asm.st(W, R10, _STACK_RECORD + _f("via"), rec.VIA_KERNEL),
+            asm.st(W, R10, _STACK_RECORD + _f("arg_pidfd"), -1),
+            asm.call("ktime_get_ns"),
+            asm.stx(DW, R10, R0, _STACK_RECORD + _f("ktime_ns")),
+            asm.mov64_reg(R9, R10),
+            asm.alu64_imm("ADD", R9, _STACK_RECORD),
+        ]
+        prog += _output(cfg, R9, labels)
+    return prog + _epilogue(out)
+
+
+
+def _attribute_to_call(cfg: ProbeConfig, gen: EventFormat, out: str, labels: _Labels) -> list:
+    """The recipient belongs to the call parked in r8: complete it or write a FANOUT record."""
+    f = cfg.filters
+    prog: list = []
+    if f.target_ids:
+        # A recipient left out by -T is noted on the call, so that the call is not reported
+        # as one that generated nothing.
+        matched, skip = labels("target_ok"), labels("target_skip")
+        prog += [
+            asm.ldx(W, R1, R6, gen.field("pid").offset),
+            *_ids_filter(R1, f.target_ids, skip, labels),
+            asm.ja(matched),
+            asm.label(skip),
+            asm.ldx(W, R1, R8, _f("flags")),
+            asm.alu32_imm("OR", R1, rec.FLAG_RECIPIENT_FILTERED),
+            asm.stx(W, R8, R1, _f("flags")),
+            asm.ja(out),
+            asm.label(matched),
+        ]
+    fanout = labels("fanout")
+    prog += [asm.ldx(W, R9, R8, _f("ngen")), asm.jmp_imm("JNE", R9, 0, fanout)]
+    # First recipient: completes the parked record.
+    prog += _copy_generate_fields(R8, 0, gen)
+    prog += [asm.call("ktime_get_ns"), asm.stx(DW, R8, R0, _f("ktime_ns")),
+             asm.st(W, R8, _f("ngen"), 1), asm.ja(out)]
+    # Further recipient: a FANOUT record of its own, tied to the call by call_id.
+    prog.append(asm.label(fanout))
+    prog += [asm.alu64_imm("ADD", R9, 1), asm.stx(W, R8, R9, _f("ngen"))]
+    for i in range(0, rec.RECORD_SIZE, 8):
+        prog += [asm.ldx(DW, R1, R8, i), asm.stx(DW, R10, R1, _STACK_RECORD + i)]
+    prog += _copy_generate_fields(R10, _STACK_RECORD, gen)
+    prog += [
+        asm.st(W, R10, _STACK_RECORD + _f("kind"), rec.KIND_FANOUT),
+        asm.alu64_imm("SUB", R9, 1),
+        asm.stx(W, R10, R9, _STACK_RECORD + _f("ngen")),  # this recipient's index in the call
+        asm.call("ktime_get_ns"),
+        asm.stx(DW, R10, R0, _STACK_RECORD + _f("ktime_ns")),
+        asm.mov64_reg(R9, R10),
+        asm.alu64_imm("ADD", R9, _STACK_RECORD),
+    ]
+    prog += _output(cfg, R9, labels, on_success=[
+        asm.ldx(W, R1, R8, _f("nemitted")), asm.alu64_imm("ADD", R1, 1),
+        asm.stx(W, R8, R1, _f("nemitted")),
+    ])
+    prog.append(asm.ja(out))
+    return prog
+
+
+def build_sys_exit(cfg: ProbeConfig, call: str, exit_fmt: EventFormat) -> list:
+    """sys_exit_<call>: complete the parked call with its return value and write it out."""
+    labels, out, drop = _Labels(), "out", "drop"
+    f = cfg.filters
+    prog = [*_prologue(), *_lookup_inflight(cfg, out)]
+    prog += [asm.ldx(W, R1, R8, _f("kind")), asm.jmp_imm("JEQ", R1, 0, drop)]
+    ret = exit_fmt.field("ret")
+    prog += [asm.ldx(DW, R9, R6, ret.offset)]
+    if f.failed_only:
+        prog.append(asm.jmp_imm("JSGE", R9, 0, drop))
+    if f.target_ids:
+        # No recipient recorded: the call matches -T only through its arguments.
+        keep = labels("target_keep")
+        prog += [asm.ldx(W, R1, R8, _f("ngen")), asm.jmp_imm("JNE", R1, 0, keep),
+                 asm.ldx(W, R1, R8, _f("flags")), asm.jmp_imm("JSET", R1,
+                                                               rec.FLAG_RECIPIENT_FILTERED, drop)]
+        for name in ("arg_pid", "arg_tid"):
+            prog += [asm.ldx(DW, R1, R8, _f(name))]
+            prog += [asm.jmp_imm("JEQ", R1, i, keep) for i in sorted(f.target_ids)]
+        prog += [asm.ja(drop), asm.label(keep)]
+    # A call with recipients keeps the generation time; one without gets the exit time.
+    timed = labels("timed")
+    prog += [asm.stx(DW, R8, R9, _f("ret")),
+             asm.ldx(W, R1, R8, _f("ngen")), asm.jmp_imm("JNE", R1, 0, timed),
+             asm.call("ktime_get_ns"), asm.stx(DW, R8, R0, _f("ktime_ns")),
+             asm.label(timed)]
+    prog += _output(cfg, R8, labels)
+    prog += [
+        asm.label(drop),
+        asm.stx(W, R10, R7, _STACK_KEY),
+        asm.ld_map_fd(R1, cfg.maps.inflight),
+        asm.mov64_reg(R2, R10),
+        asm.alu64_imm("ADD", R2, _STACK_KEY),
+        asm.call("map_delete_elem"),
+    ]
+    return prog + _epilogue(out)

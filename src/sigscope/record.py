@@ -1,0 +1,107 @@
+"""The signal record: declared once, used by the BPF program builder and by the decoder.
+
+This plays the part of the shared header in a libbpf tool: the kernel side writes fields at the
+offsets computed here, the user side unpacks them with the ``struct`` format computed here, so the
+two can never disagree.
+
+One record is one send attempt and recipient:
+
+* ``KIND_CALL``   — written at a signal syscall's exit. Carries the arguments, the return value and
+  the first recipient (if the call generated any signal; ``gen_result == GEN_NONE`` otherwise).
+* ``KIND_FANOUT`` — a further recipient of the same call (kill(-pgid), kill(-1)); joined in user
+  space with its ``KIND_CALL`` record through ``call_id`` to learn the return value.
+* ``KIND_KERNEL`` — a signal the kernel generated outside any signal syscall.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+KIND_CALL = 1
+KIND_FANOUT = 2
+KIND_KERNEL = 3
+
+# flags: a recipient of this call was generated but left out by the target filter.
+FLAG_RECIPIENT_FILTERED = 1
+
+# gen_result when a syscall generated nothing (EPERM, ESRCH, EINVAL, signal 0 probes).
+GEN_NONE = -1
+
+# `via` codes as stored in records; index into VIA_NAMES.
+VIA_KERNEL = 0
+VIA_NAMES = (
+    "kernel",
+    "kill",
+    "tkill",
+    "tgkill",
+    "rt_sigqueueinfo",
+    "rt_tgsigqueueinfo",
+    "pidfd_send_signal",
+)
+VIA_CODES = {name: code for code, name in enumerate(VIA_NAMES)}
+SYSCALL_VIAS = VIA_NAMES[1:]
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    fmt: str  # struct format character (little-endian, no padding)
+    size: int
+    offset: int
+
+
+def _layout(spec: list[tuple[str, str]]) -> tuple[dict[str, Field], int]:
+    fields: dict[str, Field] = {}
+    offset = 0
+    for name, fmt in spec:
+        size = struct.calcsize("<" + fmt)
+        # Natural alignment keeps every BPF load/store aligned, which the verifier wants.
+        align = min(size, 8) if not fmt.endswith("s") else 1
+        assert offset % align == 0, f"{name} misaligned at {offset}"
+        fields[name] = Field(name, fmt, size, offset)
+        offset += size
+    assert offset % 8 == 0
+    return fields, offset
+
+
+# The order is the wire order. Keep 8-byte fields 8-aligned.
+_SPEC = [
+    ("ktime_ns", "Q"),      # bpf_ktime_get_ns() when the record was written
+    ("call_id", "Q"),       # ktime at syscall entry; (sender_tid, call_id) joins CALL and FANOUT
+    ("ret", "q"),           # syscall return value (CALL only)
+    ("arg_pid", "q"),       # kill/tkill/rt_sigqueueinfo pid, tgkill/rt_tgsigqueueinfo tgid
+    ("arg_tid", "q"),       # tgkill/rt_tgsigqueueinfo tid
+    ("kind", "I"),
+    ("via", "I"),
+    ("sender_tgid", "I"),
+    ("sender_tid", "I"),
+    ("sender_uid", "I"),
+    ("sig", "i"),
+    ("arg_pidfd", "i"),     # pidfd_send_signal's fd, -1 otherwise
+    ("ngen", "I"),          # CALL: recipients generated; FANOUT: index of this recipient
+    ("gen_code", "i"),      # signal_generate: si_code
+    ("gen_errno", "i"),     # signal_generate: si_errno
+    ("target_tid", "i"),    # signal_generate: pid of the receiving task
+    ("gen_group", "i"),     # signal_generate: group (process-directed) signal
+    ("gen_result", "i"),    # signal_generate: TRACE_SIGNAL_* result, GEN_NONE if none
+    ("nemitted", "I"),      # CALL: FANOUT records successfully written for this call
+    ("flags", "I"),         # FLAG_* bits
+    ("reserved", "I"),
+    ("sender_comm", "16s"),
+    ("target_comm", "16s"),
+]
+
+FIELDS, RECORD_SIZE = _layout(_SPEC)
+RECORD_STRUCT = struct.Struct("<" + "".join(f.fmt for f in FIELDS.values()))
+FIELD_NAMES = tuple(FIELDS)
+assert RECORD_STRUCT.size == RECORD_SIZE
+
+
+def offset(name: str) -> int:
+    """Byte offset of a record field, for the program builder."""
+    return FIELDS[name].offset
+
+
+def size(name: str) -> int:
+    return FIELDS[name].size

@@ -1,0 +1,337 @@
+"""The Python API: ``sigscope.trace(...)`` loads the probes and yields Events.
+
+    import sigscope
+    with sigscope.trace(signals={10}, duration=5) as tracer:
+        for event in tracer:
+            print(event.to_dict())
+    print(tracer.records, tracer.lost)
+
+Everything the tracer creates (programs, maps, perf events, links) is owned by file descriptors
+of this process: closing the tracer, or the process dying in any way, leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Iterable, Iterator
+
+from . import probes
+from . import record as rec
+from .bpf import kernel
+from .bpf.attach import Attachment, attach_tracepoint
+from .bpf.maps import HashMap, Map, PerCPUArrayMap, PerfEventArrayMap, RingBufMap
+from .bpf.perfbuf import PerfBufReader
+from .bpf.privileges import check_privileges, raise_memlock_limit
+from .bpf.program import Program
+from .bpf.ringbuf import RingBufReader
+from .bpf.tracefs import event_format, tracefs_root
+from .decode import Decoder
+from .event import Event
+from .filters import Filters
+from .signals import parse_signal_list
+
+DEFAULT_BUFFER_SIZE = 16 << 20
+DEFAULT_POLL_INTERVAL_MS = 10
+BUFFER_KINDS = ("auto", "ringbuf", "perf")
+_PAGE_SIZE = 4096
+
+
+class TraceError(RuntimeError):
+    """Tracing could not start or continue; str() is one line for the user."""
+
+
+def _pow2_floor(value: int) -> int:
+    return 1 << (max(1, value).bit_length() - 1)
+
+
+class Tracer:
+    """Loads the signal probes, reads their records and decodes them into Events."""
+
+    def __init__(
+        self,
+        filters: Filters | None = None,
+        buffer: str = "auto",
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        duration: float | None = None,
+        poll_interval_ms: int = DEFAULT_POLL_INTERVAL_MS,
+    ) -> None:
+        if buffer not in BUFFER_KINDS:
+            choices = ", ".join(BUFFER_KINDS)
+            raise TraceError(f"unknown buffer kind {buffer!r}: choose from {choices}")
+        if buffer_size < _PAGE_SIZE:
+            raise TraceError(f"buffer size {buffer_size} is smaller than a page")
+        self.filters = filters or Filters()
+        self.buffer_kind = buffer
+        self.buffer_size = buffer_size
+        self.duration = duration
+        self.poll_interval_ms = poll_interval_ms
+        self.decoder = Decoder()
+        self._maps: list[Map] = []
+        self._programs: list[Program] = []
+        self._attachments: list[Attachment] = []
+        self._reader: RingBufReader | PerfBufReader | None = None
+        self._counters: PerCPUArrayMap | None = None
+        self._stop = False
+        self._deadline: float | None = None
+        self._recursion_at_start = 0
+        self.started = False
+        self.finished = False
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> Tracer:
+        """Check privileges, build and attach the probes. Raises one-line errors."""
+        if self.started:
+            return self
+        check_privileges()
+        raise_memlock_limit()
+        tracefs_root()
+        try:
+            self._setup()
+        except BaseException:
+            self._teardown()
+            raise
+        self.started = True
+        if self.duration is not None:
+            self._deadline = time.monotonic() + self.duration
+        return self
+
+    def _setup(self) -> None:
+        kind = self.buffer_kind
+        if kind == "auto":
+            kind = "ringbuf" if kernel.has_ringbuf() else "perf"
+        self.buffer_kind = kind
+        inflight = self._own(HashMap(4, rec.RECORD_SIZE, probes.INFLIGHT_MAX_ENTRIES,
+                                     name="sigscope_calls"))
+        counters = self._own(PerCPUArrayMap(8, probes.NUM_COUNTERS, name="sigscope_count"))
+        self._counters = counters
+        if kind == "ringbuf":
+            events: Map = self._own(RingBufMap(_pow2_floor(self.buffer_size // _PAGE_SIZE)
+                                               * _PAGE_SIZE, name="sigscope_events"))
+            output = probes.OUTPUT_RINGBUF
+        else:
+            events = self._own(PerfEventArrayMap(name="sigscope_events"))
+            output = probes.OUTPUT_PERF
+        cfg = probes.ProbeConfig(self.filters, output,
+                                 probes.MapFds(inflight.fd, events.fd, counters.fd))
+        generate = event_format("signal", "signal_generate")
+        calls = self._syscalls_to_trace()
+        plans: list[tuple[str, str, str, list]] = []
+        for call in calls:
+            fmt = event_format("syscalls", f"sys_exit_{call}")
+            plans.append((f"sx_{call}", "syscalls", f"sys_exit_{call}",
+                          probes.build_sys_exit(cfg, call, fmt)))
+        plans.append(("sig_generate", "signal", "signal_generate",
+                      probes.build_signal_generate(cfg, generate)))
+        for call in calls:
+            fmt = event_format("syscalls", f"sys_enter_{call}")
+            plans.append((f"se_{call}", "syscalls", f"sys_enter_{call}",
+                          probes.build_sys_enter(cfg, call, fmt)))
+        # Load everything before attaching anything: a verifier error leaves nothing attached.
+        loaded = []
+        for name, system, event, insns in plans:
+            prog = Program.load(insns, name=name[:15])
+            self._programs.append(prog)
+            loaded.append((prog, system, event))
+        if kind == "ringbuf":
+            self._reader = RingBufReader(events)  # type: ignore[arg-type]
+        else:
+            ncpu = max(1, kernel.possible_cpus())
+            pages = _pow2_floor(self.buffer_size // _PAGE_SIZE // ncpu)
+            self._reader = PerfBufReader(events, pages_per_cpu=pages)  # type: ignore[arg-type]
+        # Exits first, then generate, then entries: a call seen entering is seen leaving.
+        for prog, system, event in loaded:
+            self._attachments.append(attach_tracepoint(prog, system, event))
+        self._recursion_at_start = self._recursion_misses()
+
+    def programs_text(self) -> list[tuple[str, list]]:
+        """(name, instructions) of every probe, for `--ebpf` (built with placeholder map fds,
+        nothing is loaded)."""
+        kind = self.buffer_kind if self.buffer_kind != "auto" else "ringbuf"
+        output = probes.OUTPUT_RINGBUF if kind == "ringbuf" else probes.OUTPUT_PERF
+        cfg = probes.ProbeConfig(self.filters, output, probes.MapFds(-1, -2, -3))
+        out = [("signal_generate", probes.build_signal_generate(
+            cfg, event_format("signal", "signal_generate")))]
+        for call in self._syscalls_to_trace():
+            out.append((f"sys_enter_{call}", probes.build_sys_enter(
+                cfg, call, event_format("syscalls", f"sys_enter_{call}"))))
+            out.append((f"sys_exit_{call}", probes.build_sys_exit(
+                cfg, call, event_format("syscalls", f"sys_exit_{call}"))))
+        return out
+
+    def _syscalls_to_trace(self) -> tuple[str, ...]:
+        wanted = self.filters.syscall_vias
+        if self.filters.include_kernel:
+            # Excluded calls are still watched (and dropped in the kernel), so that their
+            # signals are not mistaken for kernel-generated ones.
+            return rec.SYSCALL_VIAS
+        return tuple(call for call in rec.SYSCALL_VIAS if call in wanted)
+
+    def _own(self, m: Map) -> Map:
+        self._maps.append(m)
+        return m
+
+    def stop(self) -> None:
+        """Ask the iteration to end (safe from a signal handler); pending events still drain."""
+        self._stop = True
+
+    def close(self) -> list[Event]:
+        """Detach, drain what the kernel already wrote, release everything. Returns the
+        drained events (iteration yields them itself)."""
+        if self.finished:
+            return []
+        drained: list[Event] = []
+        for attachment in self._attachments:
+            attachment.close()
+        self._attachments.clear()
+        if self.started:
+            drained = self._read_all()
+            drained += self.decoder.flush()
+            self._final_lost = self._lost_now()
+        self._teardown()
+        self.finished = True
+        return drained
+
+    def _teardown(self) -> None:
+        for attachment in self._attachments:
+            attachment.close()
+        self._attachments.clear()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        for prog in self._programs:
+            prog.close()
+        self._programs.clear()
+        for m in self._maps:
+            m.close()
+        self._maps.clear()
+
+    def __enter__(self) -> Tracer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def _read_all(self) -> list[Event]:
+        events: list[Event] = []
+        reader = self._reader
+        if reader is None:
+            return events
+        while True:
+            batch = reader.read(rec.RECORD_SIZE)
+            if not batch:
+                return events
+            events += self.decoder.decode(batch)
+
+    def poll(self, timeout_ms: int | None = None) -> list[Event]:
+        """Wait up to timeout_ms for records and return the events decoded from them."""
+        if self._reader is None:
+            return []
+        if timeout_ms is None:
+            timeout_ms = self.poll_interval_ms
+        self._reader.poll(timeout_ms)
+        batch = self._reader.read(rec.RECORD_SIZE)
+        return self.decoder.decode(batch) if batch else []
+
+    def expired(self) -> bool:
+        return self._stop or (self._deadline is not None and time.monotonic() >= self._deadline)
+
+    def __iter__(self) -> Iterator[Event]:
+        self.start()
+        while not self.expired():
+            timeout = self.poll_interval_ms
+            if self._deadline is not None:
+                left_ms = int((self._deadline - time.monotonic()) * 1000)
+                timeout = max(0, min(timeout, left_ms))
+            yield from self.poll(timeout)
+        yield from self.close()
+
+    # --- accounting ------------------------------------------------------------------------
+
+    @property
+    def records(self) -> int:
+        return self.decoder.records
+
+    def _recursion_misses(self) -> int:
+        total = 0
+        for prog in self._programs:
+            try:
+                total += prog.info().recursion_misses
+            except OSError:
+                pass
+        return total
+
+    def _lost_now(self) -> int:
+        lost = 0
+        if self._counters is not None and not self._counters.closed:
+            for index in (probes.COUNTER_LOST, probes.COUNTER_INFLIGHT_FULL):
+                lost += self._counters.sum_u64(struct.pack("<I", index))
+        if self._reader is not None:
+            lost += self._reader.lost
+        lost += self._recursion_misses() - self._recursion_at_start
+        return lost
+
+    @property
+    def lost(self) -> int:
+        """Records the kernel could not hand us: buffer full, in-flight map full, and probe
+        runs the kernel skipped because another BPF program was running on that CPU
+        (bpf_prog_info.recursion_misses)."""
+        if self.finished:
+            return getattr(self, "_final_lost", 0)
+        return self._lost_now()
+
+
+def trace(
+    signals: Iterable[int] | str | None = None,
+    exclude_signals: Iterable[int] | str | None = None,
+    pids: Iterable[int] = (),
+    target_ids: Iterable[int] = (),
+    comm: str | None = None,
+    vias: Iterable[str] | None = None,
+    failed_only: bool = False,
+    kill_only: bool = False,
+    buffer: str = "auto",
+    buffer_size: int = DEFAULT_BUFFER_SIZE,
+    duration: float | None = None,
+) -> Tracer:
+    """A Tracer with the same filters as the ``sigscope trace`` command line.
+
+    ``signals``/``exclude_signals`` take numbers or a spec like "USR1,SIGRTMIN+3";
+    ``vias`` names send paths (kill, tkill, tgkill, rt_sigqueueinfo, rt_tgsigqueueinfo,
+    pidfd_send_signal, kernel); ``kill_only`` drops kernel-generated signals.
+    """
+    return Tracer(
+        make_filters(signals, exclude_signals, pids, target_ids, comm, vias, failed_only,
+                     kill_only),
+        buffer=buffer, buffer_size=buffer_size, duration=duration,
+    )
+
+
+def make_filters(
+    signals: Iterable[int] | str | None = None,
+    exclude_signals: Iterable[int] | str | None = None,
+    pids: Iterable[int] = (),
+    target_ids: Iterable[int] = (),
+    comm: str | None = None,
+    vias: Iterable[str] | None = None,
+    failed_only: bool = False,
+    kill_only: bool = False,
+) -> Filters:
+    def as_set(value: Iterable[int] | str) -> frozenset[int]:
+        return parse_signal_list(value) if isinstance(value, str) else frozenset(value)
+
+    wanted: frozenset[int] | None = None
+    if signals is not None:
+        wanted = as_set(signals)
+    if exclude_signals is not None:
+        wanted = (wanted if wanted is not None else frozenset(range(65))) - as_set(exclude_signals)
+    via_set = frozenset(vias) if vias is not None else frozenset(rec.VIA_NAMES)
+    if kill_only:
+        via_set -= {"kernel"}
+    return Filters(
+        sender_pids=frozenset(pids), target_ids=frozenset(target_ids), signals=wanted,
+        comm=comm, vias=via_set, failed_only=failed_only,
+    )

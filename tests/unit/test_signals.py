@@ -1,0 +1,137 @@
+"""Signal numbers/names, spec parsing, si_code and errno names."""
+
+from __future__ import annotations
+
+import errno
+import signal
+
+import pytest
+
+from sigscope.signals import (
+    SIGNALS,
+    SIGRTMAX,
+    SIGRTMIN,
+    SignalSpecError,
+    code_name,
+    errno_name,
+    generate_result_name,
+    parse_signal,
+    parse_signal_list,
+    signal_name,
+)
+
+
+def test_numbers_match_the_generic_uapi_numbering():
+    expected = {
+        "SIGHUP": 1, "SIGINT": 2, "SIGQUIT": 3, "SIGILL": 4, "SIGTRAP": 5, "SIGABRT": 6,
+        "SIGBUS": 7, "SIGFPE": 8, "SIGKILL": 9, "SIGUSR1": 10, "SIGSEGV": 11, "SIGUSR2": 12,
+        "SIGPIPE": 13, "SIGALRM": 14, "SIGTERM": 15, "SIGSTKFLT": 16, "SIGCHLD": 17,
+        "SIGCONT": 18, "SIGSTOP": 19, "SIGTSTP": 20, "SIGTTIN": 21, "SIGTTOU": 22, "SIGURG": 23,
+        "SIGXCPU": 24, "SIGXFSZ": 25, "SIGVTALRM": 26, "SIGPROF": 27, "SIGWINCH": 28,
+        "SIGIO": 29, "SIGPWR": 30, "SIGSYS": 31,
+    }
+    assert dict(SIGNALS) == expected
+    assert (SIGRTMIN, SIGRTMAX) == (32, 64)
+
+
+def test_numbers_agree_with_this_hosts_signal_module():
+    for name, number in SIGNALS.items():
+        assert getattr(signal, name) == number, name
+
+
+@pytest.mark.parametrize(
+    ("number", "name"),
+    [
+        (0, "0"), (1, "SIGHUP"), (6, "SIGABRT"), (10, "SIGUSR1"), (17, "SIGCHLD"), (29, "SIGIO"),
+        (31, "SIGSYS"), (32, "SIGRTMIN"), (33, "SIGRTMIN+1"), (35, "SIGRTMIN+3"),
+        (48, "SIGRTMIN+16"), (49, "SIGRTMAX-15"), (62, "SIGRTMAX-2"), (63, "SIGRTMAX-1"),
+        (64, "SIGRTMAX"), (65, "SIG#65"), (-1, "SIG#-1"),
+    ],
+)
+def test_signal_name(number, name):
+    assert signal_name(number) == name
+
+
+def test_every_number_round_trips_through_its_name():
+    for number in range(0, 65):
+        assert parse_signal(signal_name(number)) == number
+
+
+@pytest.mark.parametrize(
+    ("spec", "number"),
+    [
+        ("USR2", 12), ("SIGUSR2", 12), ("sigusr2", 12), ("usr2", 12), (" 12 ", 12), ("0", 0),
+        ("64", 64), ("SIGRTMIN+3", 35), ("RTMIN+3", 35), ("rtmin", 32), ("SIGRTMAX-2", 62),
+        ("RTMAX", 64), ("SIGRTMIN-0", 32), ("IOT", 6), ("SIGPOLL", 29), ("CLD", 17),
+    ],
+)
+def test_parse_signal(spec, number):
+    assert parse_signal(spec) == number
+
+
+@pytest.mark.parametrize(
+    "spec", ["FOO", "", "SIG", "65", "-1", "SIGRTMIN+33", "SIGRTMAX-33", "RTMIN-1", "USR1x", "1.5"]
+)
+def test_parse_signal_rejects(spec):
+    with pytest.raises(SignalSpecError) as info:
+        parse_signal(spec)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "SIGRTMIN+N/SIGRTMAX-N" in message
+
+
+def test_unknown_signal_message():
+    with pytest.raises(SignalSpecError) as info:
+        parse_signal("FOO")
+    assert str(info.value) == (
+        "unknown signal 'FOO': use a name like SIGUSR1 or USR1, a number 1-64, "
+        "or SIGRTMIN+N/SIGRTMAX-N"
+    )
+
+
+def test_parse_signal_list():
+    assert parse_signal_list("USR1,TERM,12") == frozenset({10, 15, 12})
+    assert parse_signal_list(" usr1 , SIGRTMIN+1,") == frozenset({10, 33})
+    with pytest.raises(SignalSpecError, match="unknown signal 'BOGUS'"):
+        parse_signal_list("USR1,BOGUS")
+    with pytest.raises(SignalSpecError, match="empty signal list"):
+        parse_signal_list(" , ")
+
+
+@pytest.mark.parametrize(
+    ("code", "sig", "name"),
+    [
+        (0, 10, "SI_USER"), (0x80, 11, "SI_KERNEL"), (-1, 34, "SI_QUEUE"), (-2, 14, "SI_TIMER"),
+        (-3, 10, "SI_MESGQ"), (-4, 10, "SI_ASYNCIO"), (-5, 29, "SI_SIGIO"), (-6, 10, "SI_TKILL"),
+        (-7, 9, "SI_DETHREAD"), (-60, 10, "SI_ASYNCNL"),
+        (1, 11, "SEGV_MAPERR"), (2, 11, "SEGV_ACCERR"), (4, 11, "SEGV_PKUERR"),
+        (1, 7, "BUS_ADRALN"), (4, 7, "BUS_MCEERR_AR"), (5, 7, "BUS_MCEERR_AO"),
+        (1, 4, "ILL_ILLOPC"), (9, 4, "ILL_BADIADDR"), (1, 8, "FPE_INTDIV"),
+        (14, 8, "FPE_FLTUNK"), (15, 8, "FPE_CONDTRAP"), (9, 8, "9"),
+        (1, 5, "TRAP_BRKPT"), (5, 5, "TRAP_UNK"), ((4 << 8) | 5, 5, "SIGTRAP|PTRACE_EVENT_EXEC<<8"),
+        (1, 17, "CLD_EXITED"), (2, 17, "CLD_KILLED"), (3, 17, "CLD_DUMPED"),
+        (5, 17, "CLD_STOPPED"), (6, 17, "CLD_CONTINUED"), (7, 17, "7"),
+        (1, 29, "POLL_IN"), (6, 29, "POLL_HUP"), (1, 40, "POLL_IN"),
+        (1, 31, "SYS_SECCOMP"), (2, 31, "2"), (-8, 10, "-8"), (99, 11, "99"),
+    ],
+)
+def test_code_name(code, sig, name):
+    assert code_name(code, sig) == name
+
+
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [
+        (-1, "EPERM"), (1, "EPERM"), (-3, "ESRCH"), (22, "EINVAL"), (-errno.EAGAIN, "EAGAIN"),
+        (errno.EDEADLK, "EDEADLK"), (errno.EOPNOTSUPP, "EOPNOTSUPP"), (-512, "ERESTARTSYS"),
+        (-516, "ERESTART_RESTARTBLOCK"), (0, "0"), (-4000, "E#4000"),
+    ],
+)
+def test_errno_name(value, name):
+    assert errno_name(value) == name
+
+
+def test_generate_result_name():
+    assert [generate_result_name(n) for n in range(6)] == [
+        "delivered", "ignored", "already_pending", "overflow_fail", "lose_info", "5",
+    ]
