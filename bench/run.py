@@ -327,7 +327,7 @@ def count_bpftrace_map(stdout: Iterable[str], stderr: str, via: str) -> tuple[in
 BPFTRACE_FILTER = f'/comm == "{LOADGEN_COMM}" && args->sig == {BENCH_SIGNAL}/'
 BPFTRACE_STREAM = (
     f"tracepoint:signal:signal_generate {BPFTRACE_FILTER} "
-    '{ printf("S %d %d %d\\n", args->sig, args->pid, args->result); }'
+    '{ printf("S %d %d %d %llu\\n", args->sig, args->pid, args->result, nsecs); }'
 )
 BPFTRACE_COUNT = (
     f"tracepoint:signal:signal_generate {BPFTRACE_FILTER} {{ @[args->sig] = count(); }}"
