@@ -118,8 +118,10 @@ def add_filter_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # `sigscope` alone is `sigscope trace`, so its help shows the trace examples too.
     parser = _Parser(prog="sigscope", description="Every signal on the system: who sent it, by "
-                     "which path, to which process and thread, and what became of it.")
+                     "which path, to which process and thread,\nand what became of it.",
+                     epilog=TRACE_EXAMPLES, formatter_class=_RAW)
     parser.add_argument("--version", action="version", version=f"sigscope {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 

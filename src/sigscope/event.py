@@ -45,7 +45,8 @@ def kernel_origin(sig: int, code: int) -> str:
         return "pipe"
     if sig in _RLIMIT_SIGNALS:
         return "rlimit"
-    if sig in _IO_SIGNALS or (code > 0 and sig not in _FAULT_SIGNALS):
+    # Positive codes below SI_KERNEL are POLL_* reasons (F_SETSIG); SI_KERNEL itself is not.
+    if sig in _IO_SIGNALS or (0 < code < SI_KERNEL and sig not in _FAULT_SIGNALS):
         return "io"
     if sig in _TTY_SIGNALS and code == SI_KERNEL:
         return "tty"

@@ -21,11 +21,13 @@ Writes that fail (buffer full) are counted per CPU in the ``counters`` map: lost
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import record as rec
 from .bpf import asm
 from .bpf.asm import DW, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, W
+from .bpf.maps import LRUHashMap
 from .bpf.tracefs import EventFormat
 from .bpf.uapi import BPF_ANY, BPF_F_CURRENT_CPU, BPF_RB_NO_WAKEUP
 from .filters import Filters
@@ -38,11 +40,19 @@ NUM_COUNTERS = 4
 OUTPUT_RINGBUF = "ringbuf"
 OUTPUT_PERF = "perf"
 
-INFLIGHT_MAX_ENTRIES = 16384  # threads inside a signal syscall at the same moment
+# Threads with an in-flight record. An LRU map: records of threads that left (or died) are
+# evicted by new ones, and a thread inside a call is always among the most recently used.
+INFLIGHT_MAX_ENTRIES = 16384
+
+
+def make_inflight_map() -> LRUHashMap:
+    """The per-thread in-flight map the programs of this module expect (key: u32 tid)."""
+    return LRUHashMap(4, rec.RECORD_SIZE, INFLIGHT_MAX_ENTRIES, name="sigscope_calls")
 
 # Stack layout (offsets from r10). The record buffer must be 8-aligned.
 _STACK_RECORD = -rec.RECORD_SIZE                 # one record being built
 _STACK_KEY = _STACK_RECORD - 8                   # u32 map key (tid or counter index)
+STACK_USED = -_STACK_KEY                         # bytes of stack these programs use
 
 # signal_generate's own fields (names as in its tracefs format file).
 GENERATE_FIELDS = ("sig", "errno", "code", "comm", "pid", "group", "result")
@@ -68,8 +78,13 @@ class MapFds:
 @dataclass(frozen=True)
 class ProbeConfig:
     filters: Filters
-    output: str  # OUTPUT_RINGBUF or OUTPUT_PERF
+    output: str  # OUTPUT_RINGBUF or OUTPUT_PERF (ignored when `emit` is set)
     maps: MapFds
+    # Hook for `sigscope top` (top_probes.py): when set, each finished record is handed to
+    # emit(cfg, data_reg, labels, on_success) -> instructions instead of being written out, so
+    # the counting programs share every line of this module's logic. The code it returns must
+    # keep r6-r9 and may use the stack below STACK_USED.
+    emit: Callable[[ProbeConfig, int, _Labels, list | None], list] | None = None
 
 
 class _Labels:
@@ -123,6 +138,8 @@ def _output(
 ) -> list:
     """Write RECORD_SIZE bytes at data_reg to the events buffer; count a failure as lost.
     Expects r6 = ctx. Clobbers r0-r5."""
+    if cfg.emit is not None:
+        return cfg.emit(cfg, data_reg, labels, on_success)
     failed, done = labels("output_failed"), labels("output_done")
     if cfg.output == OUTPUT_RINGBUF:
         write = [
@@ -278,37 +295,73 @@ def _epilogue(out: str) -> list:
 
 # --- the programs ---------------------------------------------------------------------------
 
-def build_sys_enter(cfg: ProbeConfig, call: str, enter: EventFormat) -> list:
-    """sys_enter_<call>: park the call under the thread id when its sender and signal pass."""
-    labels, out = _Labels(), "out"
-    via = rec.VIA_CODES[call]
-    sig = enter.field("sig")
-    suppressed = call not in cfg.filters.vias  # parked only so generate knows it's no kernel signal
-    prog = [*_prologue(), *_sender_filters(cfg, out, labels)]
-    prog += [*_load_s32(R9, R6, sig.offset, sig.size),
-             *_signal_filter(R9, cfg.filters.signals, out, labels)]
-    prog += _zero_stack_record()
-    prog += _current_comm_into_stack()
-    prog += _comm_filter(R10, _STACK_RECORD + _f("sender_comm"), cfg.filters.comm_bytes(), out)
-    prog += _fill_sender_into_stack()
-    prog += [
-        asm.stx(W, R10, R9, _STACK_RECORD + _f("sig")),
-        asm.st(W, R10, _STACK_RECORD + _f("kind"), 0 if suppressed else rec.KIND_CALL),
-        asm.st(W, R10, _STACK_RECORD + _f("via"), via),
-        asm.st(W, R10, _STACK_RECORD + _f("gen_result"), rec.GEN_NONE),
-        asm.st(W, R10, _STACK_RECORD + _f("arg_pidfd"), -1),
-        asm.st(DW, R10, _STACK_RECORD + _f("arg_pid"), 0),
-        asm.st(DW, R10, _STACK_RECORD + _f("arg_tid"), 0),
+def _fill_call(base: int, off0: int, call: str, enter: EventFormat, suppressed: bool) -> list:
+    """Write a call's own fields into the record at base+off0 (the stack, or the thread's
+    in-flight map value reused in place) and clear what a previous call left there.
+    Expects r7 = pid_tgid, r9 = the signal; base must survive helper calls. Clobbers r0-r5."""
+    def at(name: str) -> int:
+        return off0 + _f(name)
+
+    prog = [
+        asm.stx(W, base, R7, at("sender_tid")),
+        asm.mov64_reg(R1, R7),
+        asm.alu64_imm("RSH", R1, 32),
+        asm.stx(W, base, R1, at("sender_tgid")),
+        asm.call("get_current_uid_gid"),
+        asm.stx(W, base, R0, at("sender_uid")),
+        asm.stx(W, base, R9, at("sig")),
+        asm.st(W, base, at("kind"), rec.KIND_SUPPRESSED if suppressed else rec.KIND_CALL),
+        asm.st(W, base, at("via"), rec.VIA_CODES[call]),
+        asm.st(W, base, at("gen_result"), rec.GEN_NONE),
+        asm.st(W, base, at("arg_pidfd"), -1),
     ]
+    for name in ("ngen", "nemitted", "flags", "target_tid", "gen_code", "gen_errno",
+                 "gen_group"):
+        prog.append(asm.st(W, base, at(name), 0))
+    for name in ("arg_pid", "arg_tid", "ret"):
+        prog.append(asm.st(DW, base, at(name), 0))
+    prog += [asm.st(DW, base, at("target_comm"), 0), asm.st(DW, base, at("target_comm") + 8, 0)]
     for rec_field, fmt_field in SYSCALL_ARGS[call].items():
         fld = enter.field(fmt_field)
         prog += _load_s32(R1, R6, fld.offset, fld.size)
-        prog.append(asm.stx(W if rec_field == "arg_pidfd" else DW, R10, R1,
-                            _STACK_RECORD + _f(rec_field)))
+        prog.append(asm.stx(W if rec_field == "arg_pidfd" else DW, base, R1, at(rec_field)))
     prog += [
         asm.call("ktime_get_ns"),
-        asm.stx(DW, R10, R0, _STACK_RECORD + _f("call_id")),
-        asm.stx(DW, R10, R0, _STACK_RECORD + _f("ktime_ns")),
+        asm.stx(DW, base, R0, at("call_id")),
+        asm.stx(DW, base, R0, at("ktime_ns")),
+    ]
+    return prog
+
+
+def build_sys_enter(cfg: ProbeConfig, call: str, enter: EventFormat) -> list:
+    """sys_enter_<call>: park the call under the thread id when its sender and signal pass.
+
+    A thread's in-flight record stays in the (LRU) map between calls and is rewritten in place:
+    a signal storm then costs one map lookup per call instead of an insert and a delete."""
+    labels, out, park_new = _Labels(), "out", "park_new"
+    sig = enter.field("sig")
+    suppressed = call not in cfg.filters.vias  # parked only so generate knows it's no kernel signal
+    comm = cfg.filters.comm_bytes()
+    prog = [*_prologue(), *_sender_filters(cfg, out, labels)]
+    prog += [*_load_s32(R9, R6, sig.offset, sig.size),
+             *_signal_filter(R9, cfg.filters.signals, out, labels)]
+    prog += _lookup_inflight(cfg, park_new)
+    prog += [
+        asm.mov64_reg(R1, R8),
+        asm.alu64_imm("ADD", R1, _f("sender_comm")),
+        asm.mov64_imm(R2, 16),
+        asm.call("get_current_comm"),
+        *_comm_filter(R8, _f("sender_comm"), comm, out),
+        *_fill_call(R8, 0, call, enter, suppressed),
+        asm.ja(out),
+    ]
+    # First signal syscall of this thread: build the record on the stack and insert it.
+    prog.append(asm.label(park_new))
+    prog += _zero_stack_record()
+    prog += _current_comm_into_stack()
+    prog += _comm_filter(R10, _STACK_RECORD + _f("sender_comm"), comm, out)
+    prog += _fill_call(R10, _STACK_RECORD, call, enter, suppressed)
+    prog += [
         asm.stx(W, R10, R7, _STACK_KEY),
         asm.ld_map_fd(R1, cfg.maps.inflight),
         asm.mov64_reg(R2, R10),
@@ -330,11 +383,12 @@ def build_signal_generate(cfg: ProbeConfig, gen: EventFormat) -> list:
     f = cfg.filters
     sig = gen.field("sig")
     prog = [*_prologue(), *_lookup_inflight(cfg, kernel)]
+    prog += [asm.ldx(W, R3, R8, _f("kind")), asm.jmp_imm("JEQ", R3, rec.KIND_IDLE, kernel)]
     # Inside a signal syscall, but for another signal (seccomp's SIGSYS, say): the kernel's own.
     prog += [asm.ldx(W, R1, R6, sig.offset), asm.ldx(W, R2, R8, _f("sig")),
              asm.jmp_reg("JNE", R1, R2, kernel)]
     # From here on the recipient belongs to the call parked in r8.
-    prog += [asm.ldx(W, R1, R8, _f("kind")), asm.jmp_imm("JEQ", R1, 0, out)]  # via filtered out
+    prog += [asm.jmp_imm("JEQ", R3, rec.KIND_SUPPRESSED, out)]  # its via is filtered out
     if f.failed_only:
         # A call that generated a signal succeeded (kill(2) returns 0 when any recipient got
         # it), so -x needs none of its recipients. (No code after this jump: the verifier
@@ -420,25 +474,27 @@ def _attribute_to_call(cfg: ProbeConfig, gen: EventFormat, out: str, labels: _La
 
 
 def build_sys_exit(cfg: ProbeConfig, call: str, exit_fmt: EventFormat) -> list:
-    """sys_exit_<call>: complete the parked call with its return value and write it out."""
-    labels, out, drop = _Labels(), "out", "drop"
+    """sys_exit_<call>: complete the parked call with its return value and write it out; the
+    thread's in-flight record goes back to idle (it is reused by the thread's next call)."""
+    labels, out, idle = _Labels(), "out", "idle"
     f = cfg.filters
     prog = [*_prologue(), *_lookup_inflight(cfg, out)]
-    prog += [asm.ldx(W, R1, R8, _f("kind")), asm.jmp_imm("JEQ", R1, 0, drop)]
+    prog += [asm.ldx(W, R1, R8, _f("kind")), asm.jmp_imm("JEQ", R1, rec.KIND_IDLE, out),
+             asm.jmp_imm("JEQ", R1, rec.KIND_SUPPRESSED, idle)]
     ret = exit_fmt.field("ret")
     prog += [asm.ldx(DW, R9, R6, ret.offset)]
     if f.failed_only:
-        prog.append(asm.jmp_imm("JSGE", R9, 0, drop))
+        prog.append(asm.jmp_imm("JSGE", R9, 0, idle))
     if f.target_ids:
         # No recipient recorded: the call matches -T only through its arguments.
         keep = labels("target_keep")
         prog += [asm.ldx(W, R1, R8, _f("ngen")), asm.jmp_imm("JNE", R1, 0, keep),
-                 asm.ldx(W, R1, R8, _f("flags")), asm.jmp_imm("JSET", R1,
-                                                               rec.FLAG_RECIPIENT_FILTERED, drop)]
+                 asm.ldx(W, R1, R8, _f("flags")),
+                 asm.jmp_imm("JSET", R1, rec.FLAG_RECIPIENT_FILTERED, idle)]
         for name in ("arg_pid", "arg_tid"):
             prog += [asm.ldx(DW, R1, R8, _f(name))]
             prog += [asm.jmp_imm("JEQ", R1, i, keep) for i in sorted(f.target_ids)]
-        prog += [asm.ja(drop), asm.label(keep)]
+        prog += [asm.ja(idle), asm.label(keep)]
     # A call with recipients keeps the generation time; one without gets the exit time.
     timed = labels("timed")
     prog += [asm.stx(DW, R8, R9, _f("ret")),
@@ -446,12 +502,5 @@ def build_sys_exit(cfg: ProbeConfig, call: str, exit_fmt: EventFormat) -> list:
              asm.call("ktime_get_ns"), asm.stx(DW, R8, R0, _f("ktime_ns")),
              asm.label(timed)]
     prog += _output(cfg, R8, labels)
-    prog += [
-        asm.label(drop),
-        asm.stx(W, R10, R7, _STACK_KEY),
-        asm.ld_map_fd(R1, cfg.maps.inflight),
-        asm.mov64_reg(R2, R10),
-        asm.alu64_imm("ADD", R2, _STACK_KEY),
-        asm.call("map_delete_elem"),
-    ]
+    prog += [asm.label(idle), asm.st(W, R8, _f("kind"), rec.KIND_IDLE)]
     return prog + _epilogue(out)

@@ -22,6 +22,11 @@ KIND_CALL = 1
 KIND_FANOUT = 2
 KIND_KERNEL = 3
 
+# States of an in-flight record (the kernel's per-thread map; never written out): the thread is
+# not inside a signal syscall, or is inside one whose `via` the filters leave out.
+KIND_IDLE = 0
+KIND_SUPPRESSED = 0xFF
+
 # flags: a recipient of this call was generated but left out by the target filter.
 FLAG_RECIPIENT_FILTERED = 1
 

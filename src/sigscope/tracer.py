@@ -20,7 +20,7 @@ from . import probes
 from . import record as rec
 from .bpf import kernel
 from .bpf.attach import Attachment, attach_tracepoint
-from .bpf.maps import HashMap, Map, PerCPUArrayMap, PerfEventArrayMap, RingBufMap
+from .bpf.maps import Map, PerCPUArrayMap, PerfEventArrayMap, RingBufMap
 from .bpf.perfbuf import PerfBufReader
 from .bpf.privileges import check_privileges, raise_memlock_limit
 from .bpf.program import Program
@@ -102,8 +102,7 @@ class Tracer:
         if kind == "auto":
             kind = "ringbuf" if kernel.has_ringbuf() else "perf"
         self.buffer_kind = kind
-        inflight = self._own(HashMap(4, rec.RECORD_SIZE, probes.INFLIGHT_MAX_ENTRIES,
-                                     name="sigscope_calls"))
+        inflight = self._own(probes.make_inflight_map())
         counters = self._own(PerCPUArrayMap(8, probes.NUM_COUNTERS, name="sigscope_count"))
         self._counters = counters
         if kind == "ringbuf":

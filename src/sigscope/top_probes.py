@@ -1,0 +1,210 @@
+"""The counting programs of ``sigscope top``: the tracing programs of probes.py, counting instead
+of writing records.
+
+probes.py decides *what* is one signal (enter parks the call, signal_generate attributes each
+recipient to it or sees a kernel-generated signal, exit completes the call) and hands every
+finished record to an output step. Here that step is replaced, through ``ProbeConfig.emit``, by
+code that folds the record into a count key and adds one to the key's count in a BPF hash map.
+So ``top`` counts exactly what ``trace`` would print, one per send attempt and recipient, with
+the same filters in the kernel — and no record ever crosses to user space.
+
+The count key (``KEY_FIELDS``): sender tgid and comm, target pid and comm, signal, via, result
+(the syscall's return, 0 for kernel-generated signals and for fan-out recipients, which are
+counted when generated, before the call returns: kill(2) returns 0 as soon as any recipient got
+the signal), outcome (TRACE_SIGNAL_* or -1 when nothing was generated). ``target_pid`` holds, as
+the decoder would read it: the tgid argument for tgkill/rt_tgsigqueueinfo; else, when a signal was
+generated, the recipient task id from signal_generate (a thread id: user space maps it to its
+process); else the pid argument (a thread id for tkill, the pidfd for pidfd_send_signal).
+
+When the map is full a new key cannot be added: the signal is counted in the per-CPU
+``COUNTER_OTHER`` slot instead, never dropped.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from dataclasses import dataclass
+from functools import partial
+
+from . import probes
+from . import record as rec
+from .bpf import asm
+from .bpf.asm import DW, R0, R1, R2, R3, R4, R10, W
+from .bpf.tracefs import EventFormat
+from .bpf.uapi import BPF_NOEXIST
+from .filters import Filters
+
+# A slot of the `counters` array after probes.py's own: signals whose key did not fit the map.
+COUNTER_OTHER = probes.NUM_COUNTERS
+NUM_COUNTERS = probes.NUM_COUNTERS + 1
+
+# The count key, in map order (every field naturally aligned, no padding).
+KEY_FIELDS = (
+    ("sender_tgid", "I"),
+    ("target_pid", "i"),
+    ("sig", "i"),
+    ("via", "I"),
+    ("result", "i"),     # 0 or -errno
+    ("outcome", "i"),    # TRACE_SIGNAL_* or rec.GEN_NONE
+    ("reserved", "Q"),
+    ("sender_comm", "16s"),
+    ("target_comm", "16s"),
+)
+KEY_STRUCT = struct.Struct("<" + "".join(fmt for _, fmt in KEY_FIELDS))
+KEY_SIZE = KEY_STRUCT.size
+VALUE_SIZE = 8  # u64 count
+_KEY_OFFSETS: dict[str, int] = {}
+_offset = 0
+for _name, _fmt in KEY_FIELDS:
+    _KEY_OFFSETS[_name] = _offset
+    _offset += struct.calcsize("<" + _fmt)
+assert _offset == KEY_SIZE == 64
+
+# Stack below what probes.py uses: the key, then the initial value for an insert.
+_STACK_COUNT_KEY = -(probes.STACK_USED + KEY_SIZE)
+_STACK_ONE = _STACK_COUNT_KEY - 8
+assert -_STACK_ONE <= 512 and _STACK_COUNT_KEY % 8 == 0
+
+_TG_VIAS = (rec.VIA_CODES["tgkill"], rec.VIA_CODES["rt_tgsigqueueinfo"])
+
+
+@dataclass(frozen=True)
+class CountMapFds:
+    inflight: int
+    counts: int      # hash or per-CPU hash: key -> u64
+    counters: int    # per-CPU array of NUM_COUNTERS u64
+    percpu: bool     # counts is a per-CPU hash: plain adds, no atomics needed
+
+
+def _k(name: str) -> int:
+    return _STACK_COUNT_KEY + _KEY_OFFSETS[name]
+
+
+def _build_key(src: int, labels: probes._Labels) -> list:
+    """The count key on the stack from the record at src. Uses r1."""
+    f = rec.offset
+    prog: list = []
+    for key_name, rec_name in (("sender_tgid", "sender_tgid"), ("sig", "sig"), ("via", "via"),
+                               ("outcome", "gen_result"), ("result", "ret")):
+        # ret is a little-endian s64 holding 0 or -errno: its low word is the s32 result.
+        prog += [asm.ldx(W, R1, src, f(rec_name)), asm.stx(W, R10, R1, _k(key_name))]
+    prog.append(asm.st(DW, R10, _k("reserved"), 0))
+    for name in ("sender_comm", "target_comm"):
+        for i in (0, 8):
+            prog += [asm.ldx(DW, R1, src, f(name) + i), asm.stx(DW, R10, R1, _k(name) + i)]
+    generated, arg_pid, pidfd, store = (labels("generated"), labels("arg_pid"), labels("pidfd"),
+                                        labels("store_target"))
+    prog += [
+        asm.ldx(W, R1, src, f("gen_result")),
+        asm.jmp32_imm("JNE", R1, rec.GEN_NONE, generated),
+        # Nothing generated: the target is what the call asked for.
+        asm.ldx(W, R1, src, f("via")),
+        asm.jmp32_imm("JEQ", R1, rec.VIA_CODES["pidfd_send_signal"], pidfd),
+        asm.ja(arg_pid),
+        asm.label(generated),
+        asm.ldx(W, R1, src, f("via")),
+        *[asm.jmp32_imm("JEQ", R1, via, arg_pid) for via in _TG_VIAS],
+        asm.ldx(W, R1, src, f("target_tid")),
+        asm.ja(store),
+        asm.label(pidfd),
+        asm.ldx(W, R1, src, f("arg_pidfd")),
+        asm.ja(store),
+        asm.label(arg_pid),
+        asm.ldx(W, R1, src, f("arg_pid")),
+        asm.label(store),
+        asm.stx(W, R10, R1, _k("target_pid")),
+    ]
+    return prog
+
+
+def _add_one(fds: CountMapFds, missing: str) -> list:
+    """counts[key] += 1 or jump to missing. Clobbers r0-r5."""
+    add = (asm.alu64_imm("ADD", R1, 1) if fds.percpu else None)
+    prog = [
+        asm.ld_map_fd(R1, fds.counts),
+        asm.mov64_reg(R2, R10),
+        asm.alu64_imm("ADD", R2, _STACK_COUNT_KEY),
+        asm.call("map_lookup_elem"),
+        asm.jmp_imm("JEQ", R0, 0, missing),
+    ]
+    if add is not None:
+        # This CPU's own slot; tracing programs do not nest on a CPU: no atomic needed.
+        prog += [asm.ldx(DW, R1, R0, 0), add, asm.stx(DW, R0, R1, 0)]
+    else:
+        prog += [asm.mov64_imm(R1, 1), asm.atomic_add(DW, R0, R1, 0)]
+    return prog
+
+
+def _bump_other(fds: CountMapFds, labels: probes._Labels) -> list:
+    done = labels("other_counted")
+    return [
+        asm.st(W, R10, _STACK_ONE, COUNTER_OTHER),
+        asm.ld_map_fd(R1, fds.counters),
+        asm.mov64_reg(R2, R10),
+        asm.alu64_imm("ADD", R2, _STACK_ONE),
+        asm.call("map_lookup_elem"),
+        asm.jmp_imm("JEQ", R0, 0, done),
+        asm.mov64_imm(R1, 1),
+        asm.atomic_add(DW, R0, R1, 0),
+        asm.label(done),
+    ]
+
+
+def emit_count(
+    cfg: probes.ProbeConfig, data_reg: int, labels: probes._Labels, on_success: list | None,
+    fds: CountMapFds,
+) -> list:
+    """The ProbeConfig.emit hook: count the record at data_reg under its key."""
+    insert, retry, other, done = (labels("insert"), labels("retry"), labels("other"),
+                                  labels("count_done"))
+    return [
+        *_build_key(data_reg, labels),
+        *_add_one(fds, insert),
+        asm.ja(done),
+        asm.label(insert),
+        # A new key. Another CPU may insert the same key meanwhile (EEXIST): add to that one.
+        asm.st(DW, R10, _STACK_ONE, 1),
+        asm.ld_map_fd(R1, fds.counts),
+        asm.mov64_reg(R2, R10),
+        asm.alu64_imm("ADD", R2, _STACK_COUNT_KEY),
+        asm.mov64_reg(R3, R10),
+        asm.alu64_imm("ADD", R3, _STACK_ONE),
+        asm.mov64_imm(R4, BPF_NOEXIST),
+        asm.call("map_update_elem"),
+        asm.jmp_imm("JEQ", R0, 0, done),
+        asm.jmp_imm("JEQ", R0, -errno.EEXIST, retry),
+        asm.ja(other),  # E2BIG (preallocated map full) or ENOMEM
+        asm.label(retry),
+        *_add_one(fds, other),
+        asm.ja(done),
+        asm.label(other),
+        *_bump_other(fds, labels),
+        asm.label(done),
+        *(on_success or []),
+    ]
+
+
+def probe_config(filters: Filters, fds: CountMapFds) -> probes.ProbeConfig:
+    """probes.py's configuration with the counting output."""
+    return probes.ProbeConfig(
+        filters, probes.OUTPUT_RINGBUF,
+        probes.MapFds(inflight=fds.inflight, events=fds.counts, counters=fds.counters),
+        emit=partial(emit_count, fds=fds),
+    )
+
+
+def build_sys_enter(cfg: probes.ProbeConfig, call: str, fmt: EventFormat) -> list:
+    return probes.build_sys_enter(cfg, call, fmt)
+
+
+def build_signal_generate(cfg: probes.ProbeConfig, fmt: EventFormat) -> list:
+    return probes.build_signal_generate(cfg, fmt)
+
+
+def build_sys_exit(cfg: probes.ProbeConfig, call: str, fmt: EventFormat) -> list:
+    return probes.build_sys_exit(cfg, call, fmt)
+
+
+def unpack_key(key: bytes) -> dict[str, int | bytes]:
+    return dict(zip((name for name, _ in KEY_FIELDS), KEY_STRUCT.unpack(key)))
