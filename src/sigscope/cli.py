@@ -34,6 +34,29 @@ examples:
 columns: TIME PID TID COMM (sender) VIA (send path) SIG TPID TTID TCOMM (target)
   RESULT (syscall return: 0, -EPERM...; '-' for kernel-generated) OUTCOME (what the kernel
   did: delivered, ignored, already_pending, overflow, lose_info; '-' when nothing was sent).
+
+--fate follows each queued signal to its end. Each send is printed at once with its ID (#17)
+and FATE '...'; its fate follows as its own line when known, tied by the id ('->#17'): PID TID
+COMM there are the thread that took the signal, LAT the time from generation to delivery, FATE
+the effect (handled <address> <flags>, ignored, stopped, continued, terminated, core_dumped,
+consumed, flushed, discarded, unknown) and a death's cause, e.g. 'terminated (SIGTERM)'. Fate
+lines trail their deliveries by a few milliseconds; a signal still queued when tracing ends is
+reported then as 'pending'. Real-time signals are matched first in, first out. With -j the fate
+is a {"type": "fate"} record with the signal record's "id".
+"""
+
+TOP_EXAMPLES = """\
+examples:
+  sigscope top                      # who signals whom, every second, busiest first
+  sigscope top -c oracle -i 5 -C    # sends by 'oracle' processes, 5 s intervals, appended
+  sigscope top --sort target -n 50  # 50 rows, grouped by target
+  sigscope top -j -d 60             # one JSON object per interval, for a minute
+  sigscope top --prometheus :9567   # serve /metrics (no table unless --table or --json)
+  sigscope top --prometheus 127.0.0.1:9567 --labels signal,via,sender_comm
+
+Counts are kept in the kernel (a BPF hash map of at most --max-keys keys, default 10240): no
+per-signal record reaches user space. Keys that do not fit are counted in "other". On exit a last,
+partial interval is printed, so the intervals add up to every signal seen.
 """
 
 SEND_EXAMPLES = """\
@@ -135,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("-t", "--timestamp", action="store_true",
                        help="relative timestamps (seconds since the first record)")
     trace.add_argument("--ebpf", action="store_true", help="print the BPF programs and exit")
+    trace.add_argument("--fate", action="store_true",
+                       help="also report what became of each signal: delivery (thread, latency, "
+                            "disposition), effect, cause of death (see below)")
 
     send = sub.add_parser("send", help="send a signal through any of the six syscalls",
                           epilog=SEND_EXAMPLES, formatter_class=_RAW)
@@ -149,10 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("pid", nargs="?", type=int, help="target process")
 
     sub.add_parser("selftest", help="load a probe, send ourselves signals, check they are seen")
+
+    add_top_parser(sub)
     return parser
 
 
-COMMANDS = ("trace", "send", "selftest")
+COMMANDS = ("trace", "top", "send", "selftest")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -163,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(args_list)
         handler: Callable[[argparse.Namespace], int] = {
-            "trace": run_trace, "send": run_send, "selftest": run_selftest,
+            "trace": run_trace, "top": run_top, "send": run_send, "selftest": run_selftest,
         }[args.command]
         return handler(args)
     except UsageError as err:
@@ -228,15 +256,19 @@ def run_trace(args: argparse.Namespace) -> int:
 
     filters = filters_from_args(args)
     tracer = Tracer(filters, buffer=args.buffer, buffer_size=args.buffer_size,
-                    duration=args.duration)
+                    duration=args.duration, fate=args.fate)
     if args.ebpf:
         return _print_programs(tracer)
-    writer = JsonWriter(sys.stdout) if args.json else TextWriter(sys.stdout, args.timestamp)
+    writer = (JsonWriter(sys.stdout) if args.json
+              else TextWriter(sys.stdout, args.timestamp, fate=args.fate))
     _install_stop_handlers(tracer.stop)
     tracer.start()
     try:
         print(f"Tracing signals ({tracer.buffer_kind} buffer)... Hit Ctrl-C to end.",
               file=sys.stderr, flush=True)
+        if tracer.fate_exit_codes is False:
+            print("sigscope: no kernel BTF: the effect of fatal signals is reported as unknown",
+                  file=sys.stderr, flush=True)
         writer.header()
         reported_lost = 0
         while not tracer.expired():
@@ -264,6 +296,112 @@ def _print_programs(tracer) -> int:
     for name, insns in tracer.programs_text():
         print(f"; --- {name}")
         print(asm.dump(insns))
+    return 0
+
+
+def add_top_parser(sub) -> None:
+    from .top import DEFAULT_MAX_KEYS, MAP_KINDS, SORT_KEYS
+
+    top = sub.add_parser("top", help="count signals in the kernel: who signals whom, how often",
+                         epilog=TOP_EXAMPLES, formatter_class=_RAW,
+                         description="Count signals in the kernel, by sender, target, signal, "
+                         "via, result and outcome, and print them every interval.")
+    add_filter_options(top)
+    top.add_argument("-i", "--interval", type=_duration, default=1.0, metavar="SECONDS",
+                     help="seconds between updates (default 1)")
+    top.add_argument("--sort", choices=SORT_KEYS, default="count", help="row order")
+    top.add_argument("-n", "--rows", type=_positive_int, metavar="N",
+                     help="show the top N rows (default: 20 in the table, all with --json)")
+    top.add_argument("-C", "--no-clear", action="store_true",
+                     help="append each table instead of redrawing the terminal")
+    top.add_argument("-j", "--json", action="store_true", help="one JSON object per interval")
+    top.add_argument("--prometheus", metavar="ADDR:PORT",
+                     help="serve the counts on http://ADDR:PORT/metrics")
+    top.add_argument("--labels", metavar="LABEL[,LABEL]",
+                     help="labels of sigscope_signals_total (default: signal,via,outcome,"
+                          "sender_comm,target_comm; also error, sender_pid, target_pid)")
+    top.add_argument("--table", action="store_true",
+                     help="with --prometheus, print the table too")
+    top.add_argument("--max-keys", type=_positive_int, default=DEFAULT_MAX_KEYS, metavar="N",
+                     help=f"keys the kernel map holds (default {DEFAULT_MAX_KEYS}); more go "
+                          "to 'other'")
+    top.add_argument("--map-kind", choices=MAP_KINDS, default="auto",
+                     help="count map: per-CPU hash (auto) or one shared hash")
+
+
+def run_top(args: argparse.Namespace) -> int:
+    import select
+    import time
+
+    from .exporter import DEFAULT_LABELS, parse_labels, parse_listen_address
+    from .top import MAX_MAX_KEYS, Counter, IntervalTracker, IntervalWriter
+
+    if args.max_keys > MAX_MAX_KEYS:
+        raise UsageError(f"sigscope top: --max-keys is at most {MAX_MAX_KEYS}")
+    if args.labels is not None and not args.prometheus:
+        raise UsageError("sigscope top: --labels needs --prometheus")
+    if args.table and not args.prometheus:
+        raise UsageError("sigscope top: --table needs --prometheus")
+    labels = parse_labels(args.labels) if args.labels is not None else DEFAULT_LABELS
+    if args.prometheus:
+        parse_listen_address(args.prometheus)  # a bad address fails before anything is loaded
+    filters = filters_from_args(args)
+    counter = Counter(filters, max_keys=args.max_keys, map_kind=args.map_kind)
+
+    # A signal handler only sets a flag and writes to a pipe; the loop sleeps in select().
+    wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    stopping = []
+
+    def stop() -> None:
+        stopping.append(True)
+        try:
+            os.write(wake_write, b"x")
+        except OSError:
+            pass
+
+    _install_stop_handlers(stop)
+    server = None
+    show = not args.prometheus or args.table or args.json
+    try:
+        counter.start()
+        started = time.monotonic()
+        where = ""
+        if args.prometheus:
+            from .exporter import SignalCollector, serve
+
+            server = serve(args.prometheus, SignalCollector(counter.exporter_snapshot, labels))
+            where = f", metrics at {server.url}"
+        print(f"Tracing signals (counting in the kernel, up to {args.max_keys} keys{where})... "
+              "Hit Ctrl-C to end.", file=sys.stderr, flush=True)
+        writer = IntervalWriter(sys.stdout, json_output=args.json, sort=args.sort,
+                                limit=args.rows, append=args.no_clear, max_keys=args.max_keys)
+        tracker = IntervalTracker(start_monotonic=started)
+        deadline = started + args.duration if args.duration else None
+        next_tick = started + args.interval
+        while not stopping:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            wake_at = next_tick if deadline is None else min(next_tick, deadline)
+            select.select([wake_read], [], [], max(0.0, wake_at - now))
+            if stopping or (deadline is not None and time.monotonic() >= deadline):
+                break
+            if time.monotonic() >= next_tick:
+                if show:
+                    writer.write(tracker.next(counter.read()))
+                next_tick += args.interval
+        final = counter.close()  # detached first: nothing is counted after this snapshot
+        if show and final is not None:
+            writer.write(tracker.next(final, final=True))
+    finally:
+        if server is not None:
+            server.close()
+        counter.close()
+        os.close(wake_read)
+        os.close(wake_write)
+    total = final.total if final is not None else 0
+    print(f"sigscope: {total} signals counted, {final.other if final else 0} in other, "
+          f"{final.lost if final else 0} lost", file=sys.stderr)
     return 0
 
 

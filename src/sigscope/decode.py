@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from . import record as rec
-from .event import OUTCOMES, Event
+from .event import OUTCOMES, Event, Shape
 
 # A FANOUT record whose CALL has not arrived after this long is reported without a return value
 # (its CALL record was lost; the loss is counted).
@@ -101,46 +101,88 @@ class Decoder:
         self._calls: dict[tuple[int, int], tuple] = {}
         self.records = 0
         self.malformed = 0
+        self._comms: dict[bytes, str] = {}
+        self._shapes: dict[tuple, Shape] = {}
+        self._shapes_expire = 0.0
 
     def decode(self, batch: bytes) -> list[Event]:
-        """Decode a batch of concatenated records."""
+        """Decode a batch of concatenated records.
+
+        The hot path (a call with at most one recipient, or a kernel signal) keys its decoding
+        on the record's bytes after the time fields: a storm of equal signals is unpacked and
+        decoded once, then each record costs one small unpack and one Event."""
         if len(batch) % rec.RECORD_SIZE:
             self.malformed += 1
             batch = batch[: len(batch) - len(batch) % rec.RECORD_SIZE]
-        return self.decode_tuples(rec.RECORD_STRUCT.iter_unpack(batch))
-
-    def decode_tuples(self, rows: Iterable[tuple]) -> list[Event]:
-        now = self._monotonic()
+        now = self._refresh_shapes()
         events: list[Event] = []
-        kind_i, tid_i, call_i = _IDX["kind"], _IDX["sender_tid"], _IDX["call_id"]
-        for row in rows:
-            kind = row[kind_i]
-            if kind == rec.KIND_CALL:
-                key = (row[tid_i], row[call_i])
-                expected = row[_IDX["nemitted"]]
-                if expected == 0:
-                    events.append(self._event(row, row[_IDX["ret"]], now))
-                    continue
-                waiting = self._fanouts.get(key, [])
-                if len(waiting) >= expected:
-                    del self._fanouts[key]
-                    events.extend(self._call_with_fanouts(row, waiting, now))
-                else:
-                    self._calls[key] = row
-            elif kind == rec.KIND_FANOUT:
-                key = (row[tid_i], row[call_i])
-                self._fanouts.setdefault(key, []).append(row)
-                call = self._calls.get(key)
-                if call is not None and len(self._fanouts[key]) >= call[_IDX["nemitted"]]:
-                    del self._calls[key]
-                    events.extend(self._call_with_fanouts(call, self._fanouts.pop(key), now))
-            elif kind == rec.KIND_KERNEL:
-                events.append(self._event(row, None, now))
-            else:
-                self.malformed += 1
+        append = events.append
+        shapes = self._shapes
+        offset = self.wall_offset_ns
+        next_id = self._next_id
+        unpack_rest = rec.REST_STRUCT.unpack
+        for ktime, call_id, kind, nemitted, rest in rec.HOT_STRUCT.iter_unpack(batch):
+            if nemitted == 0 and (kind == KIND_CALL or kind == KIND_KERNEL):
+                shape = shapes.get(rest)
+                if shape is None:
+                    row = (ktime, call_id, kind, nemitted, *unpack_rest(rest))
+                    shape = self._shape(rest, row, row[_RET] if kind == KIND_CALL else None, now)
+                append(Event(next_id, ktime, ktime + offset, *shape.fields, shape))
+                next_id += 1
+                continue
+            self._next_id = next_id
+            self._join((ktime, call_id, kind, nemitted, *unpack_rest(rest)), events, now)
+            next_id = self._next_id
+        return self._finish_batch(events, next_id, now)
+
+    def _refresh_shapes(self) -> float:
+        now = self._monotonic()
+        if now >= self._shapes_expire:
+            # Refresh what /proc told us about targets at least once a second.
+            self._shapes.clear()
+            self._shapes_expire = now + 1.0
+        return now
+
+    def _finish_batch(self, events: list[Event], next_id: int, now: float) -> list[Event]:
+        self._next_id = next_id
+        self.records = next_id - 1
         if self._fanouts or self._calls:
             events.extend(self._expire(now, horizon_ktime=_latest_ktime(events)))
         return events
+
+    def _join(self, row: tuple, events: list[Event], now: float) -> None:
+        """A record off the hot path: a call with fan-out, or one of its FANOUT records."""
+        kind = row[_KIND]
+        if kind == KIND_CALL:
+            key = (row[_SENDER_TID], row[_CALL_ID])
+            waiting = self._fanouts.get(key, [])
+            if len(waiting) >= row[_NEMITTED]:
+                self._fanouts.pop(key, None)
+                events.extend(self._call_with_fanouts(row, waiting, now))
+            else:
+                self._calls[key] = row
+        elif kind == KIND_FANOUT:
+            key = (row[_SENDER_TID], row[_CALL_ID])
+            self._fanouts.setdefault(key, []).append(row)
+            call = self._calls.get(key)
+            if call is not None and len(self._fanouts[key]) >= call[_NEMITTED]:
+                del self._calls[key]
+                events.extend(self._call_with_fanouts(call, self._fanouts.pop(key), now))
+        elif kind == KIND_KERNEL:
+            events.append(self._event(row, None, now))
+        else:
+            self.malformed += 1
+
+    def decode_tuples(self, rows: Iterable[tuple]) -> list[Event]:
+        """Decode records already unpacked with record.RECORD_STRUCT."""
+        now = self._refresh_shapes()
+        events: list[Event] = []
+        for row in rows:
+            if row[_KIND] == KIND_CALL and row[_NEMITTED] == 0:
+                events.append(self._event(row, row[_RET], now))
+            else:
+                self._join(row, events, now)
+        return self._finish_batch(events, self._next_id, now)
 
     def _call_with_fanouts(self, call: tuple, fanouts: list[tuple], now: float) -> list[Event]:
         ret = call[_IDX["ret"]]
@@ -172,64 +214,87 @@ class Decoder:
         """At the end of tracing: whatever still waits for a partner record."""
         return self._expire(self._monotonic(), None, everything=True)
 
+    def _comm(self, raw: bytes) -> str:
+        # A storm comes from few tasks: decode each distinct comm once.
+        comm = self._comms.get(raw)
+        if comm is None:
+            if len(self._comms) > 4096:
+                self._comms.clear()
+            comm = self._comms[raw] = _comm(raw)
+        return comm
+
+    def _shape(self, key: tuple, row: tuple, ret: int | None, now: float) -> Shape:
+        if len(self._shapes) > 4096:
+            self._shapes.clear()
+        shape = self._shapes[key] = Shape(self._decode_fields(row, ret, now))
+        return shape
+
     def _event(self, row: tuple, ret: int | None, now: float) -> Event:
-        (ktime, _call_id, _ret, arg_pid, arg_tid, kind, via_code, sender_tgid, sender_tid,
-         sender_uid, sig, arg_pidfd, _ngen, gen_code, _gen_errno, target_tid, gen_group,
-         gen_result, _nemitted, _flags, _reserved, sender_comm, target_comm) = row
-        self.records += 1
-        via = rec.VIA_NAMES[via_code] if via_code < len(rec.VIA_NAMES) else str(via_code)
-        resolver = self.resolver
-        generated = gen_result != rec.GEN_NONE
+        """The Event of a record off the hot path (fan-out members, expired partners)."""
+        key = (ret, row[3:])
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = self._shape(key, row, ret, now)
+        event_id = self._next_id
+        self._next_id = event_id + 1
+        self.records = event_id
+        ktime = row[0]
+        return Event(event_id, ktime, ktime + self.wall_offset_ns, *shape.fields, shape)
+
+    def _decode_fields(self, row: tuple, ret: int | None, now: float) -> tuple:
+        """Every Event field after id, ktime_ns and time_ns."""
+        (_ktime, _call_id, kind, _nemitted, _ret, arg_pid, arg_tid, via_code, sender_tgid,
+         sender_tid, sender_uid, sig, arg_pidfd, _ngen, gen_code, _gen_errno, target_tid,
+         gen_group, gen_result, _flags, _reserved, sender_comm, target_comm) = row
+        via = _VIA_NAMES[via_code] if via_code < len(_VIA_NAMES) else str(via_code)
         t_pid: int | None
         t_tid: int | None
         t_comm: str | None
-        if generated:
+        if gen_result != GEN_NONE:
             t_tid = target_tid
-            t_comm = _comm(target_comm)
-            if via in ("tgkill", "rt_tgsigqueueinfo"):
+            t_comm = self._comm(target_comm)
+            if via_code in _TG_VIAS:
                 t_pid = arg_pid
             elif target_tid == sender_tid:
                 t_pid = sender_tgid
             else:
-                t_pid = resolver.tgid(target_tid, now)
+                t_pid = self.resolver.tgid(target_tid, now)
                 if t_pid is None and gen_group:
                     t_pid = target_tid  # the kernel signalled the process through this task
             outcome = OUTCOMES[gen_result] if 0 <= gen_result < len(OUTCOMES) else None
             code: int | None = gen_code
+            group: bool | None = bool(gen_group)
         else:
-            outcome, code = None, None
+            outcome = code = group = None
+            resolver = self.resolver
             t_pid, t_tid = _target_from_args(via, arg_pid, arg_tid)
             if via == "pidfd_send_signal":
                 t_pid = resolver.pidfd_pid(sender_tgid, arg_pidfd)
             elif via == "tkill" and t_tid is not None:
                 t_pid = resolver.tgid(t_tid, now)
             t_comm = resolver.comm(t_pid, now) if t_pid is not None else None
-        event_id = self._next_id
-        self._next_id += 1
-        is_call = kind != rec.KIND_KERNEL
-        return Event(
-            id=event_id,
-            ktime_ns=ktime,
-            time_ns=ktime + self.wall_offset_ns,
-            sig=sig,
-            via=via,
-            sender_pid=sender_tgid,
-            sender_tid=sender_tid,
-            sender_comm=_comm(sender_comm),
-            sender_uid=sender_uid,
-            target_pid=t_pid,
-            target_tid=t_tid,
-            target_comm=t_comm,
-            arg_pid=_arg_pid(via, arg_pid) if is_call else None,
-            arg_tid=arg_tid if via in ("tgkill", "rt_tgsigqueueinfo") else None,
-            arg_pidfd=arg_pidfd if via == "pidfd_send_signal" else None,
-            code=code,
-            result=ret if is_call else None,
-            outcome=outcome,
-            group=bool(gen_group) if generated else None,
-        )
+        if kind == KIND_KERNEL:
+            return (sig, via, sender_tgid, sender_tid, self._comm(sender_comm), sender_uid,
+                    t_pid, t_tid, t_comm, None, None, None, code, None, outcome, group)
+        tg = via_code in _TG_VIAS
+        pidfd_call = via_code == _VIA_PIDFD
+        return (sig, via, sender_tgid, sender_tid, self._comm(sender_comm), sender_uid,
+                t_pid, t_tid, t_comm, None if pidfd_call else arg_pid, arg_tid if tg else None,
+                arg_pidfd if pidfd_call else None, code, ret, outcome, group)
 
 
+_VIA_NAMES = rec.VIA_NAMES
+_TG_VIAS = frozenset({rec.VIA_CODES["tgkill"], rec.VIA_CODES["rt_tgsigqueueinfo"]})
+_VIA_PIDFD = rec.VIA_CODES["pidfd_send_signal"]
+KIND_KERNEL = rec.KIND_KERNEL
+KIND_CALL = rec.KIND_CALL
+KIND_FANOUT = rec.KIND_FANOUT
+GEN_NONE = rec.GEN_NONE
+_KIND = rec.FIELD_NAMES.index("kind")
+_NEMITTED = rec.FIELD_NAMES.index("nemitted")
+_RET = rec.FIELD_NAMES.index("ret")
+_SENDER_TID = rec.FIELD_NAMES.index("sender_tid")
+_CALL_ID = rec.FIELD_NAMES.index("call_id")
 _IDX = {name: i for i, name in enumerate(rec.FIELD_NAMES)}
 
 

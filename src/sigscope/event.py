@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -61,6 +61,17 @@ def outcome_name(result: int | None) -> str | None:
     return OUTCOMES[result] if result < len(OUTCOMES) else str(result)
 
 
+class Shape:
+    """What a run of Events has in common: every field but id and times (see Decoder).
+    Outputs may keep what they rendered for it in `rendered`, keyed by output."""
+
+    __slots__ = ("fields", "rendered")
+
+    def __init__(self, fields: tuple) -> None:
+        self.fields = fields
+        self.rendered: dict[str, object] = {}
+
+
 @dataclass(slots=True)
 class Event:
     """One signal send attempt and recipient.
@@ -90,6 +101,12 @@ class Event:
     result: int | None
     outcome: str | None
     group: bool | None = None
+    # Shared with events that differ only in id and time (set by the decoder), so outputs can
+    # reuse what they rendered for the previous one. Not part of the event's value.
+    shape: Shape | None = field(default=None, compare=False, repr=False)
+    # With --fate: the Fate (sigscope.fate) of this signal once known; the tracer also yields
+    # it as a separate item, after this Event. Not part of the event's value.
+    fate: Any = field(default=None, compare=False, repr=False)
 
     @property
     def signal(self) -> str:

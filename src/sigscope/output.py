@@ -7,11 +7,16 @@ import time
 from typing import TextIO
 
 from .event import Event
+from .fate import QUEUED_OUTCOMES, Fate, format_latency
 
 TEXT_COLUMNS = ("TIME", "PID", "TID", "COMM", "VIA", "SIG", "TPID", "TTID", "TCOMM", "RESULT",
                 "OUTCOME")
 # pid_max is at most 4194304 (7 digits); comm at most 15 bytes; rt_tgsigqueueinfo is 17.
 _TEXT_FORMAT = "{:<12} {:>7} {:>7} {:<16} {:<17} {:<12} {:>7} {:>7} {:<16} {:<8} {}"
+# --fate: an ID column ties a signal ("#17") to its fate line ("->#17"); LAT and FATE follow.
+FATE_TEXT_COLUMNS = (TEXT_COLUMNS[0], "ID", *TEXT_COLUMNS[1:], "LAT", "FATE")
+_FATE_TEXT_FORMAT = ("{:<12} {:<9} {:>7} {:>7} {:<16} {:<17} {:<12} {:>7} {:>7} {:<16} {:<8} "
+                     "{:<15} {:>6} {}")
 
 
 def _dash(value: object) -> str:
@@ -28,17 +33,27 @@ def result_text(event: Event) -> str:
 
 class TextWriter:
     """One line per record, the killsnoop columns extended. TIME is the wall clock, or with
-    `relative` the seconds since tracing began."""
+    `relative` the seconds since tracing began.
 
-    def __init__(self, out: TextIO, relative: bool = False) -> None:
+    With `fate` (--fate) each line starts with the signal's id, and the signal's fate follows
+    as a line of its own when it becomes known, tied by the id: ``->#17``. Its PID TID COMM are
+    the thread that took the signal (or whose exit or sigaction decided it); LAT is the time
+    from generation to delivery. The send is never held back: a signal that stays blocked
+    shows FATE "..." until its fate line (at the latest "pending" when tracing ends)."""
+
+    def __init__(self, out: TextIO, relative: bool = False, fate: bool = False) -> None:
         self.out = out
         self.relative = relative
+        self.fate = fate
         self._first_ktime: int | None = None
 
     def header(self) -> None:
-        self.out.write(_TEXT_FORMAT.format(*TEXT_COLUMNS) + "\n")
+        if self.fate:
+            self.out.write(_FATE_TEXT_FORMAT.format(*FATE_TEXT_COLUMNS) + "\n")
+        else:
+            self.out.write(_TEXT_FORMAT.format(*TEXT_COLUMNS) + "\n")
 
-    def _time(self, event: Event) -> str:
+    def _time(self, event: Event | Fate) -> str:
         if self.relative:
             if self._first_ktime is None:
                 self._first_ktime = event.ktime_ns
@@ -47,6 +62,9 @@ class TextWriter:
         return time.strftime("%H:%M:%S", time.localtime(seconds)) + f".{nanos // 1_000_000:03d}"
 
     def events(self, events: list[Event]) -> None:
+        if self.fate:
+            self._fate_events(events)
+            return
         fmt = _TEXT_FORMAT.format
         lines = [
             fmt(self._time(e), e.sender_pid, e.sender_tid, e.sender_comm, e.via, e.signal,
@@ -57,6 +75,23 @@ class TextWriter:
         if lines:
             self.out.write("\n".join(lines) + "\n")
 
+    def _fate_events(self, items: list[Event | Fate]) -> None:
+        fmt = _FATE_TEXT_FORMAT.format
+        lines = []
+        for e in items:
+            if isinstance(e, Fate):
+                lines.append(fmt(self._time(e), f"->#{e.id}", _dash(e.pid), _dash(e.tid),
+                                 _dash(e.comm), "", e.signal, "", "", "", "", "",
+                                 format_latency(e.latency_ns), e.summary()))
+            else:
+                later = "..." if e.outcome in QUEUED_OUTCOMES or e.signal == "SIGCONT" else "-"
+                lines.append(fmt(self._time(e), f"#{e.id}", e.sender_pid, e.sender_tid,
+                                 e.sender_comm, e.via, e.signal, _dash(e.target_pid),
+                                 _dash(e.target_tid), _dash(e.target_comm), result_text(e),
+                                 _dash(e.outcome), "-", later if e.outcome else "-"))
+        if lines:
+            self.out.write("\n".join(lines) + "\n")
+
     def lost(self, count: int, total: int) -> None:
         self.out.write(f"# LOST {count} records (total {total})\n")
 
@@ -64,20 +99,77 @@ class TextWriter:
         self.out.flush()
 
 
+# Placeholders that JSON-encode to text no real value can produce.
+_HOLE_ID, _HOLE_TIME, _HOLE_KTIME = "\0id\0", "\0time\0", "\0ktime\0"
+
+
 class JsonWriter:
-    """JSON Lines: one object per record, plus {"type": "lost"} objects. Nothing else."""
+    """JSON Lines: one object per record, plus {"type": "lost"} objects. Nothing else.
+
+    The objects are exactly ``Event.to_dict()`` (a test holds the two together), but built from
+    cached fragments: a signal storm repeats the same sender, target, signal and result over and
+    over, and json.dumps of a fresh dict per record would cost several times more than the rest
+    of the tracer's work.
+    """
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self._dumps = json.JSONEncoder(separators=(", ", ": "), ensure_ascii=False).encode
+        self._second = -1
+        self._second_text = ""
 
     def header(self) -> None:
         pass
 
+    def event_json(self, e: Event) -> str:
+        """The JSON text of one event: a cached template for everything but id and times."""
+        shape = e.shape
+        if shape is None:
+            template = self._template(e)
+        else:
+            template = shape.rendered.get("json")  # type: ignore[assignment]
+            if template is None:
+                template = shape.rendered["json"] = self._template(e)
+        seconds, nanos = divmod(e.time_ns, 1_000_000_000)
+        if seconds != self._second:
+            self._second = seconds
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        return template % (e.id, self._second_text, nanos // 1000, e.ktime_ns)
+
+    def _template(self, e: Event) -> str:
+        d = e.to_dict()
+        d["id"], d["time"], d["ktime_ns"] = _HOLE_ID, _HOLE_TIME, _HOLE_KTIME
+        text = self._dumps(d).replace("%", "%%")
+        return (text.replace(self._dumps(_HOLE_ID), "%d")
+                .replace(self._dumps(_HOLE_TIME), '"%s.%06dZ"')
+                .replace(self._dumps(_HOLE_KTIME), "%d"))
+
     def events(self, events: list[Event]) -> None:
-        if events:
-            dumps = self._dumps
-            self.out.write("\n".join([dumps(e.to_dict()) for e in events]) + "\n")
+        """Signal records; with --fate also {"type": "fate"} records (Fate.to_dict())."""
+        if not events:
+            return
+        # event_json, inlined: this loop runs once per record at full signal rates.
+        lines: list[str] = []
+        append = lines.append
+        second, second_text = self._second, self._second_text
+        for e in events:
+            try:
+                template = e.shape.rendered["json"]
+            except (AttributeError, KeyError):  # a Fate, an Event without shape, a new shape
+                if isinstance(e, Fate):
+                    append(self._dumps(e.to_dict()))
+                    continue
+                template = self._template(e)
+                if e.shape is not None:
+                    e.shape.rendered["json"] = template
+            seconds, nanos = divmod(e.time_ns, 1_000_000_000)
+            if seconds != second:
+                second = seconds
+                second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+            append(template % (e.id, second_text, nanos // 1000, e.ktime_ns))
+        self._second, self._second_text = second, second_text
+        append("")
+        self.out.write("\n".join(lines))
 
     def lost(self, count: int, total: int) -> None:
         now = time.time_ns()

@@ -265,11 +265,22 @@ def _copy_generate_fields(dst: int, dst_base: int, gen: EventFormat) -> list:
 
 
 def _target_filter(cfg: ProbeConfig, gen: EventFormat, fail: str, labels: _Labels) -> list:
-    """Fall through when the recipient's pid (a thread id) is one of -T. Uses r1."""
-    if not cfg.filters.target_ids:
+    """Fall through when the recipient's pid (a thread id) is one of -T, or when the recipient
+    is the current thread (a fault, a broken pipe) and its process is one of -T. Expects
+    r7 = pid_tgid. Uses r1."""
+    ids = cfg.filters.target_ids
+    if not ids:
         return []
+    ok, other_thread = labels("target_ok"), labels("target_not_tid")
     return [asm.ldx(W, R1, R6, gen.field("pid").offset),
-            *_ids_filter(R1, cfg.filters.target_ids, fail, labels)]
+            *_ids_filter(R1, ids, other_thread, labels),
+            asm.ja(ok),
+            asm.label(other_thread),
+            asm.jmp32_reg("JNE", R1, R7, fail),
+            asm.mov64_reg(R1, R7),
+            asm.alu64_imm("RSH", R1, 32),
+            *_ids_filter(R1, ids, fail, labels),
+            asm.label(ok)]
 
 
 def _lookup_inflight(cfg: ProbeConfig, missing: str) -> list:
@@ -433,10 +444,15 @@ def _attribute_to_call(cfg: ProbeConfig, gen: EventFormat, out: str, labels: _La
         # A recipient left out by -T is noted on the call, so that the call is not reported
         # as one that generated nothing.
         matched, skip = labels("target_ok"), labels("target_skip")
+        by_args = labels("target_args")
         prog += [
             asm.ldx(W, R1, R6, gen.field("pid").offset),
-            *_ids_filter(R1, f.target_ids, skip, labels),
+            *_ids_filter(R1, f.target_ids, by_args, labels),
             asm.ja(matched),
+            # tgkill/rt_tgsigqueueinfo to a thread of a -T process: the process is arg_pid.
+            asm.label(by_args),
+            asm.ldx(DW, R1, R8, _f("arg_pid")),
+            *[asm.jmp_imm("JEQ", R1, i, matched) for i in sorted(f.target_ids)],
             asm.label(skip),
             asm.ldx(W, R1, R8, _f("flags")),
             asm.alu32_imm("OR", R1, rec.FLAG_RECIPIENT_FILTERED),

@@ -11,6 +11,20 @@ One record is one send attempt and recipient:
 * ``KIND_FANOUT`` — a further recipient of the same call (kill(-pgid), kill(-1)); joined in user
   space with its ``KIND_CALL`` record through ``call_id`` to learn the return value.
 * ``KIND_KERNEL`` — a signal the kernel generated outside any signal syscall.
+
+With ``--fate`` (fate_probes.py) further kinds follow a signal to its end. They reuse the same
+layout; the ``sender_*`` fields then name the thread the record happened in:
+
+* ``KIND_DELIVER``   — signal:signal_deliver, in the receiving thread. ``sig``; ``gen_code`` =
+  si_code; ``gen_errno`` = si_errno; ``ret`` = sa_handler (0 SIG_DFL, 1 SIG_IGN, else the
+  handler's address); ``arg_tid`` = sa_flags.
+* ``KIND_EXIT``      — sched:sched_process_exit, in the exiting thread. ``ret`` = the task's
+  exit_code (read through its BTF offset; ``FLAG_EXIT_CODE_UNKNOWN`` without BTF);
+  ``gen_group`` = group_dead (the last thread of the process).
+* ``KIND_CONSUMED``  — rt_sigtimedwait (sigwaitinfo/sigtimedwait) returned ``sig``: the signal
+  was dequeued without signal_deliver.
+* ``KIND_SIGACTION`` — rt_sigaction is about to set ``sig``'s handler to ``ret`` (only SIG_DFL or
+  SIG_IGN are reported): the kernel flushes a pending signal that becomes ignored.
 """
 
 from __future__ import annotations
@@ -21,6 +35,11 @@ from dataclasses import dataclass
 KIND_CALL = 1
 KIND_FANOUT = 2
 KIND_KERNEL = 3
+KIND_DELIVER = 4
+KIND_EXIT = 5
+KIND_CONSUMED = 6
+KIND_SIGACTION = 7
+FATE_KINDS = frozenset({KIND_DELIVER, KIND_EXIT, KIND_CONSUMED, KIND_SIGACTION})
 
 # States of an in-flight record (the kernel's per-thread map; never written out): the thread is
 # not inside a signal syscall, or is inside one whose `via` the filters leave out.
@@ -29,6 +48,8 @@ KIND_SUPPRESSED = 0xFF
 
 # flags: a recipient of this call was generated but left out by the target filter.
 FLAG_RECIPIENT_FILTERED = 1
+# KIND_EXIT: no BTF, so the exit code could not be read (`ret` is meaningless).
+FLAG_EXIT_CODE_UNKNOWN = 2
 
 # gen_result when a syscall generated nothing (EPERM, ESRCH, EINVAL, signal 0 probes).
 GEN_NONE = -1
@@ -74,10 +95,11 @@ def _layout(spec: list[tuple[str, str]]) -> tuple[dict[str, Field], int]:
 _SPEC = [
     ("ktime_ns", "Q"),      # bpf_ktime_get_ns() when the record was written
     ("call_id", "Q"),       # ktime at syscall entry; (sender_tid, call_id) joins CALL and FANOUT
+    ("kind", "I"),          # KIND_*
+    ("nemitted", "I"),      # CALL: FANOUT records successfully written for this call
     ("ret", "q"),           # syscall return value (CALL only)
     ("arg_pid", "q"),       # kill/tkill/rt_sigqueueinfo pid, tgkill/rt_tgsigqueueinfo tgid
     ("arg_tid", "q"),       # tgkill/rt_tgsigqueueinfo tid
-    ("kind", "I"),
     ("via", "I"),
     ("sender_tgid", "I"),
     ("sender_tid", "I"),
@@ -90,7 +112,6 @@ _SPEC = [
     ("target_tid", "i"),    # signal_generate: pid of the receiving task
     ("gen_group", "i"),     # signal_generate: group (process-directed) signal
     ("gen_result", "i"),    # signal_generate: TRACE_SIGNAL_* result, GEN_NONE if none
-    ("nemitted", "I"),      # CALL: FANOUT records successfully written for this call
     ("flags", "I"),         # FLAG_* bits
     ("reserved", "I"),
     ("sender_comm", "16s"),
@@ -101,6 +122,13 @@ FIELDS, RECORD_SIZE = _layout(_SPEC)
 RECORD_STRUCT = struct.Struct("<" + "".join(f.fmt for f in FIELDS.values()))
 FIELD_NAMES = tuple(FIELDS)
 assert RECORD_STRUCT.size == RECORD_SIZE
+
+# The decoder's fast view of a record: what tells records apart besides time comes as one bytes
+# value (hashable, so a storm of equal records is decoded once), unpacked fully only when new.
+HOT_HEAD = ("ktime_ns", "call_id", "kind", "nemitted")
+assert FIELD_NAMES[:4] == HOT_HEAD
+HOT_STRUCT = struct.Struct(f"<QQII{RECORD_SIZE - 24}s")
+REST_STRUCT = struct.Struct("<" + "".join(f.fmt for f in list(FIELDS.values())[4:]))
 
 
 def offset(name: str) -> int:

@@ -207,4 +207,4 @@ def build_sys_exit(cfg: probes.ProbeConfig, call: str, fmt: EventFormat) -> list
 
 
 def unpack_key(key: bytes) -> dict[str, int | bytes]:
-    return dict(zip((name for name, _ in KEY_FIELDS), KEY_STRUCT.unpack(key)))
+    return dict(zip((name for name, _ in KEY_FIELDS), KEY_STRUCT.unpack(key), strict=True))

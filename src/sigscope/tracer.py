@@ -16,7 +16,7 @@ import struct
 import time
 from collections.abc import Iterable, Iterator
 
-from . import probes
+from . import fate_probes, probes
 from . import record as rec
 from .bpf import kernel
 from .bpf.attach import Attachment, attach_tracepoint
@@ -28,6 +28,7 @@ from .bpf.ringbuf import RingBufReader
 from .bpf.tracefs import event_format, tracefs_root
 from .decode import Decoder
 from .event import Event
+from .fate import Fate, FateRecord, FateTracker
 from .filters import Filters
 from .signals import parse_signal_list
 
@@ -35,6 +36,14 @@ DEFAULT_BUFFER_SIZE = 16 << 20
 DEFAULT_POLL_INTERVAL_MS = 10
 BUFFER_KINDS = ("auto", "ringbuf", "perf")
 _PAGE_SIZE = 4096
+# --fate: a fate record is matched once every signal generated before it has been read. Records
+# of the last FATE_SLACK_NS may still be in flight; a call parked longer than FATE_MAX_HOLD_NS
+# (stale) no longer holds fates back.
+FATE_SLACK_NS = 5_000_000
+FATE_MAX_HOLD_NS = 2_000_000_000
+# The in-flight scan reads the whole per-thread map: at most this often (an older scan still
+# gives a correct, only earlier, horizon).
+FATE_SCAN_INTERVAL_NS = 20_000_000
 
 
 class TraceError(RuntimeError):
@@ -55,6 +64,7 @@ class Tracer:
         buffer_size: int = DEFAULT_BUFFER_SIZE,
         duration: float | None = None,
         poll_interval_ms: int = DEFAULT_POLL_INTERVAL_MS,
+        fate: bool = False,
     ) -> None:
         if buffer not in BUFFER_KINDS:
             choices = ", ".join(BUFFER_KINDS)
@@ -67,6 +77,13 @@ class Tracer:
         self.duration = duration
         self.poll_interval_ms = poll_interval_ms
         self.decoder = Decoder()
+        # --fate: follow each signal to its end; iteration then also yields Fate objects.
+        self.fate = fate
+        self.fate_tracker: FateTracker | None = (
+            FateTracker(self.decoder.wall_offset_ns) if fate else None)
+        self.fate_exit_codes: bool | None = None  # False: no BTF, deaths are "unknown"
+        self._inflight: Map | None = None
+        self._fate_scan: tuple[int, int] = (0, 0)  # (when, horizon) of the last in-flight scan
         self._maps: list[Map] = []
         self._programs: list[Program] = []
         self._attachments: list[Attachment] = []
@@ -105,6 +122,7 @@ class Tracer:
         inflight = self._own(probes.make_inflight_map())
         counters = self._own(PerCPUArrayMap(8, probes.NUM_COUNTERS, name="sigscope_count"))
         self._counters = counters
+        self._inflight = inflight
         if kind == "ringbuf":
             events: Map = self._own(RingBufMap(_pow2_floor(self.buffer_size // _PAGE_SIZE)
                                                * _PAGE_SIZE, name="sigscope_events"))
@@ -117,6 +135,9 @@ class Tracer:
         generate = event_format("signal", "signal_generate")
         calls = self._syscalls_to_trace()
         plans: list[tuple[str, str, str, list]] = []
+        if self.fate:
+            # First, so that no delivery of a signal seen generated is missed.
+            plans += self._fate_plans(cfg)
         for call in calls:
             fmt = event_format("syscalls", f"sys_exit_{call}")
             plans.append((f"sx_{call}", "syscalls", f"sys_exit_{call}",
@@ -150,7 +171,8 @@ class Tracer:
         kind = self.buffer_kind if self.buffer_kind != "auto" else "ringbuf"
         output = probes.OUTPUT_RINGBUF if kind == "ringbuf" else probes.OUTPUT_PERF
         cfg = probes.ProbeConfig(self.filters, output, probes.MapFds(-1, -2, -3))
-        out = [("signal_generate", probes.build_signal_generate(
+        out = [(event, insns) for _, _, event, insns in self._fate_plans(cfg)] if self.fate else []
+        out += [("signal_generate", probes.build_signal_generate(
             cfg, event_format("signal", "signal_generate")))]
         for call in self._syscalls_to_trace():
             out.append((f"sys_enter_{call}", probes.build_sys_enter(
@@ -158,6 +180,20 @@ class Tracer:
             out.append((f"sys_exit_{call}", probes.build_sys_exit(
                 cfg, call, event_format("syscalls", f"sys_exit_{call}"))))
         return out
+
+    def _fate_plans(self, cfg: probes.ProbeConfig) -> list[tuple[str, str, str, list]]:
+        """The --fate programs. The exit code's offset in task_struct comes from the kernel's
+        BTF; without it deaths are reported as "unknown" (fate_exit_codes is False)."""
+        from .bpf.btf import Btf, BtfError
+
+        try:
+            exit_code_offset: int | None = Btf.load().member_offset("task_struct", "exit_code")
+        except (BtfError, OSError):
+            exit_code_offset = None
+        self.fate_exit_codes = exit_code_offset is not None
+        formats = {event: event_format(system, event)
+                   for _, system, event in fate_probes.FATE_TRACEPOINTS}
+        return fate_probes.build_fate_programs(cfg, formats, exit_code_offset)
 
     def _syscalls_to_trace(self) -> tuple[str, ...]:
         wanted = self.filters.syscall_vias
@@ -186,7 +222,11 @@ class Tracer:
         self._attachments.clear()
         if self.started:
             drained = self._read_all()
-            drained += self.decoder.flush()
+            flushed = self.decoder.flush()
+            drained += flushed
+            if self.fate_tracker is not None:
+                self.fate_tracker.add_events(flushed)
+                drained += self.fate_tracker.finish(time.monotonic_ns())
             self._final_lost = self._lost_now()
         self._teardown()
         self.finished = True
@@ -214,8 +254,8 @@ class Tracer:
 
     # --- reading ---------------------------------------------------------------------------
 
-    def _read_all(self) -> list[Event]:
-        events: list[Event] = []
+    def _read_all(self) -> list:
+        events: list = []
         reader = self._reader
         if reader is None:
             return events
@@ -223,22 +263,89 @@ class Tracer:
             batch = reader.read(rec.RECORD_SIZE)
             if not batch:
                 return events
-            events += self.decoder.decode(batch)
+            events += self._decode(batch, None)
 
-    def poll(self, timeout_ms: int | None = None) -> list[Event]:
-        """Wait up to timeout_ms for records and return the events decoded from them."""
+    def _decode(self, batch: bytes, horizon_ns: int | None) -> list:
+        """Events of a batch; with --fate, also the fates known up to the horizon."""
+        tracker = self.fate_tracker
+        if tracker is None:
+            return self.decoder.decode(batch)
+        if len(batch) % rec.RECORD_SIZE:
+            self.decoder.malformed += 1
+            batch = batch[: len(batch) - len(batch) % rec.RECORD_SIZE]
+        signal_rows, fate_records = [], []
+        kind_index = rec.FIELD_NAMES.index("kind")
+        for row in rec.RECORD_STRUCT.iter_unpack(batch):
+            if row[kind_index] in rec.FATE_KINDS:
+                fate_records.append(FateRecord.from_row(row))
+            else:
+                signal_rows.append(row)
+        out: list = self.decoder.decode_tuples(signal_rows)
+        tracker.add_events(out)
+        tracker.add_records(fate_records)
+        if horizon_ns is not None:
+            out += tracker.advance(horizon_ns)
+        return out
+
+    def _fate_horizon(self) -> int:
+        """A kernel time before which every signal record has been written to the buffer:
+        now (less a slack for writes in progress), or the entry time of the oldest signal
+        syscall still in flight (its record is written at its exit). Taken before reading."""
+        now = time.monotonic_ns()  # CLOCK_MONOTONIC, as bpf_ktime_get_ns()
+        scanned_at, scanned_horizon = self._fate_scan
+        tracker = self.fate_tracker
+        if now - scanned_at < FATE_SCAN_INTERVAL_NS or (tracker is not None and not tracker.held):
+            # Recent enough; or nothing held back, and so nothing the horizon would release.
+            return scanned_horizon
+        horizon = now - FATE_SLACK_NS
+        inflight = self._inflight
+        if inflight is not None and not inflight.closed:
+            kind_at, call_at = rec.offset("kind"), rec.offset("call_id")
+            try:
+                parked = inflight.lookup_batch()
+            except OSError:
+                parked = []
+            for _key, value in parked:
+                kind = int.from_bytes(value[kind_at:kind_at + 4], "little")  # type: ignore
+                if kind == rec.KIND_CALL:
+                    entered = int.from_bytes(value[call_at:call_at + 8], "little")  # type: ignore
+                    if entered > now - FATE_MAX_HOLD_NS:
+                        horizon = min(horizon, entered)
+        waiting = self._decoder_waiting_ktime()
+        if waiting is not None and waiting > now - FATE_MAX_HOLD_NS:
+            horizon = min(horizon, waiting)
+        self._fate_scan = (now, horizon)
+        return horizon
+
+    def _decoder_waiting_ktime(self) -> int | None:
+        """Kernel time of the oldest record the decoder holds back (a CALL or FANOUT waiting
+        for its partner), whose Events are not out yet."""
+        ktime_at = rec.FIELD_NAMES.index("ktime_ns")
+        held = [row[ktime_at] for rows in getattr(self.decoder, "_fanouts", {}).values()
+                for row in rows]
+        held += [row[ktime_at] for row in getattr(self.decoder, "_calls", {}).values()]
+        return min(held) if held else None
+
+    def poll(self, timeout_ms: int | None = None) -> list:
+        """Wait up to timeout_ms for records and return the events decoded from them (with
+        --fate, followed by the Fates that became known)."""
         if self._reader is None:
             return []
         if timeout_ms is None:
             timeout_ms = self.poll_interval_ms
         self._reader.poll(timeout_ms)
+        horizon = self._fate_horizon() if self.fate_tracker is not None else None
         batch = self._reader.read(rec.RECORD_SIZE)
-        return self.decoder.decode(batch) if batch else []
+        if not batch:
+            if self.fate_tracker is not None and horizon is not None:
+                return self.fate_tracker.advance(horizon)
+            return []
+        return self._decode(batch, horizon)
 
     def expired(self) -> bool:
         return self._stop or (self._deadline is not None and time.monotonic() >= self._deadline)
 
-    def __iter__(self) -> Iterator[Event]:
+    def __iter__(self) -> Iterator[Event | Fate]:
         self.start()
         while not self.expired():
             timeout = self.poll_interval_ms
@@ -268,8 +375,8 @@ class Tracer:
         if self._counters is not None and not self._counters.closed:
             for index in (probes.COUNTER_LOST, probes.COUNTER_INFLIGHT_FULL):
                 lost += self._counters.sum_u64(struct.pack("<I", index))
-        if self._reader is not None:
-            lost += self._reader.lost
+        # Not self._reader.lost: a perf buffer's PERF_RECORD_LOST counts the same failed writes
+        # the programs count themselves (and arrives late, or never for the last ones).
         lost += self._recursion_misses() - self._recursion_at_start
         return lost
 
@@ -295,17 +402,20 @@ def trace(
     buffer: str = "auto",
     buffer_size: int = DEFAULT_BUFFER_SIZE,
     duration: float | None = None,
+    fate: bool = False,
 ) -> Tracer:
     """A Tracer with the same filters as the ``sigscope trace`` command line.
 
     ``signals``/``exclude_signals`` take numbers or a spec like "USR1,SIGRTMIN+3";
     ``vias`` names send paths (kill, tkill, tgkill, rt_sigqueueinfo, rt_tgsigqueueinfo,
     pidfd_send_signal, kernel); ``kill_only`` drops kernel-generated signals.
+    With ``fate=True`` (``--fate``) iteration also yields a ``sigscope.fate.Fate`` for each
+    queued signal once its end is known (and sets ``event.fate``); see fate.py.
     """
     return Tracer(
         make_filters(signals, exclude_signals, pids, target_ids, comm, vias, failed_only,
                      kill_only),
-        buffer=buffer, buffer_size=buffer_size, duration=duration,
+        buffer=buffer, buffer_size=buffer_size, duration=duration, fate=fate,
     )
 
 

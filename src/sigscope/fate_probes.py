@@ -1,0 +1,214 @@
+"""The BPF programs behind ``--fate``: what happened to a signal after it was generated.
+
+They write the fate kinds of record.py into the same events buffer as the signal probes, so
+user space sees one stream ordered per CPU, and every record carries its kernel time:
+
+* ``signal:signal_deliver`` — runs in the receiving thread when get_signal() dequeues a signal
+  for action, under the same sighand lock as signal_generate: the kernel times of generation and
+  delivery of one process's signals are therefore in their true order.
+* ``sched:sched_process_exit`` — the exiting task's ``exit_code`` (already set when the
+  tracepoint fires), read with bpf_probe_read_kernel at the offset BTF gives for
+  ``task_struct.exit_code``. Only signal deaths and the last thread of a process are written:
+  a normal thread exit says nothing about any signal.
+* ``syscalls:sys_exit_rt_sigtimedwait`` — sigwaitinfo/sigtimedwait dequeue without
+  signal_deliver; a positive return value is the signal consumed.
+* ``syscalls:sys_enter_rt_sigaction`` — a handler set to SIG_IGN (or SIG_DFL for a signal whose
+  default is to ignore) flushes that signal from every queue of the process.
+
+The signal and target filters are applied here too (a delivery of another signal cannot be the
+fate of a traced one), except that SIGKILL deliveries always pass: a fatal signal is delivered
+as SIGKILL on every thread of the dying process.
+"""
+
+from __future__ import annotations
+
+from . import record as rec
+from .bpf import asm
+from .bpf.asm import DW, R0, R1, R2, R3, R6, R7, R8, R9, R10, B, W
+from .bpf.tracefs import EventFormat
+from .probes import (
+    _STACK_KEY,
+    _STACK_RECORD,
+    ProbeConfig,
+    _current_comm_into_stack,
+    _epilogue,
+    _fill_sender_into_stack,
+    _Labels,
+    _output,
+    _prologue,
+    _signal_filter,
+    _zero_stack_record,
+)
+
+SIGKILL = 9
+# What each program reads from its tracepoint (names as in the tracefs format files).
+DELIVER_FIELDS = ("sig", "errno", "code", "sa_handler", "sa_flags")
+EXIT_FIELDS = ("group_dead",)
+
+# (program name, tracefs system, event) of every fate program, in attach order.
+FATE_TRACEPOINTS = (
+    ("fate_deliver", "signal", "signal_deliver"),
+    ("fate_exit", "sched", "sched_process_exit"),
+    ("fate_sigwait", "syscalls", "sys_exit_rt_sigtimedwait"),
+    ("fate_sigaction", "syscalls", "sys_enter_rt_sigaction"),
+)
+
+
+def _f(name: str) -> int:
+    return rec.offset(name)
+
+
+def _thread_filter(cfg: ProbeConfig, fail: str, labels: _Labels) -> list:
+    """Fall through when the current thread, or its process, is one of -T (r7 = pid_tgid).
+    Uses r1."""
+    ids = cfg.filters.target_ids
+    if not ids:
+        return []
+    ok = labels("thread_ok")
+    out = [asm.mov64_reg(R1, R7)]
+    out += [asm.jmp32_imm("JEQ", R1, i, ok) for i in sorted(ids)]
+    out += [asm.alu64_imm("RSH", R1, 32)]
+    out += [asm.jmp32_imm("JEQ", R1, i, ok) for i in sorted(ids)]
+    return [*out, asm.ja(fail), asm.label(ok)]
+
+
+def _record_header(kind: int) -> list:
+    """Zero the stack record and fill kind, the current thread and its comm. Clobbers r0-r5."""
+    return [
+        *_zero_stack_record(),
+        *_current_comm_into_stack(),
+        *_fill_sender_into_stack(),
+        asm.st(W, R10, _STACK_RECORD + _f("kind"), kind),
+        asm.st(W, R10, _STACK_RECORD + _f("arg_pidfd"), -1),
+        asm.st(W, R10, _STACK_RECORD + _f("gen_result"), rec.GEN_NONE),
+    ]
+
+
+def _write_record(cfg: ProbeConfig, labels: _Labels) -> list:
+    """Stamp the stack record with the time and write it out. Clobbers r0-r5, r9."""
+    return [
+        asm.call("ktime_get_ns"),
+        asm.stx(DW, R10, R0, _STACK_RECORD + _f("ktime_ns")),
+        asm.mov64_reg(R9, R10),
+        asm.alu64_imm("ADD", R9, _STACK_RECORD),
+        *_output(cfg, R9, labels),
+    ]
+
+
+def _wanted_signals(cfg: ProbeConfig) -> frozenset[int] | None:
+    signals = cfg.filters.signals
+    return None if signals is None else signals | {SIGKILL}
+
+
+def build_signal_deliver(cfg: ProbeConfig, fmt: EventFormat) -> list:
+    """signal:signal_deliver: which thread took which signal, and its disposition then."""
+    labels, out = _Labels(), "out"
+    prog = [*_prologue(), asm.ldx(W, R9, R6, fmt.field("sig").offset)]
+    prog += _signal_filter(R9, _wanted_signals(cfg), out, labels)
+    prog += _thread_filter(cfg, out, labels)
+    prog += _record_header(rec.KIND_DELIVER)
+    prog += [asm.stx(W, R10, R9, _STACK_RECORD + _f("sig"))]
+    for src, dst in (("code", "gen_code"), ("errno", "gen_errno")):
+        prog += [asm.ldx(W, R1, R6, fmt.field(src).offset),
+                 asm.stx(W, R10, R1, _STACK_RECORD + _f(dst))]
+    for src, dst in (("sa_handler", "ret"), ("sa_flags", "arg_tid")):
+        prog += [asm.ldx(DW, R1, R6, fmt.field(src).offset),
+                 asm.stx(DW, R10, R1, _STACK_RECORD + _f(dst))]
+    prog += _write_record(cfg, labels)
+    return prog + _epilogue(out)
+
+
+def build_process_exit(cfg: ProbeConfig, fmt: EventFormat, exit_code_offset: int | None) -> list:
+    """sched:sched_process_exit: the exit code of a thread dying of a signal, or of the last
+    thread of a process. Without BTF (exit_code_offset None) only the last thread is written,
+    marked FLAG_EXIT_CODE_UNKNOWN."""
+    labels, out = _Labels(), "out"
+    group_dead = fmt.field("group_dead")
+    prog = [*_prologue(), asm.ldx(B, R9, R6, group_dead.offset)]
+    prog += _thread_filter(cfg, out, labels)
+    if exit_code_offset is None:
+        prog += [asm.jmp_imm("JEQ", R9, 0, out), asm.mov64_imm(R8, 0)]
+        flags = rec.FLAG_EXIT_CODE_UNKNOWN
+    else:
+        keep = labels("keep")
+        prog += [
+            asm.call("get_current_task"),
+            asm.mov64_reg(R3, R0),
+            asm.alu64_imm("ADD", R3, exit_code_offset),
+            asm.mov64_reg(R1, R10),
+            asm.alu64_imm("ADD", R1, _STACK_KEY),
+            asm.mov64_imm(R2, 4),
+            asm.call("probe_read_kernel"),
+            asm.jmp_imm("JNE", R0, 0, out),
+            asm.ldx(W, R8, R10, _STACK_KEY),
+            # A death by signal has the signal in the low 7 bits; keep it, and every last thread.
+            asm.mov64_reg(R1, R8),
+            asm.alu64_imm("AND", R1, 0x7F),
+            asm.jmp_imm("JNE", R1, 0, keep),
+            asm.jmp_imm("JEQ", R9, 0, out),
+            asm.label(keep),
+        ]
+        flags = 0
+    prog += _record_header(rec.KIND_EXIT)
+    prog += [
+        asm.stx(DW, R10, R8, _STACK_RECORD + _f("ret")),
+        asm.stx(W, R10, R9, _STACK_RECORD + _f("gen_group")),
+        asm.st(W, R10, _STACK_RECORD + _f("flags"), flags),
+    ]
+    prog += _write_record(cfg, labels)
+    return prog + _epilogue(out)
+
+
+def build_sigtimedwait_exit(cfg: ProbeConfig, fmt: EventFormat) -> list:
+    """sys_exit_rt_sigtimedwait: a positive return is the signal dequeued (consumed)."""
+    labels, out = _Labels(), "out"
+    prog = [*_prologue(), asm.ldx(DW, R9, R6, fmt.field("ret").offset),
+            asm.jmp_imm("JSLE", R9, 0, out)]
+    prog += _signal_filter(R9, cfg.filters.signals, out, labels)
+    prog += _thread_filter(cfg, out, labels)
+    prog += _record_header(rec.KIND_CONSUMED)
+    prog += [asm.stx(W, R10, R9, _STACK_RECORD + _f("sig"))]
+    prog += _write_record(cfg, labels)
+    return prog + _epilogue(out)
+
+
+def build_sigaction_enter(cfg: ProbeConfig, fmt: EventFormat) -> list:
+    """sys_enter_rt_sigaction: report a new handler of SIG_DFL or SIG_IGN (read from the
+    caller's struct sigaction, whose first member is sa_handler)."""
+    labels, out = _Labels(), "out"
+    sig, act = fmt.field("sig"), fmt.field("act")
+    prog = [*_prologue(), asm.ldx(DW, R9, R6, sig.offset)]
+    prog += [asm.jmp_imm("JGT", R9, 64, out)]  # unsigned: negative numbers leave too
+    prog += _signal_filter(R9, cfg.filters.signals, out, labels)
+    prog += _thread_filter(cfg, out, labels)
+    prog += [
+        asm.ldx(DW, R3, R6, act.offset),
+        asm.jmp_imm("JEQ", R3, 0, out),  # a query: nothing changes
+        asm.mov64_reg(R1, R10),
+        asm.alu64_imm("ADD", R1, _STACK_KEY),
+        asm.mov64_imm(R2, 8),
+        asm.call("probe_read_user"),
+        asm.jmp_imm("JNE", R0, 0, out),
+        asm.ldx(DW, R8, R10, _STACK_KEY),
+        asm.jmp_imm("JGT", R8, 1, out),  # a real handler never flushes
+    ]
+    prog += _record_header(rec.KIND_SIGACTION)
+    prog += [asm.stx(W, R10, R9, _STACK_RECORD + _f("sig")),
+             asm.stx(DW, R10, R8, _STACK_RECORD + _f("ret"))]
+    prog += _write_record(cfg, labels)
+    return prog + _epilogue(out)
+
+
+def build_fate_programs(
+    cfg: ProbeConfig, formats: dict[str, EventFormat], exit_code_offset: int | None
+) -> list[tuple[str, str, str, list]]:
+    """(program name, system, event, instructions) for every fate program; `formats` maps an
+    event name to its tracefs format."""
+    builders = {
+        "signal_deliver": lambda fmt: build_signal_deliver(cfg, fmt),
+        "sched_process_exit": lambda fmt: build_process_exit(cfg, fmt, exit_code_offset),
+        "sys_exit_rt_sigtimedwait": lambda fmt: build_sigtimedwait_exit(cfg, fmt),
+        "sys_enter_rt_sigaction": lambda fmt: build_sigaction_enter(cfg, fmt),
+    }
+    return [(name, system, event, builders[event](formats[event]))
+            for name, system, event in FATE_TRACEPOINTS]

@@ -1,0 +1,193 @@
+"""The real `sigscope trace` command in a subprocess: the `Tracing` ready line on stderr, JSON
+Lines with the documented schema (and nothing else on stdout), lost records reported, clean exit
+on SIGINT, SIGTERM and --duration with a summary, and no BPF program left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from helpers import SRC, TARGET_COMM, Target, bpf_prog_ids_of, wait_unloaded
+
+from sigscope.event import ORIGINS, OUTCOMES
+from sigscope.record import VIA_NAMES
+from sigscope.send import SendError, send_signal
+
+SIGUSR1, SIGUSR2 = 10, 12
+TIMEOUT = 15.0
+SUMMARY = re.compile(r"^sigscope: (\d+) records, (\d+) lost$")
+
+
+class CliTrace:
+    """`python3 -m sigscope.cli trace ARGS`, started and ready (its `Tracing` line read)."""
+
+    def __init__(self, *args: str) -> None:
+        env = {**os.environ, "PYTHONPATH": SRC}
+        env.pop("SIGSCOPE_DEBUG", None)
+        self.proc = subprocess.Popen([sys.executable, "-m", "sigscope.cli", "trace", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=env)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read_stdout, daemon=True)
+        self._reader.start()
+        assert self.proc.stderr is not None
+        ready, _, _ = select.select([self.proc.stderr], [], [], TIMEOUT)
+        if not ready:
+            self.proc.kill()
+            raise AssertionError("no Tracing line on stderr")
+        self.tracing_line = self.proc.stderr.readline()
+        assert self.tracing_line.startswith("Tracing"), self.tracing_line + self.proc.stderr.read()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def wait_lines(self, count: int) -> list[str]:
+        deadline = time.monotonic() + TIMEOUT
+        while len(self.lines) < count:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError(f"expected {count} lines, got {self.lines}")
+            time.sleep(0.01)  # the reader thread has no event to wait on
+        return self.lines
+
+    def finish(self, stop: int | None = signal.SIGINT) -> tuple[int, list[str], list[str]]:
+        """Stop it (or let --duration do so); return (exit status, stdout lines, stderr lines
+        after the Tracing line)."""
+        if stop is not None:
+            self.proc.send_signal(stop)
+        try:
+            status = self.proc.wait(TIMEOUT)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        self._reader.join(TIMEOUT)
+        assert self.proc.stderr is not None
+        err = self.proc.stderr.read().splitlines()
+        return status, self.lines, err
+
+
+@pytest.fixture
+def target():
+    with Target() as child:
+        yield child
+
+
+def check_schema(obj: dict) -> None:
+    """Keys and types of one `"type": "signal"` object, as issue 3 documents them."""
+    assert set(obj) >= {"type", "time", "ktime_ns", "sig", "signal", "via", "origin", "sender",
+                        "target", "args", "code", "code_name", "result", "error", "outcome"}
+    assert obj["type"] == "signal"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", obj["time"])
+    assert isinstance(obj["ktime_ns"], int) and isinstance(obj["sig"], int)
+    assert isinstance(obj["signal"], str) and obj["via"] in VIA_NAMES
+    assert set(obj["sender"]) == {"pid", "tid", "comm", "uid"}
+    assert all(isinstance(obj["sender"][k], int) for k in ("pid", "tid", "uid"))
+    assert isinstance(obj["sender"]["comm"], str)
+    assert set(obj["target"]) == {"pid", "tid", "comm"}
+    assert set(obj["args"]) == {"pid", "tid", "pidfd"}
+    for value in (*obj["target"].values(), *obj["args"].values(), obj["code"], obj["result"]):
+        assert value is None or isinstance(value, (int, str))
+    assert obj["target"]["comm"] is None or isinstance(obj["target"]["comm"], str)
+    assert obj["code_name"] is None or isinstance(obj["code_name"], str)
+    assert obj["outcome"] is None or obj["outcome"] in OUTCOMES
+    if obj["via"] == "kernel":
+        assert obj["origin"] in ORIGINS
+        assert (obj["result"], obj["error"]) == (None, None)
+    else:
+        assert obj["origin"] is None and isinstance(obj["result"], int)
+        assert (obj["error"] is None) == (obj["result"] >= 0)
+
+
+def test_json_lines(target: Target) -> None:
+    cli = CliTrace("-j", "-T", str(target.pid))
+    assert "ringbuf" in cli.tracing_line or "perf" in cli.tracing_line
+    send_signal("kill", SIGUSR1, pid=target.pid)
+    send_signal("tgkill", SIGUSR2, pid=target.pid, tid=target.pid)
+    send_signal("rt_sigqueueinfo", 40, pid=target.pid, value=5)
+    send_signal("pidfd_send_signal", SIGUSR1, pid=target.pid)
+    with pytest.raises(SendError):
+        send_signal("kill", 99, pid=target.pid)
+    assert target.command("pipe") == "ok"
+    cli.wait_lines(6)
+    status, out, err = cli.finish(signal.SIGINT)
+    assert status == 0
+    objects = [json.loads(line) for line in out]  # stdout holds nothing but JSON
+    assert all(line.endswith("\n") for line in out)
+    for obj in objects:
+        check_schema(obj)
+    assert [(o["via"], o["sig"]) for o in objects] == [
+        ("kill", SIGUSR1), ("tgkill", SIGUSR2), ("rt_sigqueueinfo", 40),
+        ("pidfd_send_signal", SIGUSR1), ("kill", 99), ("kernel", 13)]
+    assert objects[1]["target"] == {"pid": target.pid, "tid": target.pid, "comm": TARGET_COMM}
+    assert objects[1]["args"] == {"pid": target.pid, "tid": target.pid, "pidfd": None}
+    assert (objects[1]["code_name"], objects[1]["outcome"]) == ("SI_TKILL", "delivered")
+    assert (objects[4]["result"], objects[4]["error"], objects[4]["outcome"]) == (
+        -22, "EINVAL", None)
+    assert (objects[5]["origin"], objects[5]["outcome"]) == ("pipe", "ignored")
+    assert objects[2]["signal"] == "SIGRTMIN+8"
+    assert err == ["sigscope: 6 records, 0 lost"]
+
+
+def test_lost_records_are_reported_and_add_up(target: Target) -> None:
+    sent = 300
+    cli = CliTrace("-j", "--buffer", "ringbuf", "--buffer-size", "4K", "-s", "0",
+                   "-T", str(target.pid))
+    cli.proc.send_signal(signal.SIGSTOP)  # nobody reads: the 4 KiB ring fills up
+    try:
+        for _ in range(sent):
+            os.kill(target.pid, 0)
+    finally:
+        cli.proc.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + TIMEOUT
+    while not any('"lost"' in line for line in cli.lines) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    status, out, err = cli.finish(signal.SIGTERM)
+    assert status == 0
+    objects = [json.loads(line) for line in out]
+    signals = [o for o in objects if o["type"] == "signal"]
+    lost = [o for o in objects if o["type"] == "lost"]
+    assert lost and all(set(o) == {"type", "time", "count"} for o in lost)
+    assert 0 < len(signals) < sent
+    assert len(signals) + sum(o["count"] for o in lost) == sent
+    (summary,) = err
+    assert SUMMARY.match(summary).groups() == (str(len(signals)), str(sent - len(signals)))
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "duration"])
+def test_clean_exit_leaves_nothing_loaded(target: Target, how: str) -> None:
+    extra = ["-d", "1"] if how == "duration" else []
+    cli = CliTrace("-T", str(target.pid), "-t", *extra)
+    prog_ids = bpf_prog_ids_of(cli.proc.pid)
+    assert len(prog_ids) >= 13  # six enters, six exits, signal_generate
+    send_signal("tkill", SIGUSR1, tid=target.pid)
+    lines = cli.wait_lines(2)
+    status, out, err = cli.finish(None if how == "duration" else getattr(signal, how))
+    assert status == 0
+    assert out[0].split() == ["TIME", "PID", "TID", "COMM", "VIA", "SIG", "TPID", "TTID",
+                              "TCOMM", "RESULT", "OUTCOME"]
+    row = lines[1].split()
+    assert row[4:] == ["tkill", "SIGUSR1", str(target.pid), str(target.pid), TARGET_COMM, "0",
+                       "delivered"]
+    float(row[0])  # -t: relative seconds
+    (summary,) = err
+    assert SUMMARY.match(summary).groups() == ("1", "0")
+    assert wait_unloaded(prog_ids) == set()
+
+
+def test_ebpf_prints_the_programs_without_loading() -> None:
+    env = {**os.environ, "PYTHONPATH": SRC}
+    done = subprocess.run([sys.executable, "-m", "sigscope.cli", "trace", "--ebpf", "-s", "USR1"],
+                          capture_output=True, text=True, env=env, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    assert "; --- signal_generate" in done.stdout and "; --- sys_exit_pidfd_send_signal" in \
+        done.stdout
+    assert "Tracing" not in done.stderr

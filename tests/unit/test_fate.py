@@ -1,0 +1,222 @@
+"""FateTracker with synthetic signals and fate records: matching, effects, order, bounds."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from sigscope import record as rec
+from sigscope.event import Event
+from sigscope.fate import (
+    Fate,
+    FateRecord,
+    FateTracker,
+    flag_names,
+    format_latency,
+)
+from sigscope.output import JsonWriter, TextWriter
+
+PID, WORKER = 100, 101
+SIGUSR1, SIGSEGV, SIGTERM, SIGKILL, SIGCONT, SIGSTOP, SIGTSTP, SIGRTMIN = (
+    10, 11, 15, 9, 18, 19, 20, 34)
+SA_SIGINFO, SA_RESTART = 0x4, 0x10000000
+END = 1 << 62
+
+_ids = iter(range(1, 1_000_000))
+
+
+def sent(sig: int, ktime: int, tid: int = PID, pid: int = PID, group: bool = True,
+         outcome: str = "delivered", via: str = "kill") -> Event:
+    return Event(id=next(_ids), ktime_ns=ktime, time_ns=ktime, sig=sig, via=via, sender_pid=1,
+                 sender_tid=1, sender_comm="sender", sender_uid=0, target_pid=pid,
+                 target_tid=tid, target_comm="target", arg_pid=pid, arg_tid=None, arg_pidfd=None,
+                 code=0, result=0, outcome=outcome, group=group)
+
+
+def deliver(sig: int, ktime: int, tid: int = PID, pid: int = PID, handler: int = 0,
+            flags: int = 0) -> FateRecord:
+    return FateRecord(kind=rec.KIND_DELIVER, ktime_ns=ktime, pid=pid, tid=tid, comm="target",
+                      sig=sig, handler=handler, flags=flags)
+
+
+def exited(ktime: int, exit_code: int | None, tid: int = PID, pid: int = PID,
+           group_dead: bool = True) -> FateRecord:
+    return FateRecord(kind=rec.KIND_EXIT, ktime_ns=ktime, pid=pid, tid=tid, comm="target", sig=0,
+                      exit_code=exit_code, group_dead=group_dead)
+
+
+def run(*items: Event | FateRecord, end: bool = True) -> list[Fate]:
+    tracker = FateTracker()
+    tracker.add_events(i for i in items if isinstance(i, Event))
+    tracker.add_records(i for i in items if isinstance(i, FateRecord))
+    return tracker.finish(END) if end else tracker.advance(END)
+
+
+def test_handled_signal_has_thread_latency_handler_and_flags() -> None:
+    event = sent(SIGUSR1, 1000)
+    [fate] = run(event, deliver(SIGUSR1, 4000, tid=WORKER, handler=0x401000,
+                                flags=SA_SIGINFO | SA_RESTART))
+    assert (fate.id, fate.effect, fate.tid, fate.pid) == (event.id, "handled", WORKER, PID)
+    assert fate.latency_ns == 3000
+    assert fate.disposition == "handler" and fate.handler_text == "0x401000"
+    assert fate.flag_names == ["SA_SIGINFO", "SA_RESTART"]
+    assert event.fate is fate
+
+
+def test_coalesced_signal_gets_no_fate() -> None:
+    first = sent(SIGUSR1, 1000)
+    second = sent(SIGUSR1, 2000, outcome="already_pending")
+    fates = run(first, second, deliver(SIGUSR1, 3000, handler=0x5000))
+    assert [f.id for f in fates] == [first.id]
+    assert second.fate is None
+
+
+def test_private_queue_is_taken_before_shared_queue() -> None:
+    shared = sent(SIGUSR1, 1000, tid=PID, group=True)
+    private = sent(SIGUSR1, 2000, tid=WORKER, group=False, via="tgkill")
+    fates = run(shared, private, deliver(SIGUSR1, 3000, tid=WORKER, handler=0x5000),
+                deliver(SIGUSR1, 4000, tid=WORKER, handler=0x5000))
+    assert [f.id for f in fates] == [private.id, shared.id]
+
+
+def test_realtime_signals_match_first_in_first_out() -> None:
+    events = [sent(SIGRTMIN, 1000 + i) for i in range(3)]
+    fates = run(*events, *[deliver(SIGRTMIN, 5000 + i, handler=0x5000) for i in range(3)])
+    assert [f.id for f in fates] == [e.id for e in events]
+    assert [f.latency_ns for f in fates] == [4000, 4000, 4000]
+
+
+def test_converted_fatal_signal_reports_the_signal_sent_not_sigkill() -> None:
+    term = sent(SIGTERM, 1000)
+    fates = run(term, deliver(SIGKILL, 1500, tid=WORKER), deliver(SIGKILL, 1600, tid=PID),
+                exited(2000, SIGTERM, tid=WORKER, group_dead=False), exited(2100, SIGTERM))
+    [fate] = fates
+    assert (fate.id, fate.effect, fate.cause) == (term.id, "terminated", SIGTERM)
+    assert (fate.tid, fate.latency_ns, fate.disposition) == (WORKER, 500, "default")
+    assert fate.to_dict()["cause"] == {"sig": SIGTERM, "signal": "SIGTERM"}
+
+
+def test_sigkill_sent_is_terminated_by_sigkill() -> None:
+    kill = sent(SIGKILL, 1000)
+    [fate] = run(kill, deliver(SIGKILL, 1200), exited(1300, SIGKILL))
+    assert (fate.id, fate.effect, fate.cause, fate.latency_ns) == (
+        kill.id, "terminated", SIGKILL, 200)
+
+
+def test_core_dump_decided_at_exit() -> None:
+    segv = sent(SIGSEGV, 1000, group=False, via="kernel")
+    [fate] = run(segv, deliver(SIGSEGV, 1100), exited(9000, SIGSEGV | 0x80))
+    assert (fate.effect, fate.cause, fate.exit_code) == ("core_dumped", SIGSEGV, SIGSEGV | 0x80)
+    assert fate.ktime_ns == 1100 and fate.latency_ns == 100
+
+
+def test_fatal_without_core_and_without_btf() -> None:
+    segv = sent(SIGSEGV, 1000, group=False)
+    assert run(segv, deliver(SIGSEGV, 1100), exited(2000, SIGSEGV))[0].effect == "terminated"
+    segv = sent(SIGSEGV, 1000, group=False)
+    [fate] = run(segv, deliver(SIGSEGV, 1100), exited(2000, None))
+    assert (fate.effect, fate.cause) == ("unknown", None)
+
+
+def test_fatal_delivery_without_exit_is_unknown_at_the_end() -> None:
+    [fate] = run(sent(SIGTERM, 1000), deliver(SIGTERM, 1100))
+    assert fate.effect == "unknown"
+    assert run(sent(SIGTERM, 1000), deliver(SIGTERM, 1100), end=False) == []
+
+
+def test_stop_and_continue() -> None:
+    stop = sent(SIGSTOP, 1000)
+    cont = sent(SIGCONT, 3000, outcome="ignored")  # default action: ignored at generation
+    fates = run(stop, deliver(SIGSTOP, 1100), cont)
+    assert [(f.id, f.effect) for f in fates] == [(stop.id, "stopped"), (cont.id, "continued")]
+    cont = sent(SIGCONT, 1000)
+    assert run(cont, deliver(SIGCONT, 1200))[0].effect == "continued"
+
+
+def test_sigcont_flushes_a_queued_stop_signal() -> None:
+    tstp = sent(SIGTSTP, 1000)
+    cont = sent(SIGCONT, 2000, outcome="ignored")
+    fates = run(tstp, cont)
+    assert [(f.id, f.effect) for f in fates] == [(tstp.id, "flushed"), (cont.id, "continued")]
+
+
+def test_ignored_at_delivery() -> None:
+    assert run(sent(SIGUSR1, 1), deliver(SIGUSR1, 2, handler=1))[0].effect == "ignored"
+    assert run(sent(28, 1), deliver(28, 2))[0].effect == "ignored"  # SIGWINCH default
+
+
+def test_consumed_by_sigwaitinfo() -> None:
+    event = sent(SIGUSR1, 1000)
+    consumed = FateRecord(kind=rec.KIND_CONSUMED, ktime_ns=1700, pid=PID, tid=WORKER,
+                          comm="target", sig=SIGUSR1)
+    [fate] = run(event, consumed)
+    assert (fate.effect, fate.tid, fate.latency_ns, fate.disposition) == (
+        "consumed", WORKER, 700, None)
+
+
+def test_sigaction_to_ignore_flushes() -> None:
+    event = sent(SIGUSR1, 1000, tid=WORKER, group=False)
+    ignore = FateRecord(kind=rec.KIND_SIGACTION, ktime_ns=2000, pid=PID, tid=PID, comm="target",
+                        sig=SIGUSR1, handler=1)
+    [fate] = run(event, ignore)
+    assert (fate.effect, fate.latency_ns) == ("flushed", None)
+
+
+def test_still_queued_is_pending_at_the_end_and_discarded_at_exit() -> None:
+    event = sent(SIGUSR1, 1000)
+    [fate] = run(event)
+    assert (fate.effect, fate.ktime_ns) == ("pending", END)
+    event = sent(SIGUSR1, 1000)
+    [fate] = run(event, exited(2000, 0))
+    assert (fate.effect, fate.exit_code) == ("discarded", 0)
+
+
+def test_records_are_processed_in_kernel_time_order_up_to_the_horizon() -> None:
+    tracker = FateTracker()
+    early_deliver = deliver(SIGUSR1, 3000, handler=0x5000)
+    tracker.add_records([early_deliver])  # read before the signal's own record
+    assert tracker.advance(2000) == []
+    event = sent(SIGUSR1, 1000)
+    tracker.add_events([event])
+    assert tracker.advance(2500) == []  # the delivery is beyond the horizon: held
+    assert tracker.held == 1
+    [fate] = tracker.advance(3001)
+    assert fate.id == event.id and tracker.held == 0
+
+
+def test_unmatched_and_untracked_are_counted() -> None:
+    tracker = FateTracker(max_pending=1)
+    tracker.add_events([sent(SIGUSR1, 1), sent(12, 2)])
+    tracker.add_records([deliver(SIGTERM, 3)])
+    tracker.advance(END)
+    assert (tracker.untracked, tracker.unmatched, tracker.pending) == (1, 1, 1)
+
+
+def test_formatting() -> None:
+    assert [format_latency(n) for n in (850, 3_400, 12_000, 3_400_000, 120_000_000,
+                                        1_250_000_000, None)] == [
+        "850ns", "3.4us", "12us", "3.4ms", "120ms", "1.2s", "-"]
+    assert flag_names(0x4 | 0x20000) == ["SA_SIGINFO", "0x20000"]
+
+
+def test_outputs_tie_the_fate_to_its_signal() -> None:
+    event = sent(SIGUSR1, 1_000_000_000)
+    [fate] = run(event, deliver(SIGUSR1, 1_000_012_000, tid=WORKER, handler=0xABC,
+                                flags=SA_SIGINFO))
+    text = io.StringIO()
+    writer = TextWriter(text, fate=True)
+    writer.header()
+    writer.events([event, fate])
+    header, send_line, fate_line = text.getvalue().splitlines()
+    assert header.split()[:2] == ["TIME", "ID"] and header.split()[-2:] == ["LAT", "FATE"]
+    assert f"#{event.id} " in send_line and send_line.endswith("...")
+    assert f"->#{event.id} " in fate_line and fate_line.endswith("12us handled 0xabc SA_SIGINFO")
+    out = io.StringIO()
+    JsonWriter(out).events([event, fate])
+    signal_obj, fate_obj = (json.loads(line) for line in out.getvalue().splitlines())
+    assert signal_obj["type"] == "signal" and fate_obj["type"] == "fate"
+    assert fate_obj["id"] == signal_obj["id"]
+    assert fate_obj["thread"] == {"pid": PID, "tid": WORKER, "comm": "target"}
+    assert (fate_obj["latency_ns"], fate_obj["disposition"], fate_obj["handler"],
+            fate_obj["effect"], fate_obj["flags"]) == (12_000, "handler", "0xabc", "handled",
+                                                       ["SA_SIGINFO"])

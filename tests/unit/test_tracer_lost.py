@@ -1,0 +1,76 @@
+"""Tracer.lost adds up every way a record can go missing, including probe runs the kernel
+skipped (bpf_prog_info.recursion_misses), with fakes in place of the kernel objects."""
+
+from __future__ import annotations
+
+import struct
+from types import SimpleNamespace
+
+import pytest
+
+from sigscope import probes
+from sigscope.tracer import TraceError, Tracer, make_filters
+
+
+class FakeProgram:
+    def __init__(self, misses: int) -> None:
+        self.misses = misses
+
+    def info(self) -> SimpleNamespace:
+        return SimpleNamespace(recursion_misses=self.misses)
+
+
+class GoneProgram:
+    def info(self) -> SimpleNamespace:
+        raise OSError(9, "Bad file descriptor")
+
+
+class FakeCounters:
+    closed = False
+
+    def __init__(self, values: dict[int, int]) -> None:
+        self.values = values
+
+    def sum_u64(self, key: bytes) -> int:
+        return self.values.get(struct.unpack("<I", key)[0], 0)
+
+
+def test_lost_counts_buffer_inflight_and_recursion_misses() -> None:
+    tracer = Tracer()
+    first, second = FakeProgram(3), FakeProgram(0)
+    tracer._programs = [first, second, GoneProgram()]  # type: ignore[list-item]
+    tracer._recursion_at_start = tracer._recursion_misses()
+    assert tracer._recursion_at_start == 3  # what happened before we started is not ours
+    tracer._counters = FakeCounters({probes.COUNTER_LOST: 5,  # type: ignore[assignment]
+                                     probes.COUNTER_INFLIGHT_FULL: 7})
+    # A perf buffer's own PERF_RECORD_LOST count is the same failed writes the programs
+    # count in COUNTER_LOST: not added twice.
+    tracer._reader = SimpleNamespace(lost=5)  # type: ignore[assignment]
+    assert tracer.lost == 5 + 7
+    first.misses, second.misses = 4, 2  # a timer signal fired while another program ran
+    assert tracer.lost == 5 + 7 + 3
+    tracer._reader = None
+    tracer._counters = None
+    assert tracer.lost == 3
+
+
+def test_lost_after_close_is_the_final_count() -> None:
+    tracer = Tracer()
+    tracer.finished = True
+    tracer._final_lost = 42
+    assert tracer.lost == 42
+
+
+def test_bad_buffer_arguments() -> None:
+    with pytest.raises(TraceError, match="choose from"):
+        Tracer(buffer="pipe")
+    with pytest.raises(TraceError, match="smaller than a page"):
+        Tracer(buffer_size=100)
+
+
+def test_make_filters() -> None:
+    f = make_filters(signals="USR1,USR2", exclude_signals=[12], pids=[3], target_ids=[4],
+                     comm="x", vias=["kill", "kernel"], kill_only=True)
+    assert (f.signals, f.sender_pids, f.target_ids, f.comm, f.vias) == (
+        frozenset({10}), frozenset({3}), frozenset({4}), "x", frozenset({"kill"}))
+    assert make_filters(exclude_signals="CHLD").signals == frozenset(range(65)) - {17}
