@@ -52,7 +52,8 @@ def test_time_is_utc_iso_with_microseconds() -> None:
     e = make_event(time_ns=0)
     assert e.iso_time() == "1970-01-01T00:00:00.000000Z"
     parsed = datetime.strptime(make_event().iso_time(), "%Y-%m-%dT%H:%M:%S.%fZ")
-    assert parsed.replace(tzinfo=timezone.utc).timestamp() == pytest.approx(EXAMPLE_TIME_NS // 1000 / 1e6)
+    seconds = parsed.replace(tzinfo=timezone.utc).timestamp()
+    assert seconds == pytest.approx(EXAMPLE_TIME_NS // 1000 / 1e6)
 
 
 @pytest.mark.parametrize(("sig", "name"), [
