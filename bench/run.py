@@ -87,7 +87,7 @@ class TracerSpec:
 
     argv: list[str]
     ready_prefix: str
-    ready_on_stdout: bool  # bpftrace prints "Attaching N probes..." on stdout, sigscope on stderr
+    ready_on_stdout: bool  # bpftrace's ready line is on stdout, sigscope's on stderr
     # (stdout lines, stderr, via) -> (captured, lost); stdout is streamed: it can be 100s of MB
     count: Callable[[Iterable[str], str, str], tuple[int, int]]
     env: Optional[dict] = None
@@ -325,12 +325,17 @@ def count_bpftrace_map(stdout: Iterable[str], stderr: str, via: str) -> tuple[in
 
 
 BPFTRACE_FILTER = f'/comm == "{LOADGEN_COMM}" && args->sig == {BENCH_SIGNAL}/'
+# bpftrace prints "Attaching N probes..." BEFORE it attaches them (a run started on that line
+# misses its first signals); BEGIN fires once every probe is attached, so that is the ready line.
+BPFTRACE_READY = "bench: ready"
+BPFTRACE_BEGIN = f'BEGIN {{ printf("{BPFTRACE_READY}\\n"); }} '
 BPFTRACE_STREAM = (
-    f"tracepoint:signal:signal_generate {BPFTRACE_FILTER} "
+    f"{BPFTRACE_BEGIN}tracepoint:signal:signal_generate {BPFTRACE_FILTER} "
     '{ printf("S %d %d %d %llu\\n", args->sig, args->pid, args->result, nsecs); }'
 )
 BPFTRACE_COUNT = (
-    f"tracepoint:signal:signal_generate {BPFTRACE_FILTER} {{ @[args->sig] = count(); }}"
+    f"{BPFTRACE_BEGIN}tracepoint:signal:signal_generate {BPFTRACE_FILTER} "
+    "{ @[args->sig] = count(); }"
 )
 
 
@@ -365,9 +370,9 @@ def tracer_specs(sigscope: list[str], env: Optional[dict], system_wide: bool = F
                                      False, count_trace_records, env),
         "sigscope-top": TracerSpec(sigscope + ["top", "--json", "-c", LOADGEN_COMM, "-i", "1"],
                                    "Tracing", False, count_top_intervals, env),
-        "bpftrace-stream": TracerSpec(["bpftrace", "-e", BPFTRACE_STREAM], "Attaching", True,
+        "bpftrace-stream": TracerSpec(["bpftrace", "-e", BPFTRACE_STREAM], BPFTRACE_READY, True,
                                       count_bpftrace_stream),
-        "bpftrace-count": TracerSpec(["bpftrace", "-e", BPFTRACE_COUNT], "Attaching", True,
+        "bpftrace-count": TracerSpec(["bpftrace", "-e", BPFTRACE_COUNT], BPFTRACE_READY, True,
                                      count_bpftrace_map),
     }
 

@@ -389,7 +389,8 @@ def run_top(args: argparse.Namespace) -> int:
             if time.monotonic() >= next_tick:
                 if show:
                     writer.write(tracker.next(counter.read()))
-                next_tick += args.interval
+                # A slow read (huge map, busy machine) skips ticks rather than piling them up.
+                next_tick = max(next_tick + args.interval, time.monotonic())
         final = counter.close()  # detached first: nothing is counted after this snapshot
         if show and final is not None:
             writer.write(tracker.next(final, final=True))

@@ -248,6 +248,7 @@ class FateTracker:
         self._seq = itertools.count()
         self._queues: dict[_Key, deque[Event]] = {}
         self._queues_of_process: dict[int, set[_Key]] = {}
+        self._owner: dict[_Key, int] = {}  # queue -> the process it belongs to
         self._npending = 0
         self._awaiting_exit: dict[int, list[_Delivered]] = {}  # tid -> fatal deliveries
         self._dying: dict[int, FateRecord] = {}  # tgid -> first SIGKILL delivery of a group exit
@@ -291,6 +292,7 @@ class FateTracker:
                 fates.append(fate)
         self._queues.clear()
         self._queues_of_process.clear()
+        self._owner.clear()
         self._npending = 0
         for waiting in self._awaiting_exit.values():
             for d in waiting:
@@ -341,6 +343,7 @@ class FateTracker:
             queue = self._queues[key] = deque()
             owner = process if process is not None else event.target_tid
             self._queues_of_process.setdefault(owner, set()).add(key)
+            self._owner[key] = owner
         elif event.sig < 32 and queue:
             # A standard signal is queued once per queue: the one waiting left without a trace
             # event (a signalfd read, a flush we could not see).
@@ -383,12 +386,11 @@ class FateTracker:
 
     def _drop_queue(self, key: _Key) -> None:
         del self._queues[key]
-        for owner, keys in list(self._queues_of_process.items()):
-            if key in keys:
-                keys.discard(key)
-                if not keys:
-                    del self._queues_of_process[owner]
-                break
+        owner = self._owner.pop(key)
+        keys = self._queues_of_process[owner]
+        keys.discard(key)
+        if not keys:
+            del self._queues_of_process[owner]
 
     def _on_deliver(self, record: FateRecord, fates: list[Fate]) -> None:
         event = self._dequeue(record)
@@ -398,6 +400,8 @@ class FateTracker:
                 # every thread take SIGKILL: remember when this process began dying.
                 marker = self._dying.get(record.pid)
                 if marker is None or record.ktime_ns - marker.ktime_ns > _DYING_MARKER_TTL_NS:
+                    if len(self._dying) >= self.max_pending:
+                        self._dying.clear()  # only a latency and a thread name are at stake
                     self._dying[record.pid] = record
             else:
                 self.unmatched += 1
@@ -410,6 +414,10 @@ class FateTracker:
         else:
             effect = default_effect(record.sig)
         if effect is None:
+            if len(self._awaiting_exit) >= self.max_pending:
+                self.untracked += 1
+                fates.append(self._from_delivery(event, record, "unknown"))
+                return
             self._awaiting_exit.setdefault(record.tid, []).append(_Delivered(event, record))
         else:
             fates.append(self._from_delivery(event, record, effect))
@@ -433,6 +441,7 @@ class FateTracker:
                 for d in self._awaiting_exit.pop(tid):
                     fates.append(self._death(d.event, d.record, exit_code))
             for key in list(self._queues_of_process.get(record.pid, ())):
+                self._owner.pop(key, None)
                 for event in self._queues.pop(key, ()):
                     self._npending -= 1
                     fate = self._fate(event, record, "discarded" if exit_code is not None

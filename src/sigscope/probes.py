@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from . import record as rec
 from .bpf import asm
 from .bpf.asm import DW, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, W
+from .bpf.attach import detach_all
 from .bpf.maps import LRUHashMap
 from .bpf.tracefs import EventFormat
 from .bpf.uapi import BPF_ANY, BPF_F_CURRENT_CPU, BPF_RB_NO_WAKEUP
@@ -48,6 +49,22 @@ INFLIGHT_MAX_ENTRIES = 16384
 def make_inflight_map() -> LRUHashMap:
     """The per-thread in-flight map the programs of this module expect (key: u32 tid)."""
     return LRUHashMap(4, rec.RECORD_SIZE, INFLIGHT_MAX_ENTRIES, name="sigscope_calls")
+
+
+def count_unfinished_calls(inflight: LRUHashMap) -> int:
+    """After detaching: calls parked by an entry probe whose exit never ran (a thread preempted
+    inside kill(2) while the probes were detached). Their records were never written."""
+    kind_at = rec.offset("kind")
+    return sum(1 for _key, value in inflight.items()
+               if int.from_bytes(value[kind_at:kind_at + 4], "little") == rec.KIND_CALL)
+
+
+def detach_in_order(attachments: list) -> None:
+    """Entries first: once they are gone no new call is parked, and every parked call still
+    has its exit attached (or is counted by count_unfinished_calls)."""
+    detach_all(a for a in attachments if ":sys_enter_" in a.description)
+    detach_all(attachments)
+    attachments.clear()
 
 # Stack layout (offsets from r10). The record buffer must be 8-aligned.
 _STACK_RECORD = -rec.RECORD_SIZE                 # one record being built

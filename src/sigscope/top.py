@@ -188,6 +188,8 @@ class Counter:
         self._counts: Map | None = None
         self._counters: PerCPUArrayMap | None = None
         self._recursion_at_start = 0
+        self._unfinished = 0
+        self._inflight: Map | None = None
         self._lock = threading.Lock()
         self._final: Snapshot | None = None
         self.started = False
@@ -211,6 +213,7 @@ class Counter:
 
     def _setup(self) -> None:
         inflight = self._own(probes.make_inflight_map())
+        self._inflight = inflight
         counters = self._own(PerCPUArrayMap(8, top_probes.NUM_COUNTERS, name="sigscope_count"))
         kind = PerCPUHashMap if self.percpu else HashMap
         counts = self._own(kind(top_probes.KEY_SIZE, top_probes.VALUE_SIZE, self.max_keys,
@@ -256,11 +259,10 @@ class Counter:
         """Detach, take the final snapshot, release everything. Returns that snapshot."""
         if self.finished:
             return self._final
-        # Entries first, exits last: a call that entered before the end is still completed.
-        for attachment in reversed(self._attachments):
-            attachment.close()
-        self._attachments.clear()
+        probes.detach_in_order(self._attachments)
         if self.started:
+            if self._inflight is not None:
+                self._unfinished = probes.count_unfinished_calls(self._inflight)
             self._final = self._read()
         self._teardown()
         self.finished = True
@@ -306,6 +308,7 @@ class Counter:
             other = self._counters.sum_u64(struct.pack("<I", top_probes.COUNTER_OTHER))
             lost = self._counters.sum_u64(struct.pack("<I", COUNTER_INFLIGHT_FULL))
             lost += max(0, self._recursion_misses() - self._recursion_at_start)
+            lost += self._unfinished
             return Snapshot(rows, other, lost, len(pairs), now)
 
     def _recursion_misses(self) -> int:

@@ -92,6 +92,7 @@ class Tracer:
         self._stop = False
         self._deadline: float | None = None
         self._recursion_at_start = 0
+        self._unfinished = 0
         self.started = False
         self.finished = False
 
@@ -217,10 +218,9 @@ class Tracer:
         if self.finished:
             return []
         drained: list[Event] = []
-        for attachment in self._attachments:
-            attachment.close()
-        self._attachments.clear()
-        if self.started:
+        probes.detach_in_order(self._attachments)
+        if self.started and self._inflight is not None:
+            self._unfinished = probes.count_unfinished_calls(self._inflight)
             drained = self._read_all()
             flushed = self.decoder.flush()
             drained += flushed
@@ -378,7 +378,7 @@ class Tracer:
         # Not self._reader.lost: a perf buffer's PERF_RECORD_LOST counts the same failed writes
         # the programs count themselves (and arrives late, or never for the last ones).
         lost += self._recursion_misses() - self._recursion_at_start
-        return lost
+        return lost + self._unfinished
 
     @property
     def lost(self) -> int:

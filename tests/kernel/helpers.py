@@ -131,8 +131,10 @@ class Target:
         if pgid is not None:
             def preexec() -> None:
                 os.setpgid(0, pgid)
+        # No faulthandler: it would re-raise a fault's SIGSEGV with a second, syscall, send.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONFAULTHANDLER"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", TARGET_PROGRAM, str(threads)],
+            [sys.executable, "-c", TARGET_PROGRAM, str(threads)], env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
             preexec_fn=preexec,
         )

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 from helpers import SRC, TARGET_COMM, Target, bpf_prog_ids_of, wait_unloaded
@@ -36,6 +35,7 @@ class CliTrace:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env=env)
         self.lines: list[str] = []
+        self._new_line = threading.Condition()
         self._reader = threading.Thread(target=self._read_stdout, daemon=True)
         self._reader.start()
         assert self.proc.stderr is not None
@@ -49,15 +49,23 @@ class CliTrace:
     def _read_stdout(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            self.lines.append(line)
+            with self._new_line:
+                self.lines.append(line)
+                self._new_line.notify_all()
+        with self._new_line:
+            self._new_line.notify_all()
+
+    def wait_until(self, predicate, what: str) -> list[str]:
+        """Wait until predicate(stdout lines so far) holds."""
+        with self._new_line:
+            if not self._new_line.wait_for(lambda: predicate(self.lines)
+                                           or not self._reader.is_alive(), TIMEOUT) \
+                    or not predicate(self.lines):
+                raise AssertionError(f"expected {what}, got {self.lines}")
+        return self.lines
 
     def wait_lines(self, count: int) -> list[str]:
-        deadline = time.monotonic() + TIMEOUT
-        while len(self.lines) < count:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise AssertionError(f"expected {count} lines, got {self.lines}")
-            time.sleep(0.01)  # the reader thread has no event to wait on
-        return self.lines
+        return self.wait_until(lambda lines: len(lines) >= count, f"{count} lines")
 
     def finish(self, stop: int | None = signal.SIGINT) -> tuple[int, list[str], list[str]]:
         """Stop it (or let --duration do so); return (exit status, stdout lines, stderr lines
@@ -147,9 +155,7 @@ def test_lost_records_are_reported_and_add_up(target: Target) -> None:
             os.kill(target.pid, 0)
     finally:
         cli.proc.send_signal(signal.SIGCONT)
-    deadline = time.monotonic() + TIMEOUT
-    while not any('"lost"' in line for line in cli.lines) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    cli.wait_until(lambda lines: any('"lost"' in line for line in lines), "a lost line")
     status, out, err = cli.finish(signal.SIGTERM)
     assert status == 0
     objects = [json.loads(line) for line in out]

@@ -220,3 +220,21 @@ def test_outputs_tie_the_fate_to_its_signal() -> None:
     assert (fate_obj["latency_ns"], fate_obj["disposition"], fate_obj["handler"],
             fate_obj["effect"], fate_obj["flags"]) == (12_000, "handler", "0xabc", "handled",
                                                        ["SA_SIGINFO"])
+
+
+def test_group_death_discards_every_queue_of_the_process_and_forgets_them() -> None:
+    tracker = FateTracker()
+    shared = sent(SIGUSR1, 1000)
+    private = sent(12, 1100, tid=WORKER, group=False, via="tgkill")
+    tracker.add_events([shared, private])
+    tracker.add_records([exited(2000, 0)])
+    fates = tracker.advance(END)
+    assert sorted((f.id, f.effect) for f in fates) == [(shared.id, "discarded"),
+                                                       (private.id, "discarded")]
+    assert tracker.pending == 0
+    # The pid is reused: its new signals are followed afresh.
+    again = sent(SIGUSR1, 3000)
+    tracker.add_events([again])
+    tracker.add_records([deliver(SIGUSR1, 3500, handler=0x5000)])
+    [fate] = tracker.advance(END)
+    assert (fate.id, fate.effect) == (again.id, "handled")

@@ -8,6 +8,7 @@ waitpid(WUNTRACED/WCONTINUED) is the only synchronisation.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -340,3 +341,36 @@ thread.join()
     fate = t.fate_of(send)
     assert (fate.effect, fate.pid, fate.tid) == ("handled", child.pid, worker_tid)
     assert fate.tid != fate.pid
+
+
+def test_cli_json_fate_record_follows_its_signal() -> None:
+    child = Child("""
+say("ready")
+sys.stdin.readline()
+""")
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "sigscope.cli", "trace", "--fate", "-j", "-T", str(child.pid)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": src})
+    try:
+        child.line()
+        ready, _, _ = select.select([cli.stderr], [], [], TIMEOUT)
+        assert ready and cli.stderr.readline().startswith("Tracing")  # type: ignore[union-attr]
+        os.kill(child.pid, signal.SIGTERM)
+        assert child.wait() == -signal.SIGTERM
+        cli.send_signal(signal.SIGINT)
+        out, err = cli.communicate(timeout=TIMEOUT)
+    finally:
+        child.kill()
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert cli.returncode == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    [sent] = [r for r in records if r["type"] == "signal" and r["signal"] == "SIGTERM"]
+    [fate] = [r for r in records if r["type"] == "fate"]
+    assert records.index(fate) > records.index(sent)
+    assert fate["id"] == sent["id"] and fate["effect"] == "terminated"
+    assert fate["cause"] == {"sig": 15, "signal": "SIGTERM"}
+    assert fate["thread"]["pid"] == child.pid and fate["latency_ns"] > 0
