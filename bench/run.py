@@ -426,6 +426,8 @@ def run_loadgen(children: ChildRegistry, loadgen: Path, via: str, count: int,
     except subprocess.TimeoutExpired:
         proc.kill()
         raise BenchError(f"loadgen timed out after {loadgen_timeout(count):.0f} s") from None
+    if proc.returncode not in (0, 1):  # 1: some sends failed, still a result worth reporting
+        raise BenchError(f"loadgen exited with status {proc.returncode}: {stderr.strip()[:200]}")
     return parse_loadgen_output(stdout)
 
 
@@ -541,7 +543,13 @@ def run_traced(children: ChildRegistry, loadgen: Path, spec: TracerSpec, result:
     stdout_path = out_dir / f"{result.config}-round{result.round}.out"
     tracer = start_tracer(children, spec, stdout_path)
     result.ready_s = tracer.ready_s
-    fill_workload(result, run_loadgen(children, loadgen, result.via, result.count, rate))
+    try:
+        workload = run_loadgen(children, loadgen, result.via, result.count, rate)
+    except BenchError:
+        tracer.proc.kill()  # never leave a tracer attached while the next configuration runs
+        tracer.proc.wait(timeout=10)
+        raise
+    fill_workload(result, workload)
     stderr, usage = stop_tracer(tracer)
     result.tracer_cpu_s = usage.ru_utime + usage.ru_stime
     result.tracer_maxrss_mib = usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux

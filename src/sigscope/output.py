@@ -7,7 +7,7 @@ import time
 from typing import TextIO
 
 from .event import Event
-from .fate import QUEUED_OUTCOMES, Fate, format_latency
+from .fate import QUEUED_OUTCOMES, SIGCONT, Fate, format_latency
 
 TEXT_COLUMNS = ("TIME", "PID", "TID", "COMM", "VIA", "SIG", "TPID", "TTID", "TCOMM", "RESULT",
                 "OUTCOME")
@@ -84,7 +84,10 @@ class TextWriter:
                                  _dash(e.comm), "", e.signal, "", "", "", "", "",
                                  format_latency(e.latency_ns), e.summary()))
             else:
-                later = "..." if e.outcome in QUEUED_OUTCOMES or e.signal == "SIGCONT" else "-"
+                # A fate follows for a queued signal, and for a SIGCONT ignored once it had
+                # resumed the process (fate.py).
+                later = "..." if e.outcome in QUEUED_OUTCOMES or (
+                    e.sig == SIGCONT and e.outcome == "ignored") else "-"
                 lines.append(fmt(self._time(e), f"#{e.id}", e.sender_pid, e.sender_tid,
                                  e.sender_comm, e.via, e.signal, _dash(e.target_pid),
                                  _dash(e.target_tid), _dash(e.target_comm), result_text(e),

@@ -195,6 +195,8 @@ def test_core_dump(tmp_path: Path, how: str, sig: int) -> None:
             t.close()
     finally:
         child.kill()
+        for core in tmp_path.glob("core*"):  # tens of MB each: not kept with pytest's tmp dirs
+            core.unlink()
     [send] = t.sends(sig)
     fate = t.fate_of(send)
     assert (fate.effect, fate.cause, fate.disposition) == ("core_dumped", sig, "default")
