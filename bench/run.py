@@ -364,11 +364,14 @@ def command_works(argv: list[str], env: Optional[dict]) -> bool:
 def tracer_specs(sigscope: list[str], env: Optional[dict], system_wide: bool = False
                  ) -> dict[str, TracerSpec]:
     """Every tracer configuration; system_wide drops sigscope's sender filter (paced mode)."""
-    comm_filter = [] if system_wide else ["-c", LOADGEN_COMM]
+    # The loadgen's comm and signal: its own exit's SIGCHLD is then not traced either, so that
+    # captured + lost counts exactly the workload's sends.
+    comm_filter = [] if system_wide else ["-c", LOADGEN_COMM, "-s", "USR1"]
     return {
         "sigscope-trace": TracerSpec(sigscope + ["trace", "--json"] + comm_filter, "Tracing",
                                      False, count_trace_records, env),
-        "sigscope-top": TracerSpec(sigscope + ["top", "--json", "-c", LOADGEN_COMM, "-i", "1"],
+        "sigscope-top": TracerSpec(sigscope + ["top", "--json", "-c", LOADGEN_COMM, "-s", "USR1",
+                                                "-i", "1"],
                                    "Tracing", False, count_top_intervals, env),
         "bpftrace-stream": TracerSpec(["bpftrace", "-e", BPFTRACE_STREAM], BPFTRACE_READY, True,
                                       count_bpftrace_stream),

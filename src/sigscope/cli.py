@@ -10,12 +10,14 @@ import argparse
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from . import __version__
 
 _RAW = argparse.RawDescriptionHelpFormatter
 
+LOST_CHECK_INTERVAL_S = 0.1
 EXIT_ERROR = 1
 EXIT_USAGE = 2  # also: not enough privileges, as bcc tools do
 
@@ -271,15 +273,20 @@ def run_trace(args: argparse.Namespace) -> int:
                   file=sys.stderr, flush=True)
         writer.header()
         reported_lost = 0
+        next_lost_check = 0.0
         while not tracer.expired():
             events = tracer.poll()
             writer.events(events)
-            lost = tracer.lost
-            if lost > reported_lost:
-                writer.lost(lost - reported_lost, lost)
-                reported_lost = lost
+            now = time.monotonic()
+            if now >= next_lost_check:  # reading the counters costs ~15 syscalls: not per batch
+                next_lost_check = now + LOST_CHECK_INTERVAL_S
+                lost = tracer.lost
+                if lost > reported_lost:
+                    writer.lost(lost - reported_lost, lost)
+                    reported_lost = lost
             writer.flush()
-        writer.events(tracer.close())
+        for batch in tracer.drain():
+            writer.events(batch)
         lost = tracer.lost
         if lost > reported_lost:
             writer.lost(lost - reported_lost, lost)

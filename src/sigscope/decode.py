@@ -102,7 +102,8 @@ class Decoder:
         self.records = 0
         self.malformed = 0
         self._comms: dict[bytes, str] = {}
-        self._shapes: dict[tuple, Shape] = {}
+        self._shapes: dict[tuple | bytes, Shape] = {}
+        self._kernel_shapes: dict[bytes, Shape] = {}
         self._shapes_expire = 0.0
 
     def decode(self, batch: bytes) -> list[Event]:
@@ -117,16 +118,21 @@ class Decoder:
         now = self._refresh_shapes()
         events: list[Event] = []
         append = events.append
-        shapes = self._shapes
+        # Separate caches per kind: the kind is not part of the bytes the shapes are keyed on.
+        call_shapes, kernel_shapes = self._shapes, self._kernel_shapes
         offset = self.wall_offset_ns
         next_id = self._next_id
         unpack_rest = rec.REST_STRUCT.unpack
         for ktime, call_id, kind, nemitted, rest in rec.HOT_STRUCT.iter_unpack(batch):
             if nemitted == 0 and (kind == KIND_CALL or kind == KIND_KERNEL):
+                shapes = call_shapes if kind == KIND_CALL else kernel_shapes
                 shape = shapes.get(rest)
                 if shape is None:
                     row = (ktime, call_id, kind, nemitted, *unpack_rest(rest))
-                    shape = self._shape(rest, row, row[_RET] if kind == KIND_CALL else None, now)
+                    if len(shapes) > 4096:
+                        shapes.clear()
+                    ret = row[_RET] if kind == KIND_CALL else None
+                    shape = shapes[rest] = Shape(self._decode_fields(row, ret, now))
                 append(Event(next_id, ktime, ktime + offset, *shape.fields, shape))
                 next_id += 1
                 continue
@@ -140,6 +146,7 @@ class Decoder:
         if now >= self._shapes_expire:
             # Refresh what /proc told us about targets at least once a second.
             self._shapes.clear()
+            self._kernel_shapes.clear()
             self._shapes_expire = now + 1.0
         return now
 

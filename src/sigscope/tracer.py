@@ -34,6 +34,9 @@ from .signals import parse_signal_list
 
 DEFAULT_BUFFER_SIZE = 16 << 20
 DEFAULT_POLL_INTERVAL_MS = 10
+# At most this much of the ring buffer is decoded per poll: in a storm the ring is always full,
+# and decoding it whole would hold ~100k Events and their JSON in memory at once.
+BATCH_BYTES = 256 << 10
 BUFFER_KINDS = ("auto", "ringbuf", "perf")
 _PAGE_SIZE = 4096
 # --fate: a fate record is matched once every signal generated before it has been read. Records
@@ -212,25 +215,38 @@ class Tracer:
         """Ask the iteration to end (safe from a signal handler); pending events still drain."""
         self._stop = True
 
-    def close(self) -> list[Event]:
+    def close(self) -> list[Event | Fate]:
         """Detach, drain what the kernel already wrote, release everything. Returns the
-        drained events (iteration yields them itself)."""
-        if self.finished:
-            return []
-        drained: list[Event] = []
-        probes.detach_in_order(self._attachments)
-        if self.started and self._inflight is not None:
-            self._unfinished = probes.count_unfinished_calls(self._inflight)
-            drained = self._read_all()
-            flushed = self.decoder.flush()
-            drained += flushed
-            if self.fate_tracker is not None:
-                self.fate_tracker.add_events(flushed)
-                drained += self.fate_tracker.finish(time.monotonic_ns())
-            self._final_lost = self._lost_now()
-        self._teardown()
-        self.finished = True
+        drained events (iteration yields them itself, batch by batch)."""
+        drained: list[Event | Fate] = []
+        for batch in self.drain():
+            drained += batch
         return drained
+
+    def drain(self) -> Iterator[list[Event | Fate]]:
+        """Detach the probes, then yield what they wrote before, in batches (so a full buffer
+        never has to be held in memory at once), then release everything."""
+        if self.finished:
+            return
+        try:
+            probes.detach_in_order(self._attachments)
+            if self.started and self._inflight is not None:
+                self._unfinished = probes.count_unfinished_calls(self._inflight)
+                reader = self._reader
+                while reader is not None:
+                    batch = reader.read(rec.RECORD_SIZE, BATCH_BYTES)
+                    if not batch:
+                        break
+                    yield self._decode(batch, None)
+                flushed: list[Event | Fate] = list(self.decoder.flush())
+                if self.fate_tracker is not None:
+                    self.fate_tracker.add_events(flushed)  # type: ignore[arg-type]
+                    flushed += self.fate_tracker.finish(time.monotonic_ns())
+                yield flushed
+                self._final_lost = self._lost_now()
+        finally:
+            self._teardown()
+            self.finished = True
 
     def _teardown(self) -> None:
         for attachment in self._attachments:
@@ -253,17 +269,6 @@ class Tracer:
         self.close()
 
     # --- reading ---------------------------------------------------------------------------
-
-    def _read_all(self) -> list:
-        events: list = []
-        reader = self._reader
-        if reader is None:
-            return events
-        while True:
-            batch = reader.read(rec.RECORD_SIZE)
-            if not batch:
-                return events
-            events += self._decode(batch, None)
 
     def _decode(self, batch: bytes, horizon_ns: int | None) -> list:
         """Events of a batch; with --fate, also the fates known up to the horizon."""
@@ -335,7 +340,7 @@ class Tracer:
             timeout_ms = self.poll_interval_ms
         self._reader.poll(timeout_ms)
         horizon = self._fate_horizon() if self.fate_tracker is not None else None
-        batch = self._reader.read(rec.RECORD_SIZE)
+        batch = self._reader.read(rec.RECORD_SIZE, BATCH_BYTES)
         if not batch:
             if self.fate_tracker is not None and horizon is not None:
                 return self.fate_tracker.advance(horizon)
@@ -353,7 +358,8 @@ class Tracer:
                 left_ms = int((self._deadline - time.monotonic()) * 1000)
                 timeout = max(0, min(timeout, left_ms))
             yield from self.poll(timeout)
-        yield from self.close()
+        for batch in self.drain():
+            yield from batch
 
     # --- accounting ------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ and then obeys one-line commands on stdin, answering each with one line (`ok ...
 from __future__ import annotations
 
 import os
+import random
 import select
 import signal
 import subprocess
@@ -216,8 +217,9 @@ def started(tracer: Tracer) -> Collector:
     return Collector(tracer)
 
 
-def free_uid(start: int = 61000) -> int:
-    """A uid no running process has: an unprivileged sender that cannot hit anyone else."""
+def free_uid() -> int:
+    """A uid no running process has: an unprivileged sender that cannot hit anyone else.
+    Random, so that test runs going on at the same time do not pick the same one."""
     used = set()
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -225,10 +227,10 @@ def free_uid(start: int = 61000) -> int:
                 used.add(os.stat(f"/proc/{entry}").st_uid)
             except OSError:
                 pass
-    uid = start
-    while uid in used:
-        uid += 1
-    return uid
+    while True:
+        uid = random.randrange(100_000, 1 << 30)
+        if uid not in used:
+            return uid
 
 
 def bpf_prog_ids_of(pid: int) -> set[int]:

@@ -322,8 +322,11 @@ class PerfBufReader:
         self._epoll.poll(timeout_ms / 1000.0 if timeout_ms >= 0 else -1)
         return any(ring.pending() for ring in self._rings)
 
-    def read(self, record_size: int | None = None) -> Records:
+    def read(self, record_size: int | None = None, max_bytes: int | None = None) -> Records:
         """All samples now in the rings, CPU by CPU (each CPU's in order); frees their space.
+
+        `max_bytes` is accepted for the Reader interface and ignored: perf records vary in size,
+        so a ring is always consumed up to data_head (each CPU's ring bounds the batch).
 
         Same contract as RingBufReader.read. Order across CPUs is not defined: a task that
         migrates may have later samples in a lower-numbered CPU's ring.

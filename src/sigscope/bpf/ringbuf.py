@@ -54,7 +54,7 @@ class Reader(Protocol):
 
     def poll(self, timeout_ms: int) -> bool: ...
 
-    def read(self, record_size: int | None = None) -> Records: ...
+    def read(self, record_size: int | None = None, max_bytes: int | None = None) -> Records: ...
 
     def close(self) -> None: ...
 
@@ -304,17 +304,22 @@ class RingBufReader:
         self._epoll.poll(timeout_ms / 1000.0 if timeout_ms >= 0 else -1)
         return self.available_bytes() > 0
 
-    def read(self, record_size: int | None = None) -> Records:
+    def read(self, record_size: int | None = None, max_bytes: int | None = None) -> Records:
         """All committed records now in the ring, oldest first; frees their space.
 
         Without `record_size`: a list of bytes, one per record. With it: the records (each
         exactly `record_size` bytes) concatenated into one bytes for struct.iter_unpack; records
-        of another length are skipped and counted in `.malformed`.
+        of another length are skipped and counted in `.malformed`. With `max_bytes`, at most
+        about that many bytes of the ring are consumed; the rest waits for the next read.
         """
         if not self._views:
             raise ReaderError("ring buffer reader is closed")
         consumer = self._consumer_pos[0]
         producer = self._producer_pos[0]
+        if max_bytes is not None and producer - consumer > max_bytes:
+            # Walks start only at record boundaries, so stopping early is always safe: the
+            # rest stays for the next read. Bounds the memory a batch takes in a storm.
+            producer = consumer + max_bytes
         if consumer == producer:
             return [] if record_size is None else b""
         walk = walk_ring(self._data, self._mask, consumer, producer, record_size)
