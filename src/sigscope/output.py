@@ -117,15 +117,27 @@ class JsonWriter:
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
-        self._dumps = json.JSONEncoder(separators=(", ", ": "), ensure_ascii=False).encode
+        # Compact separators: a storm writes hundreds of MB of these.
+        self._dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
         self._second = -1
         self._second_text = ""
 
     def header(self) -> None:
         pass
 
-    def event_json(self, e: Event) -> str:
-        """The JSON text of one event: a cached template for everything but id and times."""
+    # The LineRenderer protocol of decode.py (the storm path: records straight to lines).
+    name = "json"
+
+    def stamp(self, seconds: int) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+    def template(self, e: Event) -> str:
+        return self._template(e)
+
+    def line(self, e: Event | Fate) -> str:
+        """The JSON text of one event (or fate): a cached template for all but id and times."""
+        if isinstance(e, Fate):
+            return self._dumps(e.to_dict())
         shape = e.shape
         if shape is None:
             template = self._template(e)
@@ -136,8 +148,16 @@ class JsonWriter:
         seconds, nanos = divmod(e.time_ns, 1_000_000_000)
         if seconds != self._second:
             self._second = seconds
-            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+            self._second_text = self.stamp(seconds)
         return template % (e.id, self._second_text, nanos // 1000, e.ktime_ns)
+
+    event_json = line
+
+    def lines(self, lines: list[str]) -> None:
+        """Lines rendered by Decoder.render()."""
+        if lines:
+            lines.append("")
+            self.out.write("\n".join(lines))
 
     def _template(self, e: Event) -> str:
         d = e.to_dict()

@@ -26,7 +26,7 @@ from .bpf.privileges import check_privileges, raise_memlock_limit
 from .bpf.program import Program
 from .bpf.ringbuf import RingBufReader
 from .bpf.tracefs import event_format, tracefs_root
-from .decode import Decoder
+from .decode import Decoder, LineRenderer
 from .event import Event
 from .fate import Fate, FateRecord, FateTracker
 from .filters import Filters
@@ -346,6 +346,17 @@ class Tracer:
                 return self.fate_tracker.advance(horizon)
             return []
         return self._decode(batch, horizon)
+
+    def poll_lines(self, renderer: LineRenderer, timeout_ms: int | None = None) -> list[str]:
+        """poll(), rendered straight to text lines (Decoder.render): the fast path of the
+        JSON output. Not with fate (fates need the Events)."""
+        if self._reader is None:
+            return []
+        if self.fate_tracker is not None:
+            return [renderer.line(e) for e in self.poll(timeout_ms)]
+        self._reader.poll(self.poll_interval_ms if timeout_ms is None else timeout_ms)
+        batch = self._reader.read(rec.RECORD_SIZE, BATCH_BYTES)
+        return self.decoder.render(batch, renderer) if batch else []
 
     def expired(self) -> bool:
         return self._stop or (self._deadline is not None and time.monotonic() >= self._deadline)
