@@ -1,0 +1,59 @@
+"""JSON Lines output: the storm path (Decoder.render) writes exactly what the Event path writes,
+and every line is exactly Event.to_dict()."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from test_decode import call, fake_proc, fanout, pack, recipient
+
+from sigscope import record as rec
+from sigscope.decode import Decoder, ProcResolver
+from sigscope.output import JsonWriter
+
+
+def mixed_batch() -> bytes:
+    """A storm of equal records, a failure, a kernel signal, a call with fan-out, a % in a comm."""
+    records = [call(call_id=1000 + i, ret=0, via="tgkill", arg_pid=700, arg_tid=701,
+                    **recipient(701, group=0)) for i in range(50)]
+    records.append(call(call_id=3000, ret=-3, arg_pid=999999))
+    records.append(pack(kind=rec.KIND_KERNEL, via=rec.VIA_KERNEL, sig=17, ktime_ns=4000,
+                        sender_comm=b"100%done", **recipient(700)))
+    records.append(call(call_id=5000, ret=0, arg_pid=-700, nemitted=2, **recipient(700)))
+    records.append(fanout(5000, 1, 702))
+    records.append(fanout(5000, 2, 703))
+    records += [call(call_id=6000 + i, ret=0, via="kill", arg_pid=702, **recipient(702))
+                for i in range(5)]
+    return b"".join(records)
+
+
+def test_render_equals_the_event_path(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path / "proc", {700: (700, "leader"), 701: (700, "worker"),
+                                         702: (702, "other"), 703: (703, "third")})
+    batch = mixed_batch()
+    by_events, by_lines = io.StringIO(), io.StringIO()
+    events = Decoder(ProcResolver(str(proc)), wall_offset_ns=7).decode(batch)
+    JsonWriter(by_events).events(events)
+    writer = JsonWriter(by_lines)
+    writer.lines(Decoder(ProcResolver(str(proc)), wall_offset_ns=7).render(batch, writer))
+    assert by_lines.getvalue() == by_events.getvalue()
+    lines = by_lines.getvalue().splitlines()
+    assert len(lines) == len(events) == 50 + 1 + 1 + 3 + 5
+    for line, event in zip(lines, events, strict=True):
+        assert json.loads(line) == event.to_dict()
+
+
+def test_every_line_is_to_dict_across_seconds() -> None:
+    # Records a second apart cross the cached timestamp text.
+    batch = b"".join(call(call_id=t, ktime_ns=t, ret=0, arg_pid=1) for t in
+                     (1_999_999_000, 2_000_000_000, 2_000_000_001, 3_500_000_000))
+    out = io.StringIO()
+    writer = JsonWriter(out)
+    decoder = Decoder(wall_offset_ns=0)
+    writer.lines(decoder.render(batch, writer))
+    times = [json.loads(line)["time"] for line in out.getvalue().splitlines()]
+    assert times == ["1970-01-01T00:00:01.999999Z", "1970-01-01T00:00:02.000000Z",
+                     "1970-01-01T00:00:02.000000Z", "1970-01-01T00:00:03.500000Z"]
+    assert decoder.records == 4
