@@ -310,7 +310,7 @@ def _print_programs(tracer) -> int:
 
 
 def add_top_parser(sub) -> None:
-    from .top import DEFAULT_MAX_KEYS, MAP_KINDS, SORT_KEYS
+    from .top_settings import DEFAULT_MAX_KEYS, MAP_KINDS, SORT_KEYS
 
     top = sub.add_parser("top", help="count signals in the kernel: who signals whom, how often",
                          epilog=TOP_EXAMPLES, formatter_class=_RAW,

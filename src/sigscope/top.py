@@ -41,14 +41,15 @@ from .exporter import CountRow, Health
 from .filters import Filters
 from .probes import COUNTER_INFLIGHT_FULL
 from .signals import errno_name, signal_name
+from .top_settings import (  # noqa: F401 (re-exported: the API's names)
+    DEFAULT_INTERVAL_S,
+    DEFAULT_MAX_KEYS,
+    MAP_KINDS,
+    MAX_MAX_KEYS,
+    PERCPU_MAX_CPUS,
+    SORT_KEYS,
+)
 from .tracer import make_filters
-
-DEFAULT_MAX_KEYS = 10240
-MAX_MAX_KEYS = 1 << 20
-DEFAULT_INTERVAL_S = 1.0
-MAP_KINDS = ("auto", "percpu", "hash")
-PERCPU_MAX_CPUS = 32  # auto: per-CPU count map up to this many possible CPUs
-SORT_KEYS = ("count", "signal", "sender", "target")
 
 
 class TopError(RuntimeError):
