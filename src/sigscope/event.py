@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 from .signals import code_name, errno_name, signal_name
@@ -134,7 +134,7 @@ class Event:
 
     def iso_time(self) -> str:
         seconds, nanos = divmod(self.time_ns, 1_000_000_000)
-        stamp = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
         return f"{stamp}.{nanos // 1000:06d}Z"
 
     def to_dict(self) -> dict[str, Any]:

@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 from . import record as rec
@@ -189,7 +189,7 @@ class Fate:
 
     def iso_time(self) -> str:
         seconds, nanos = divmod(self.time_ns, 1_000_000_000)
-        stamp = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
         return f"{stamp}.{nanos // 1000:06d}Z"
 
     def summary(self) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import errno
 import functools
-import platform
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +52,7 @@ _ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
 
 
 def normalized_machine(machine: str | None = None) -> str:
-    name = (machine if machine is not None else platform.machine()).lower()
+    name = (machine if machine is not None else os.uname().machine).lower()
     return _ARCH_ALIASES.get(name, name)
 
 
