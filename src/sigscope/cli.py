@@ -136,10 +136,6 @@ def add_filter_options(p: argparse.ArgumentParser) -> None:
                    help="syscalls only, no kernel-generated signals")
     p.add_argument("-d", "--duration", type=_duration, metavar="SECONDS",
                    help="stop after this many seconds")
-    p.add_argument("--buffer", choices=("auto", "ringbuf", "perf"), default="auto",
-                   help="event transport (default: ring buffer when the kernel has it)")
-    p.add_argument("--buffer-size", type=_size, default=16 << 20, metavar="SIZE",
-                   help="kernel buffer size (default 16M)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "arguments and return value) and kernel-generated signals, one record "
                            "per send attempt and recipient.")
     add_filter_options(trace)
+    trace.add_argument("--buffer", choices=("auto", "ringbuf", "perf"), default="auto",
+                       help="event transport (default: ring buffer when the kernel has it)")
+    trace.add_argument("--buffer-size", type=_size, default=16 << 20, metavar="SIZE",
+                       help="kernel buffer size (default 16M)")
     trace.add_argument("-j", "--json", action="store_true", help="JSON Lines output")
     trace.add_argument("-t", "--timestamp", action="store_true",
                        help="relative timestamps (seconds since the first record)")
