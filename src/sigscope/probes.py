@@ -3,7 +3,7 @@
 Three kinds of program share one body of logic, like a libbpf tool's thin per-syscall wrappers:
 
 * ``sys_enter_<call>`` (one per signal syscall): applies the sender filters, then parks a record
-  under the thread id in the ``inflight`` hash map: who is sending, which signal, the arguments.
+  in the thread's slot of the ``inflight`` array: who is sending, which signal, the arguments.
 * ``signal:signal_generate``: the kernel has made a signal for a recipient. If the current thread
   is inside a signal syscall for the same signal, the recipient belongs to that call: the first
   is stored in the parked record, further ones (kill(-pgid), kill(-1)) are written out at once as
@@ -20,17 +20,19 @@ Writes that fail (buffer full) are counted per CPU in the ``counters`` map: lost
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import record as rec
-from .bpf import asm
+from .bpf import asm, btf_scan
 from .bpf.asm import DW, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, W
 from .bpf.attach import detach_all
-from .bpf.maps import LRUHashMap
+from .bpf.maps import ArrayMap, Map
+from .bpf.program import Program
 from .bpf.tracefs import EventFormat
-from .bpf.uapi import BPF_ANY, BPF_F_CURRENT_CPU, BPF_RB_NO_WAKEUP
+from .bpf.uapi import BPF_F_CURRENT_CPU, BPF_RB_NO_WAKEUP
 from .filters import Filters
 
 # Slots of the per-CPU `counters` array.
@@ -41,21 +43,34 @@ NUM_COUNTERS = 4
 OUTPUT_RINGBUF = "ringbuf"
 OUTPUT_PERF = "perf"
 
-# Threads with an in-flight record. An LRU map: records of threads that left (or died) are
-# evicted by new ones, and a thread inside a call is always among the most recently used.
-INFLIGHT_MAX_ENTRIES = 16384
+# The in-flight calls: an array of slots, each a record followed by a u32 owner word (the
+# owning thread's id, with INFLIGHT_BUSY set while its call is in flight). A thread claims a
+# slot with an atomic compare-and-exchange on the owner word, at entry: first the slot at
+# tid % INFLIGHT_SLOTS (normally still its own from its last call), else the first one of the
+# next INFLIGHT_PROBES that is not busy. Only the owner touches a busy slot, so preemption and
+# migration inside the call do not matter. generate and exit find the slot among the same
+# INFLIGHT_PROBES by its owner word. Array lookups are inlined by the verifier: this replaces
+# a hash lookup (a helper call, ~25 ns here) in each of the three programs. When every probed
+# slot is busy the call is counted in COUNTER_INFLIGHT_FULL, as a full map was before.
+INFLIGHT_SLOTS = 1024        # user space scans them all (fate horizon): ~1 ms
+INFLIGHT_PROBES = 4
+INFLIGHT_BUSY = 1 << 30      # above any thread id (PID_MAX_LIMIT is 1 << 22)
+_OWNER = rec.RECORD_SIZE                # offset of the owner word in a slot
+INFLIGHT_VALUE_SIZE = rec.RECORD_SIZE + 8
+INFLIGHT_MAX_ENTRIES = INFLIGHT_SLOTS   # the former name
 
 
-def make_inflight_map() -> LRUHashMap:
-    """The per-thread in-flight map the programs of this module expect (key: u32 tid)."""
-    return LRUHashMap(4, rec.RECORD_SIZE, INFLIGHT_MAX_ENTRIES, name="sigscope_calls")
+def make_inflight_map() -> ArrayMap:
+    """The in-flight slots the programs of this module expect (key: u32 slot index; value: a
+    record, then the owner word)."""
+    return ArrayMap(INFLIGHT_VALUE_SIZE, INFLIGHT_SLOTS, name="sigscope_calls")
 
 
-def count_unfinished_calls(inflight: LRUHashMap) -> int:
+def count_unfinished_calls(inflight: Map) -> int:
     """After detaching: calls parked by an entry probe whose exit never ran (a thread preempted
     inside kill(2) while the probes were detached). Their records were never written."""
     kind_at = rec.offset("kind")
-    return sum(1 for _key, value in inflight.items()
+    return sum(1 for _key, value in inflight.lookup_batch()
                if int.from_bytes(value[kind_at:kind_at + 4], "little") == rec.KIND_CALL)
 
 
@@ -69,7 +84,8 @@ def detach_in_order(attachments: list) -> None:
 # Stack layout (offsets from r10). The record buffer must be 8-aligned.
 _STACK_RECORD = -rec.RECORD_SIZE                 # one record being built
 _STACK_KEY = _STACK_RECORD - 8                   # u32 map key (tid or counter index)
-STACK_USED = -_STACK_KEY                         # bytes of stack these programs use
+_STACK_TASK = _STACK_KEY - 8                     # the current task_struct pointer (spilled)
+STACK_USED = -_STACK_TASK                        # bytes of stack these programs use
 
 # signal_generate's own fields (names as in its tracefs format file).
 GENERATE_FIELDS = ("sig", "errno", "code", "comm", "pid", "group", "result")
@@ -102,6 +118,51 @@ class ProbeConfig:
     # the counting programs share every line of this module's logic. The code it returns must
     # keep r6-r9 and may use the stack below STACK_USED.
     emit: Callable[[ProbeConfig, int, _Labels, list | None], list] | None = None
+    # Read the sender's ids, comm and uid straight from its task_struct (offsets from the
+    # kernel's BTF) where the kernel allows it, instead of through helper calls. False forces
+    # the helpers (tests; the records are the same either way).
+    task_fields: bool = True
+
+
+@dataclass(frozen=True)
+class TaskLayout:
+    """Byte offsets in the running kernel's task_struct (and struct cred) of what a record
+    says about its sender."""
+
+    pid: int
+    tgid: int
+    comm: int
+    cred: int
+    cred_uid: int
+
+
+@functools.cache
+def task_layout() -> TaskLayout | None:
+    """The sender fields' offsets, or None when they cannot be read directly: no BTF, a
+    kernel without bpf_get_current_task_btf, or no right to load programs (then the programs
+    use get_current_comm/get_current_uid_gid, which cost ~25-30 ns each per call here).
+    Found by a targeted BTF scan (~0.3 ms; a full parse would add ~60 ms to start-up) and
+    checked by loading a program that makes exactly those reads (~1 ms)."""
+    try:
+        found = btf_scan.vmlinux_struct_members("task_struct", "cred")
+        task, cred = found["task_struct"], found["cred"]
+        spans = ((task["pid"], 4), (task["tgid"], 4), (task["comm"], 16), (task["cred"], 8),
+                 (cred["uid"], 4))
+        if any(member.span < size for member, size in spans):
+            return None
+        layout = TaskLayout(task["pid"].offset, task["tgid"].offset, task["comm"].offset,
+                            task["cred"].offset, cred["uid"].offset)
+        probe = [*_task_prologue(layout), *_task_sender_to_stack(layout, None, "out", _Labels()),
+                 asm.label("out"),
+                 asm.mov64_imm(R0, 0), asm.exit_()]
+        Program.load(probe, name="sigscope_probe").close()
+    except (btf_scan.BtfScanError, KeyError, OSError):
+        return None
+    return layout
+
+
+def _layout(cfg: ProbeConfig) -> TaskLayout | None:
+    return task_layout() if cfg.task_fields else None
 
 
 class _Labels:
@@ -300,21 +361,186 @@ def _target_filter(cfg: ProbeConfig, gen: EventFormat, fail: str, labels: _Label
             asm.label(ok)]
 
 
-def _lookup_inflight(cfg: ProbeConfig, missing: str) -> list:
-    """r8 = inflight[current tid] or jump to missing. Expects r7 = pid_tgid."""
+def _inflight_slot(cfg: ProbeConfig, probe: int, missing: str) -> list:
+    """r0 = the in-flight slot `probe` places after the current thread's first (r7 =
+    pid_tgid), or jump to missing. An inlined array lookup. Clobbers r1-r5."""
     return [
-        asm.stx(W, R10, R7, _STACK_KEY),
+        asm.mov32_reg(R1, R7),
+        asm.alu32_imm("ADD", R1, probe),
+        asm.alu32_imm("AND", R1, INFLIGHT_SLOTS - 1),
+        asm.stx(W, R10, R1, _STACK_KEY),
         asm.ld_map_fd(R1, cfg.maps.inflight),
         asm.mov64_reg(R2, R10),
         asm.alu64_imm("ADD", R2, _STACK_KEY),
         asm.call("map_lookup_elem"),
         asm.jmp_imm("JEQ", R0, 0, missing),
-        asm.mov64_reg(R8, R0),
     ]
+
+
+def _busy_owner(dst: int) -> list:
+    """dst = the owner word of the current thread's busy slot (r7 = pid_tgid)."""
+    return [asm.mov32_reg(dst, R7), asm.alu32_imm("OR", dst, INFLIGHT_BUSY)]
+
+
+def _lookup_inflight(cfg: ProbeConfig, missing: str) -> list:
+    """r8 = the current thread's in-flight slot (claimed at entry) or jump to missing.
+    Expects r7 = pid_tgid. Clobbers r0-r5."""
+    found = f"{missing}_found"
+    prog: list = []
+    for probe in range(INFLIGHT_PROBES):
+        following = f"{missing}_probe{probe + 1}"
+        prog += [*_inflight_slot(cfg, probe, following),
+                 asm.ldx(W, R1, R0, _OWNER), *_busy_owner(R2),
+                 asm.jmp_reg("JEQ", R1, R2, found),
+                 asm.label(following)]
+    return [*prog, asm.ja(missing), asm.label(found), asm.mov64_reg(R8, R0)]
+
+
+def _claim_inflight(cfg: ProbeConfig, full: str, labels: _Labels) -> list:
+    """r8 = an in-flight slot now owned (busy) by the current thread, or jump to full. A slot
+    the thread still holds busy (its last call's exit never ran) is reused, as the map entry
+    was before. Expects r7 = pid_tgid. Clobbers r0-r5."""
+    claimed, search = labels("claimed"), labels("claim_search")
+    prog = [
+        # Fast path: the first slot, idle and owned by this thread since its last call.
+        *_inflight_slot(cfg, 0, full),
+        asm.mov64_reg(R8, R0),
+        asm.mov32_reg(R0, R7),
+        *_busy_owner(R1),
+        asm.atomic_op(W, "CMPXCHG", R8, R1, _OWNER),
+        asm.jmp32_reg("JEQ", R0, R7, claimed),
+        asm.jmp32_reg("JEQ", R0, R1, claimed),
+        asm.label(search),
+    ]
+    # Still busy for this thread somewhere?
+    for probe in range(1, INFLIGHT_PROBES):
+        following = labels("own_probe")
+        prog += [*_inflight_slot(cfg, probe, following), asm.mov64_reg(R8, R0),
+                 asm.ldx(W, R1, R8, _OWNER), *_busy_owner(R2),
+                 asm.jmp_reg("JEQ", R1, R2, claimed), asm.label(following)]
+    # Take the first slot that is free or idle (an idle slot's record is of no use any more).
+    for probe in range(INFLIGHT_PROBES):
+        following = labels("free_probe")
+        prog += [
+            *_inflight_slot(cfg, probe, following),
+            asm.mov64_reg(R8, R0),
+            asm.ldx(W, R0, R8, _OWNER),
+            asm.mov32_reg(R2, R0),
+            asm.alu32_imm("AND", R2, INFLIGHT_BUSY),
+            asm.jmp32_imm("JNE", R2, 0, following),
+            asm.mov32_reg(R2, R0),
+            *_busy_owner(R1),
+            asm.atomic_op(W, "CMPXCHG", R8, R1, _OWNER),
+            asm.jmp32_reg("JEQ", R0, R2, claimed),
+            asm.label(following),
+        ]
+    return [*prog, asm.ja(full), asm.label(claimed)]
+
+
+def _release_inflight() -> list:
+    """The current thread's slot (r8) goes back to idle; the thread keeps it for its next call
+    (r7 = pid_tgid)."""
+    return [asm.st(W, R8, _f("kind"), rec.KIND_IDLE), asm.stx(W, R8, R7, _OWNER)]
 
 
 def _prologue() -> list:
     return [asm.mov64_reg(R6, R1), asm.call("get_current_pid_tgid"), asm.mov64_reg(R7, R0)]
+
+
+# --- the sender read from its task_struct (TaskLayout) ------------------------------------
+
+_BYTES_01 = 0x0101010101010101
+_BYTES_80 = 0x8080808080808080
+
+
+def _task_prologue(layout: TaskLayout) -> list:
+    """r6 = ctx, the current task spilled at _STACK_TASK, r7 = pid_tgid (tgid << 32 | pid, as
+    bpf_get_current_pid_tgid returns it), read from the task. Clobbers r0, r1."""
+    return [
+        asm.mov64_reg(R6, R1),
+        asm.call("get_current_task_btf"),
+        asm.stx(DW, R10, R0, _STACK_TASK),
+        asm.ldx(W, R1, R0, layout.pid),
+        asm.ldx(W, R7, R0, layout.tgid),
+        asm.alu64_imm("LSH", R7, 32),
+        asm.alu64_reg("OR", R7, R1),
+    ]
+
+
+def _nul_flags(dst: int, src: int, tmp: int) -> list:
+    """dst = 0x80 in the bytes of src that may be NUL. The lowest flag is exactly the first NUL
+    (a borrow only raises false flags above a real one); none when src has no NUL."""
+    return [
+        *asm.ld_imm64(tmp, _BYTES_01),
+        asm.mov64_reg(dst, src),
+        asm.alu64_reg("SUB", dst, tmp),
+        asm.mov64_reg(tmp, src),
+        asm.alu64_imm("XOR", tmp, -1),
+        asm.alu64_reg("AND", dst, tmp),
+        *asm.ld_imm64(tmp, _BYTES_80),
+        asm.alu64_reg("AND", dst, tmp),
+    ]
+
+
+def _keep_before_nul(reg: int, flags: int, tmp: int) -> list:
+    """reg &= the bytes below the lowest flag (flags must be non-zero)."""
+    return [
+        asm.mov64_reg(tmp, flags),
+        asm.neg64(tmp),
+        asm.alu64_reg("AND", flags, tmp),   # 1 << (8k + 7): byte k is the first NUL
+        asm.alu64_imm("RSH", flags, 7),
+        asm.alu64_imm("SUB", flags, 1),     # bytes 0..k-1
+        asm.alu64_reg("AND", reg, flags),
+    ]
+
+
+def _task_comm(layout: TaskLayout, labels: _Labels) -> list:
+    """r1, r2 = the current task's comm exactly as bpf_get_current_comm(buf, 16) writes it
+    (strscpy_pad: at most 15 bytes up to the first NUL, then zeros), with two loads instead of
+    a helper call. Expects the task at _STACK_TASK. Uses r1-r5."""
+    lo_full, done = labels("comm_lo_full"), labels("comm_done")
+    return [
+        asm.ldx(DW, R5, R10, _STACK_TASK),
+        asm.ldx(DW, R1, R5, layout.comm),
+        asm.ldx(DW, R2, R5, layout.comm + 8),
+        asm.alu64_imm("LSH", R2, 8),        # byte 15 is always the terminating NUL
+        asm.alu64_imm("RSH", R2, 8),
+        *_nul_flags(R4, R1, R3),
+        asm.jmp_imm("JEQ", R4, 0, lo_full),
+        *_keep_before_nul(R1, R4, R3),
+        asm.mov64_imm(R2, 0),
+        asm.ja(done),
+        asm.label(lo_full),
+        *_nul_flags(R4, R2, R3),
+        *_keep_before_nul(R2, R4, R3),
+        asm.label(done),
+    ]
+
+
+def _task_sender_to_stack(layout: TaskLayout, comm: bytes | None, fail: str,
+                          labels: _Labels) -> list:
+    """The sender's comm and uid into the stack record, read from its task (uid:
+    task->cred->uid, which get_current_uid_gid maps through the initial user namespace, where
+    the mapping is the identity); jump to fail unless the comm equals `comm` (None: any).
+    The uid is read first, before any branch: the verifier takes ~0.7 ms over each load
+    through task->cred on each path that reaches it (it looks types up by name). Uses r1-r5."""
+    prog = [
+        asm.ldx(DW, R5, R10, _STACK_TASK),
+        asm.ldx(DW, R1, R5, layout.cred),
+        asm.ldx(W, R1, R1, layout.cred_uid),
+        asm.stx(W, R10, R1, _STACK_RECORD + _f("sender_uid")),
+        *_task_comm(layout, labels),
+        asm.stx(DW, R10, R1, _STACK_RECORD + _f("sender_comm")),
+        asm.stx(DW, R10, R2, _STACK_RECORD + _f("sender_comm") + 8),
+    ]
+    if comm is not None:
+        prog += [
+            *asm.ld_imm64(R3, int.from_bytes(comm[:8], "little")),
+            asm.jmp_reg("JNE", R1, R3, fail),
+            *asm.ld_imm64(R3, int.from_bytes(comm[8:16], "little")),
+            asm.jmp_reg("JNE", R2, R3, fail),
+        ]
+    return prog
 
 
 def _epilogue(out: str) -> list:
@@ -323,10 +549,13 @@ def _epilogue(out: str) -> list:
 
 # --- the programs ---------------------------------------------------------------------------
 
-def _fill_call(base: int, off0: int, call: str, enter: EventFormat, suppressed: bool) -> list:
+def _fill_call(base: int, off0: int, call: str, enter: EventFormat, suppressed: bool,
+               uid_on_stack: bool = False) -> list:
     """Write a call's own fields into the record at base+off0 (the stack, or the thread's
-    in-flight map value reused in place) and clear what a previous call left there.
-    Expects r7 = pid_tgid, r9 = the signal; base must survive helper calls. Clobbers r0-r5."""
+    in-flight slot reused in place) and clear what a previous call left there. The sender's
+    comm is already there; its uid is taken from the stack record with uid_on_stack, else
+    from get_current_uid_gid. Expects r7 = pid_tgid, r9 = the signal; base must survive
+    helper calls. Clobbers r0-r5."""
     def at(name: str) -> int:
         return off0 + _f(name)
 
@@ -335,7 +564,12 @@ def _fill_call(base: int, off0: int, call: str, enter: EventFormat, suppressed: 
         asm.mov64_reg(R1, R7),
         asm.alu64_imm("RSH", R1, 32),
         asm.stx(W, base, R1, at("sender_tgid")),
-        asm.call("get_current_uid_gid"),
+    ]
+    if uid_on_stack:
+        prog += [asm.ldx(W, R0, R10, _STACK_RECORD + _f("sender_uid"))]
+    else:
+        prog += [asm.call("get_current_uid_gid")]
+    prog += [
         asm.stx(W, base, R0, at("sender_uid")),
         asm.stx(W, base, R9, at("sig")),
         asm.st(W, base, at("kind"), rec.KIND_SUPPRESSED if suppressed else rec.KIND_CALL),
@@ -362,45 +596,54 @@ def _fill_call(base: int, off0: int, call: str, enter: EventFormat, suppressed: 
 
 
 def build_sys_enter(cfg: ProbeConfig, call: str, enter: EventFormat) -> list:
-    """sys_enter_<call>: park the call under the thread id when its sender and signal pass.
-
-    A thread's in-flight record stays in the (LRU) map between calls and is rewritten in place:
-    a signal storm then costs one map lookup per call instead of an insert and a delete."""
-    labels, out, park_new = _Labels(), "out", "park_new"
+    """sys_enter_<call>: park the call in the thread's in-flight slot when its sender and
+    signal pass. The slot is rewritten in place: no insert or delete per call."""
+    labels, out, full = _Labels(), "out", "inflight_full"
     sig = enter.field("sig")
     suppressed = call not in cfg.filters.vias  # parked only so generate knows it's no kernel signal
     comm = cfg.filters.comm_bytes()
+    layout = _layout(cfg)
+    if layout is not None:
+        return _build_sys_enter_task(cfg, call, enter, layout, suppressed)
     prog = [*_prologue(), *_sender_filters(cfg, out, labels)]
     prog += [*_load_s32(R9, R6, sig.offset, sig.size),
              *_signal_filter(R9, cfg.filters.signals, out, labels)]
-    prog += _lookup_inflight(cfg, park_new)
-    prog += [
-        asm.mov64_reg(R1, R8),
-        asm.alu64_imm("ADD", R1, _f("sender_comm")),
-        asm.mov64_imm(R2, 16),
-        asm.call("get_current_comm"),
-        *_comm_filter(R8, _f("sender_comm"), comm, out),
-        *_fill_call(R8, 0, call, enter, suppressed),
-        asm.ja(out),
-    ]
-    # First signal syscall of this thread: build the record on the stack and insert it.
-    prog.append(asm.label(park_new))
-    prog += _zero_stack_record()
     prog += _current_comm_into_stack()
     prog += _comm_filter(R10, _STACK_RECORD + _f("sender_comm"), comm, out)
-    prog += _fill_call(R10, _STACK_RECORD, call, enter, suppressed)
-    prog += [
-        asm.stx(W, R10, R7, _STACK_KEY),
-        asm.ld_map_fd(R1, cfg.maps.inflight),
-        asm.mov64_reg(R2, R10),
-        asm.alu64_imm("ADD", R2, _STACK_KEY),
-        asm.mov64_reg(R3, R10),
-        asm.alu64_imm("ADD", R3, _STACK_RECORD),
-        asm.mov64_imm(R4, BPF_ANY),
-        asm.call("map_update_elem"),
-        asm.jmp_imm("JEQ", R0, 0, out),
-        *_bump_counter(cfg, COUNTER_INFLIGHT_FULL, labels),
-    ]
+    prog += _claim_inflight(cfg, full, labels)
+    prog += [*_copy_sender_comm(), *_fill_call(R8, 0, call, enter, suppressed), asm.ja(out)]
+    prog += _inflight_full(cfg, full, labels)
+    return prog + _epilogue(out)
+
+
+def _copy_sender_comm() -> list:
+    """The comm read into the stack record, into the claimed slot (r8)."""
+    prog: list = []
+    for i in (0, 8):
+        prog += [asm.ldx(DW, R1, R10, _STACK_RECORD + _f("sender_comm") + i),
+                 asm.stx(DW, R8, R1, _f("sender_comm") + i)]
+    return prog
+
+
+def _inflight_full(cfg: ProbeConfig, full: str, labels: _Labels) -> list:
+    """No slot for the call: counted (it is lost, never misattributed)."""
+    return [asm.label(full), *_bump_counter(cfg, COUNTER_INFLIGHT_FULL, labels)]
+
+
+def _build_sys_enter_task(cfg: ProbeConfig, call: str, enter: EventFormat, layout: TaskLayout,
+                          suppressed: bool) -> list:
+    """build_sys_enter reading the sender from its task_struct: two helper calls (task, time)
+    instead of four (pid_tgid, comm, uid, time), ~90 ns less per call here."""
+    labels, out, full = _Labels(), "out", "inflight_full"
+    sig = enter.field("sig")
+    prog = [*_task_prologue(layout), *_sender_filters(cfg, out, labels)]
+    prog += [*_load_s32(R9, R6, sig.offset, sig.size),
+             *_signal_filter(R9, cfg.filters.signals, out, labels)]
+    prog += _task_sender_to_stack(layout, cfg.filters.comm_bytes(), out, labels)
+    prog += _claim_inflight(cfg, full, labels)
+    prog += [*_copy_sender_comm(),
+             *_fill_call(R8, 0, call, enter, suppressed, uid_on_stack=True), asm.ja(out)]
+    prog += _inflight_full(cfg, full, labels)
     return prog + _epilogue(out)
 
 
@@ -535,5 +778,5 @@ def build_sys_exit(cfg: ProbeConfig, call: str, exit_fmt: EventFormat) -> list:
              asm.call("ktime_get_ns"), asm.stx(DW, R8, R0, _f("ktime_ns")),
              asm.label(timed)]
     prog += _output(cfg, R8, labels)
-    prog += [asm.label(idle), asm.st(W, R8, _f("kind"), rec.KIND_IDLE)]
+    prog += [asm.label(idle), *_release_inflight()]
     return prog + _epilogue(out)

@@ -1,0 +1,202 @@
+"""probes.py's fast paths on the real kernel: the sender read from task_struct must give exactly
+the records the helper calls give, and the in-flight slots must be claimed, found and released
+as documented (collisions, a stale slot of the same thread, every probed slot busy).
+
+The programs are loaded directly (tgkill only) and see every tgkill on the machine: only records
+sent by this thread are looked at.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from contextlib import contextmanager
+
+import pytest
+
+from sigscope import probes
+from sigscope import record as rec
+from sigscope.bpf.attach import attach_tracepoint
+from sigscope.bpf.btf import Btf
+from sigscope.bpf.btf_scan import VMLINUX_BTF_PATH, struct_members, vmlinux_struct_members
+from sigscope.bpf.maps import PerCPUArrayMap, RingBufMap
+from sigscope.bpf.program import Program
+from sigscope.bpf.ringbuf import RingBufReader
+from sigscope.bpf.tracefs import event_format
+from sigscope.filters import Filters
+from sigscope.send import send_signal
+
+SIGURG = 23  # default action: ignore. Sending it to ourselves generates it, and nothing happens.
+PR_SET_NAME, PR_GET_NAME = 15, 16
+TIMES = ("ktime_ns", "call_id")
+
+
+class Probes:
+    """The tgkill programs of one ProbeConfig with maps of their own, attached."""
+
+    def __init__(self, task_fields: bool, filters: Filters | None = None) -> None:
+        self.inflight = probes.make_inflight_map()
+        self.counters = PerCPUArrayMap(8, probes.NUM_COUNTERS, name="test_counters")
+        self.events = RingBufMap(1 << 20, name="test_events")
+        self.cfg = probes.ProbeConfig(
+            filters or Filters(), probes.OUTPUT_RINGBUF,
+            probes.MapFds(self.inflight.fd, self.events.fd, self.counters.fd),
+            task_fields=task_fields)
+        self.reader = RingBufReader(self.events)
+        built = [
+            ("sys_exit_tgkill", probes.build_sys_exit(
+                self.cfg, "tgkill", event_format("syscalls", "sys_exit_tgkill"))),
+            ("signal_generate", probes.build_signal_generate(
+                self.cfg, event_format("signal", "signal_generate"))),
+            ("sys_enter_tgkill", probes.build_sys_enter(
+                self.cfg, "tgkill", event_format("syscalls", "sys_enter_tgkill"))),
+        ]
+        self.programs = [Program.load(insns, name="test_probe") for _, insns in built]
+        self.attachments = [
+            attach_tracepoint(prog, "signal" if event == "signal_generate" else "syscalls", event)
+            for prog, (event, _) in zip(self.programs, built, strict=True)
+        ]
+
+    def mine(self) -> list[dict]:
+        """Every record written so far by this thread, as dicts."""
+        data = self.reader.read(rec.RECORD_SIZE)
+        rows = [dict(zip(rec.FIELD_NAMES, row, strict=True))
+                for row in rec.RECORD_STRUCT.iter_unpack(data)]
+        return [r for r in rows if r["sender_tid"] == threading.get_native_id()]
+
+    def counter(self, index: int) -> int:
+        return self.counters.sum_u64(index.to_bytes(4, "little"))
+
+    def close(self) -> None:
+        probes.detach_in_order(self.attachments)
+        for prog in self.programs:
+            prog.close()
+        self.reader.close()
+        for m in (self.inflight, self.counters, self.events):
+            m.close()
+
+
+@contextmanager
+def attached(task_fields: bool = True, filters: Filters | None = None):
+    p = Probes(task_fields, filters)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+@contextmanager
+def thread_comm(name: bytes):
+    libc = ctypes.CDLL(None, use_errno=True)
+    old = ctypes.create_string_buffer(16)
+    libc.prctl(PR_GET_NAME, old, 0, 0, 0)
+    libc.prctl(PR_SET_NAME, name, 0, 0, 0)
+    try:
+        yield
+    finally:
+        libc.prctl(PR_SET_NAME, old.value, 0, 0, 0)
+
+
+def tgkill_self(sig: int) -> None:
+    send_signal("tgkill", sig, pid=os.getpid(), tid=threading.get_native_id())
+
+
+def without_times(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in TIMES}
+
+
+def test_btf_scan_agrees_with_the_full_parser() -> None:
+    with open(VMLINUX_BTF_PATH, "rb") as f:
+        data = f.read()
+    btf = Btf.load()
+    wanted = {"task_struct": ("pid", "tgid", "comm", "cred"), "cred": ("uid",)}
+    early = vmlinux_struct_members(*wanted)
+    for struct_name, members in wanted.items():
+        whole = struct_members(data, struct_name)  # and the only one of its name
+        assert early[struct_name] == whole
+        for member in members:
+            assert whole[member].offset == btf.member_offset(struct_name, member)
+    assert early["task_struct"]["comm"].span >= 16
+
+
+def test_this_kernel_reads_the_sender_from_task_struct() -> None:
+    layout = probes.task_layout()
+    assert layout is not None  # kernel 6.18 with BTF: the fast path must be the one in use
+    assert layout.comm == Btf.load().member_offset("task_struct", "comm")
+
+
+@pytest.mark.parametrize("comm", [b"sigscope-cmp-15", b"ab", b"x"])
+def test_task_fields_give_the_records_the_helpers_give(comm: bytes) -> None:
+    with attached(task_fields=True) as fast, attached(task_fields=False) as slow, \
+            thread_comm(comm):
+        tgkill_self(SIGURG)
+        tgkill_self(0)  # generates nothing: the CALL carries no recipient
+        fast_records, slow_records = fast.mine(), slow.mine()
+    assert len(fast_records) == 2
+    assert [without_times(r) for r in fast_records] == [without_times(r) for r in slow_records]
+    first = fast_records[0]
+    assert first["sender_comm"] == comm.ljust(16, b"\0")
+    assert (first["sender_uid"], first["sender_tgid"]) == (os.getuid(), os.getpid())
+    assert (first["kind"], first["sig"], first["ngen"]) == (rec.KIND_CALL, SIGURG, 1)
+    assert fast_records[1]["gen_result"] == rec.GEN_NONE
+
+
+@pytest.mark.parametrize("task_fields", [True, False])
+def test_comm_filter_on_both_paths(task_fields: bool) -> None:
+    with attached(task_fields, Filters(comm="sigscope-cf")) as p:
+        with thread_comm(b"sigscope-cf"):
+            tgkill_self(0)
+        with thread_comm(b"sigscope-cf2"):
+            tgkill_self(0)
+        records = p.mine()
+    assert [r["sender_comm"].rstrip(b"\0") for r in records] == [b"sigscope-cf"]
+
+
+def _slot_key(index: int) -> bytes:
+    return (index % probes.INFLIGHT_SLOTS).to_bytes(4, "little")
+
+
+def _slot(owner: int, kind: int, call_id: int = 0) -> bytes:
+    record = bytearray(rec.RECORD_SIZE)
+    record[rec.offset("kind"):rec.offset("kind") + 4] = kind.to_bytes(4, "little")
+    record[rec.offset("call_id"):rec.offset("call_id") + 8] = call_id.to_bytes(8, "little")
+    return bytes(record) + owner.to_bytes(4, "little") + bytes(4)
+
+
+def _owner(inflight, index: int) -> int:
+    value = inflight.lookup(_slot_key(index))
+    return int.from_bytes(value[probes.INFLIGHT_VALUE_SIZE - 8:][:4], "little")
+
+
+@pytest.mark.parametrize("task_fields", [True, False])
+def test_inflight_slots_collisions_reuse_and_full(task_fields: bool) -> None:
+    tid = threading.get_native_id()
+    busy = probes.INFLIGHT_BUSY
+    other = tid + 1 if tid + 1 < (1 << 22) else tid - 1
+    with attached(task_fields) as p:
+        # The thread's first slot is in use by another thread's call: the next one is taken,
+        # and released (owned by us, idle) at exit.
+        p.inflight.update(_slot_key(tid), _slot(other | busy, rec.KIND_CALL, call_id=7))
+        tgkill_self(SIGURG)
+        assert [r["ngen"] for r in p.mine()] == [1]
+        assert _owner(p.inflight, tid) == other | busy
+        assert _owner(p.inflight, tid + 1) == tid
+        assert probes.count_unfinished_calls(p.inflight) == 1  # the other thread's
+
+        # A slot this thread left busy (its exit never ran) is reused, not duplicated.
+        p.inflight.update(_slot_key(tid + 1), _slot(other | busy, rec.KIND_CALL))
+        p.inflight.update(_slot_key(tid + 2), _slot(tid | busy, rec.KIND_CALL))
+        tgkill_self(0)
+        assert len(p.mine()) == 1
+        assert _owner(p.inflight, tid + 2) == tid
+        assert _owner(p.inflight, tid + 3) in (0, tid)  # never claimed by us
+
+        # Every probed slot busy: the call is counted as lost, never attributed elsewhere.
+        for i in range(probes.INFLIGHT_PROBES):
+            p.inflight.update(_slot_key(tid + i), _slot(other | busy, rec.KIND_CALL))
+        tgkill_self(SIGURG)
+        assert p.counter(probes.COUNTER_INFLIGHT_FULL) == 1
+        mine = p.mine()
+        # The generated signal is then seen as the kernel's own (as with a full map before).
+        assert [r["kind"] for r in mine] == [rec.KIND_KERNEL]
