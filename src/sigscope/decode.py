@@ -176,20 +176,24 @@ class Decoder:
         unpack_rest = rec.REST_STRUCT.unpack
         name, stamp = renderer.name, renderer.stamp
         second, second_text = -1, ""
+        last_rest, last_kind, template = None, -1, ""
         for ktime, call_id, kind, nemitted, rest in rec.HOT_STRUCT.iter_unpack(batch):
             if nemitted == 0 and (kind == KIND_CALL or kind == KIND_KERNEL):
-                shapes = call_shapes if kind == KIND_CALL else kernel_shapes
-                shape = shapes.get(rest)
-                if shape is None:
-                    row = (ktime, call_id, kind, nemitted, *unpack_rest(rest))
-                    if len(shapes) > 4096:
-                        shapes.clear()
-                    ret = row[_RET] if kind == KIND_CALL else None
-                    shape = shapes[rest] = Shape(self._decode_fields(row, ret, now))
-                template = shape.rendered.get(name)
-                if template is None:
-                    template = shape.rendered[name] = renderer.template(
-                        Event(next_id, ktime, ktime + offset, *shape.fields, shape))
+                # A storm repeats the previous record: comparing bytes beats hashing them.
+                if rest != last_rest or kind != last_kind:
+                    shapes = call_shapes if kind == KIND_CALL else kernel_shapes
+                    shape = shapes.get(rest)
+                    if shape is None:
+                        row = (ktime, call_id, kind, nemitted, *unpack_rest(rest))
+                        if len(shapes) > 4096:
+                            shapes.clear()
+                        ret = row[_RET] if kind == KIND_CALL else None
+                        shape = shapes[rest] = Shape(self._decode_fields(row, ret, now))
+                    template = shape.rendered.get(name)
+                    if template is None:
+                        template = shape.rendered[name] = renderer.template(
+                            Event(next_id, ktime, ktime + offset, *shape.fields, shape))
+                    last_rest, last_kind = rest, kind
                 wall = ktime + offset
                 seconds = wall // 1_000_000_000
                 if seconds != second:
