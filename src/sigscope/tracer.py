@@ -15,8 +15,9 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
-from . import fate_probes, probes
+from . import probes
 from . import record as rec
 from .bpf import kernel
 from .bpf.attach import Attachment, attach_tracepoint
@@ -28,8 +29,10 @@ from .bpf.ringbuf import RingBufReader
 from .bpf.tracefs import event_format, tracefs_root
 from .decode import Decoder, LineRenderer
 from .event import Event
-from .fate import Fate, FateRecord, FateTracker
 from .filters import Filters
+
+if TYPE_CHECKING:
+    from .fate import Fate, FateTracker
 from .signals import parse_signal_list
 
 DEFAULT_BUFFER_SIZE = 16 << 20
@@ -82,8 +85,11 @@ class Tracer:
         self.decoder = Decoder()
         # --fate: follow each signal to its end; iteration then also yields Fate objects.
         self.fate = fate
-        self.fate_tracker: FateTracker | None = (
-            FateTracker(self.decoder.wall_offset_ns) if fate else None)
+        self.fate_tracker: FateTracker | None = None
+        if fate:  # imported only when asked for: start-up time
+            from .fate import FateTracker
+
+            self.fate_tracker = FateTracker(self.decoder.wall_offset_ns)
         self.fate_exit_codes: bool | None = None  # False: no BTF, deaths are "unknown"
         self._inflight: Map | None = None
         self._fate_scan: tuple[int, int] = (0, 0)  # (when, horizon) of the last in-flight scan
@@ -188,6 +194,7 @@ class Tracer:
     def _fate_plans(self, cfg: probes.ProbeConfig) -> list[tuple[str, str, str, list]]:
         """The --fate programs. The exit code's offset in task_struct comes from the kernel's
         BTF; without it deaths are reported as "unknown" (fate_exit_codes is False)."""
+        from . import fate_probes
         from .bpf.btf import Btf, BtfError
 
         try:
@@ -278,6 +285,8 @@ class Tracer:
         if len(batch) % rec.RECORD_SIZE:
             self.decoder.malformed += 1
             batch = batch[: len(batch) - len(batch) % rec.RECORD_SIZE]
+        from .fate import FateRecord
+
         signal_rows, fate_records = [], []
         kind_index = rec.FIELD_NAMES.index("kind")
         for row in rec.RECORD_STRUCT.iter_unpack(batch):

@@ -625,7 +625,21 @@ def resolve(insns: InsnList, keep_labels: bool = False) -> List[Insn]:
 
 def assemble(insns: InsnList) -> bytes:
     """Encode a (nested) list of instructions, resolving labels, to program bytes."""
-    return b"".join(insn.encode() for insn in resolve(insns))
+    resolved = resolve(insns)
+    # One pack call for the whole program (start-up time: programs have hundreds of slots).
+    # struct checks the byte, s16 and s32 ranges; a failure, or a register outside r0..r10,
+    # falls back to the slot-by-slot encoding for its precise error message.
+    values: list[int] = []
+    for insn in resolved:
+        if insn.dst >= MAX_BPF_REG or insn.src >= MAX_BPF_REG or insn.dst < 0 or insn.src < 0:
+            break
+        values += (insn.code, (insn.src << 4) | insn.dst, insn.off, insn.imm)
+    else:
+        try:
+            return struct.pack("<" + "BBhi" * len(resolved), *values)
+        except (struct.error, TypeError):
+            pass
+    return b"".join(insn.encode() for insn in resolved)
 
 
 def disassemble(data: bytes) -> List[Insn]:
