@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from . import record as rec
@@ -31,7 +31,7 @@ from .bpf.asm import DW, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, W
 from .bpf.attach import detach_all
 from .bpf.maps import ArrayMap, Map
 from .bpf.program import Program
-from .bpf.tracefs import EventFormat
+from .bpf.tracefs import EventFormat, event_format
 from .bpf.uapi import BPF_F_CURRENT_CPU, BPF_RB_NO_WAKEUP
 from .filters import Filters
 
@@ -780,3 +780,28 @@ def build_sys_exit(cfg: ProbeConfig, call: str, exit_fmt: EventFormat) -> list:
     prog += _output(cfg, R8, labels)
     prog += [asm.label(idle), *_release_inflight()]
     return prog + _epilogue(out)
+
+
+def syscalls_to_trace(filters: Filters) -> tuple[str, ...]:
+    """The signal syscalls to probe. Calls that --via leaves out are still watched when kernel
+    signals are wanted, so that their signals are not mistaken for kernel-generated ones."""
+    if filters.include_kernel:
+        return rec.SYSCALL_VIAS
+    return tuple(call for call in rec.SYSCALL_VIAS if call in filters.syscall_vias)
+
+
+def signal_probe_plans(cfg: ProbeConfig, prefix: str = "") -> Iterator[tuple[str, str, str, list]]:
+    """(program name, tracepoint system, event, instructions) of every signal probe, in attach
+    order: exits first, then generate, then entries, so that a call seen entering is seen
+    leaving. A generator: each program is built only when asked for (see load_programs)."""
+    calls = syscalls_to_trace(cfg.filters)
+    for call in calls:
+        event = f"sys_exit_{call}"
+        yield (f"{prefix}x_{call}"[:15], "syscalls", event,
+               build_sys_exit(cfg, call, event_format("syscalls", event)))
+    yield (f"{prefix}generate"[:15], "signal", "signal_generate",
+           build_signal_generate(cfg, event_format("signal", "signal_generate")))
+    for call in calls:
+        event = f"sys_enter_{call}"
+        yield (f"{prefix}e_{call}"[:15], "syscalls", event,
+               build_sys_enter(cfg, call, event_format("syscalls", event)))

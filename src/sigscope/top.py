@@ -22,7 +22,7 @@ import json
 import struct
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import IO, Any
@@ -33,8 +33,8 @@ from .bpf.attach import Attachment, attach_tracepoint
 from .bpf.kernel import possible_cpus
 from .bpf.maps import HashMap, Map, PerCPUArrayMap, PerCPUHashMap
 from .bpf.privileges import check_privileges, raise_memlock_limit
-from .bpf.program import Program
-from .bpf.tracefs import event_format, tracefs_root
+from .bpf.program import Program, load_programs
+from .bpf.tracefs import tracefs_root
 from .decode import ProcResolver
 from .event import outcome_name
 from .exporter import CountRow, Health
@@ -222,35 +222,19 @@ class Counter:
         self._counters, self._counts = counters, counts  # type: ignore[assignment]
         fds = top_probes.CountMapFds(inflight.fd, counts.fd, counters.fd, self.percpu)
         cfg = top_probes.probe_config(self.filters, fds)
-        calls = self._syscalls_to_trace()
-        plans: list[tuple[str, str, str, list]] = []
-        for call in calls:
-            plans.append((f"tx_{call}", "syscalls", f"sys_exit_{call}",
-                          top_probes.build_sys_exit(
-                              cfg, call, event_format("syscalls", f"sys_exit_{call}"))))
-        plans.append(("top_generate", "signal", "signal_generate",
-                      top_probes.build_signal_generate(
-                          cfg, event_format("signal", "signal_generate"))))
-        for call in calls:
-            plans.append((f"te_{call}", "syscalls", f"sys_enter_{call}",
-                          top_probes.build_sys_enter(
-                              cfg, call, event_format("syscalls", f"sys_enter_{call}"))))
-        loaded = []
-        for name, system, event, insns in plans:
-            prog = Program.load(insns, name=name[:15])
-            self._programs.append(prog)
-            loaded.append((prog, system, event))
+        targets: list[tuple[str, str]] = []
+
+        def specs() -> Iterator[tuple[str, list]]:
+            for name, system, event, insns in probes.signal_probe_plans(cfg, prefix="t"):
+                targets.append((system, event))
+                yield name, insns
+
+        self._programs += load_programs(specs())
+        loaded = [(prog, *target) for prog, target in zip(self._programs, targets, strict=True)]
         # Exits first, then generate, then entries: a call seen entering is seen leaving.
         for prog, system, event in loaded:
             self._attachments.append(attach_tracepoint(prog, system, event))
         self._recursion_at_start = self._recursion_misses()
-
-    def _syscalls_to_trace(self) -> tuple[str, ...]:
-        # As the tracer: excluded calls are still watched when kernel signals are wanted, so
-        # that their signals are not mistaken for kernel-generated ones.
-        if self.filters.include_kernel:
-            return rec.SYSCALL_VIAS
-        return tuple(c for c in rec.SYSCALL_VIAS if c in self.filters.syscall_vias)
 
     def _own(self, m: Map) -> Map:
         self._maps.append(m)

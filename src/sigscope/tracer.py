@@ -12,6 +12,7 @@ of this process: closing the tracer, or the process dying in any way, leaves not
 
 from __future__ import annotations
 
+import itertools
 import struct
 import time
 from collections.abc import Iterable, Iterator
@@ -24,7 +25,7 @@ from .bpf.attach import Attachment, attach_tracepoint
 from .bpf.maps import Map, PerCPUArrayMap, PerfEventArrayMap, RingBufMap
 from .bpf.perfbuf import PerfBufReader
 from .bpf.privileges import check_privileges, raise_memlock_limit
-from .bpf.program import Program
+from .bpf.program import Program, load_programs
 from .bpf.ringbuf import RingBufReader
 from .bpf.tracefs import event_format, tracefs_root
 from .decode import Decoder, LineRenderer
@@ -142,28 +143,18 @@ class Tracer:
             output = probes.OUTPUT_PERF
         cfg = probes.ProbeConfig(self.filters, output,
                                  probes.MapFds(inflight.fd, events.fd, counters.fd))
-        generate = event_format("signal", "signal_generate")
-        calls = self._syscalls_to_trace()
-        plans: list[tuple[str, str, str, list]] = []
-        if self.fate:
-            # First, so that no delivery of a signal seen generated is missed.
-            plans += self._fate_plans(cfg)
-        for call in calls:
-            fmt = event_format("syscalls", f"sys_exit_{call}")
-            plans.append((f"sx_{call}", "syscalls", f"sys_exit_{call}",
-                          probes.build_sys_exit(cfg, call, fmt)))
-        plans.append(("sig_generate", "signal", "signal_generate",
-                      probes.build_signal_generate(cfg, generate)))
-        for call in calls:
-            fmt = event_format("syscalls", f"sys_enter_{call}")
-            plans.append((f"se_{call}", "syscalls", f"sys_enter_{call}",
-                          probes.build_sys_enter(cfg, call, fmt)))
+        plans = list(self._fate_plans(cfg)) if self.fate else []  # first: no delivery missed
+        plans_iter = itertools.chain(plans, probes.signal_probe_plans(cfg, prefix="s"))
+        targets: list[tuple[str, str]] = []
+
+        def specs() -> Iterator[tuple[str, list]]:
+            for name, system, event, insns in plans_iter:
+                targets.append((system, event))
+                yield name, insns
+
         # Load everything before attaching anything: a verifier error leaves nothing attached.
-        loaded = []
-        for name, system, event, insns in plans:
-            prog = Program.load(insns, name=name[:15])
-            self._programs.append(prog)
-            loaded.append((prog, system, event))
+        self._programs += load_programs(specs())
+        loaded = [(prog, *target) for prog, target in zip(self._programs, targets, strict=True)]
         if kind == "ringbuf":
             self._reader = RingBufReader(events)  # type: ignore[arg-type]
         else:
@@ -181,15 +172,9 @@ class Tracer:
         kind = self.buffer_kind if self.buffer_kind != "auto" else "ringbuf"
         output = probes.OUTPUT_RINGBUF if kind == "ringbuf" else probes.OUTPUT_PERF
         cfg = probes.ProbeConfig(self.filters, output, probes.MapFds(-1, -2, -3))
-        out = [(event, insns) for _, _, event, insns in self._fate_plans(cfg)] if self.fate else []
-        out += [("signal_generate", probes.build_signal_generate(
-            cfg, event_format("signal", "signal_generate")))]
-        for call in self._syscalls_to_trace():
-            out.append((f"sys_enter_{call}", probes.build_sys_enter(
-                cfg, call, event_format("syscalls", f"sys_enter_{call}"))))
-            out.append((f"sys_exit_{call}", probes.build_sys_exit(
-                cfg, call, event_format("syscalls", f"sys_exit_{call}"))))
-        return out
+        plans = itertools.chain(self._fate_plans(cfg) if self.fate else [],
+                                probes.signal_probe_plans(cfg))
+        return [(event, insns) for _, _, event, insns in plans]
 
     def _fate_plans(self, cfg: probes.ProbeConfig) -> list[tuple[str, str, str, list]]:
         """The --fate programs. The exit code's offset in task_struct comes from the kernel's
@@ -205,14 +190,6 @@ class Tracer:
         formats = {event: event_format(system, event)
                    for _, system, event in fate_probes.FATE_TRACEPOINTS}
         return fate_probes.build_fate_programs(cfg, formats, exit_code_offset)
-
-    def _syscalls_to_trace(self) -> tuple[str, ...]:
-        wanted = self.filters.syscall_vias
-        if self.filters.include_kernel:
-            # Excluded calls are still watched (and dropped in the kernel), so that their
-            # signals are not mistaken for kernel-generated ones.
-            return rec.SYSCALL_VIAS
-        return tuple(call for call in rec.SYSCALL_VIAS if call in wanted)
 
     def _own(self, m: Map) -> Map:
         self._maps.append(m)

@@ -270,3 +270,51 @@ class RunTimeStats:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def load_programs(
+    specs: Iterable[tuple[str, Union[bytes, list]]],
+    prog_type: int = uapi.BPF_PROG_TYPE_TRACEPOINT,
+    parallel: int = 2,
+) -> List[Program]:
+    """Load several programs, in order, with up to `parallel` verifications at once.
+
+    Verification is most of a tracer's start-up and runs in the loading thread, outside the
+    GIL, so two threads halve it on two CPUs; and `specs` may be a generator, so the next
+    program is assembled while the kernel verifies the previous ones. If any load fails, every
+    program loaded is closed and the first failure (in order) is raised.
+    """
+    import threading
+
+    slots = threading.Semaphore(max(1, parallel))
+    results: dict = {}
+    threads = []
+
+    def load(index: int, code: bytes, name: str) -> None:
+        try:
+            results[index] = Program.load(code, prog_type=prog_type, name=name)
+        except BaseException as error:  # handed to the caller below
+            results[index] = error
+        finally:
+            slots.release()
+
+    building_failed: Optional[BaseException] = None
+    try:
+        for index, (name, insns) in enumerate(specs):
+            code = _instructions_bytes(insns)
+            slots.acquire()
+            thread = threading.Thread(target=load, args=(index, code, name), daemon=True)
+            thread.start()
+            threads.append(thread)
+    except BaseException as error:  # building a program failed: release what was loaded
+        building_failed = error
+    for thread in threads:
+        thread.join()
+    loaded = [results[i] for i in range(len(threads))]
+    failures = [r for r in loaded if isinstance(r, BaseException)]
+    if failures or building_failed is not None:
+        for program in loaded:
+            if isinstance(program, Program):
+                program.close()
+        raise failures[0] if failures else building_failed  # type: ignore[misc]
+    return loaded
