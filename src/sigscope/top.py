@@ -22,24 +22,21 @@ import json
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import IO, Any
 
 from . import probes, top_probes
 from . import record as rec
-from .bpf.attach import Attachment, attach_tracepoint
 from .bpf.kernel import possible_cpus
 from .bpf.maps import HashMap, Map, PerCPUArrayMap, PerCPUHashMap
-from .bpf.privileges import check_privileges, raise_memlock_limit
-from .bpf.program import Program, load_programs
-from .bpf.tracefs import tracefs_root
 from .decode import ProcResolver
 from .event import outcome_name
 from .exporter import CountRow, Health
 from .filters import Filters
 from .probes import COUNTER_INFLIGHT_FULL
+from .session import ProbeSession
 from .signals import errno_name, signal_name
 from .top_settings import (  # noqa: F401 (re-exported: the API's names)
     DEFAULT_INTERVAL_S,
@@ -158,7 +155,7 @@ class KeyResolver:
         )
 
 
-class Counter:
+class Counter(ProbeSession):
     """Loads the counting programs and reads cumulative snapshots of their map."""
 
     def __init__(
@@ -168,6 +165,7 @@ class Counter:
         map_kind: str = "auto",
         resolver: KeyResolver | None = None,
     ) -> None:
+        super().__init__()
         if not 1 <= max_keys <= MAX_MAX_KEYS:
             raise TopError(f"--max-keys must be between 1 and {MAX_MAX_KEYS}, not {max_keys}")
         if map_kind not in MAP_KINDS:
@@ -183,34 +181,12 @@ class Counter:
         self.map_kind = map_kind
         self.percpu = map_kind == "percpu"
         self.resolve = resolver or KeyResolver()
-        self._maps: list[Map] = []
-        self._programs: list[Program] = []
-        self._attachments: list[Attachment] = []
         self._counts: Map | None = None
         self._counters: PerCPUArrayMap | None = None
-        self._recursion_at_start = 0
-        self._unfinished = 0
-        self._inflight: Map | None = None
         self._lock = threading.Lock()
         self._final: Snapshot | None = None
-        self.started = False
-        self.finished = False
 
     # --- lifecycle -------------------------------------------------------------------------
-
-    def start(self) -> Counter:
-        if self.started:
-            return self
-        check_privileges()
-        raise_memlock_limit()
-        tracefs_root()
-        try:
-            self._setup()
-        except BaseException:
-            self._teardown()
-            raise
-        self.started = True
-        return self
 
     def _setup(self) -> None:
         inflight = self._own(probes.make_inflight_map())
@@ -222,47 +198,18 @@ class Counter:
         self._counters, self._counts = counters, counts  # type: ignore[assignment]
         fds = top_probes.CountMapFds(inflight.fd, counts.fd, counters.fd, self.percpu)
         cfg = top_probes.probe_config(self.filters, fds)
-        targets: list[tuple[str, str]] = []
-
-        def specs() -> Iterator[tuple[str, list]]:
-            for name, system, event, insns in probes.signal_probe_plans(cfg, prefix="t"):
-                targets.append((system, event))
-                yield name, insns
-
-        self._programs += load_programs(specs())
-        loaded = [(prog, *target) for prog, target in zip(self._programs, targets, strict=True)]
-        # Exits first, then generate, then entries: a call seen entering is seen leaving.
-        for prog, system, event in loaded:
-            self._attachments.append(attach_tracepoint(prog, system, event))
-        self._recursion_at_start = self._recursion_misses()
-
-    def _own(self, m: Map) -> Map:
-        self._maps.append(m)
-        return m
+        self._load_and_attach(probes.signal_probe_plans(cfg, prefix="t"))
 
     def close(self) -> Snapshot | None:
         """Detach, take the final snapshot, release everything. Returns that snapshot."""
         if self.finished:
             return self._final
-        probes.detach_in_order(self._attachments)
+        self._detach()
         if self.started:
-            if self._inflight is not None:
-                self._unfinished = probes.count_unfinished_calls(self._inflight)
             self._final = self._read()
         self._teardown()
         self.finished = True
         return self._final
-
-    def _teardown(self) -> None:
-        for attachment in self._attachments:
-            attachment.close()
-        self._attachments.clear()
-        for prog in self._programs:
-            prog.close()
-        self._programs.clear()
-        for m in self._maps:
-            m.close()
-        self._maps.clear()
 
     def __enter__(self) -> Counter:
         return self.start()
@@ -295,15 +242,6 @@ class Counter:
             lost += max(0, self._recursion_misses() - self._recursion_at_start)
             lost += self._unfinished
             return Snapshot(rows, other, lost, len(pairs), now)
-
-    def _recursion_misses(self) -> int:
-        total = 0
-        for prog in self._programs:
-            try:
-                total += prog.info().recursion_misses
-            except OSError:
-                pass
-        return total
 
     # --- for the Prometheus exporter -------------------------------------------------------
 

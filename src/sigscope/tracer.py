@@ -21,16 +21,14 @@ from typing import TYPE_CHECKING
 from . import probes
 from . import record as rec
 from .bpf import kernel
-from .bpf.attach import Attachment, attach_tracepoint
 from .bpf.maps import Map, PerCPUArrayMap, PerfEventArrayMap, RingBufMap
 from .bpf.perfbuf import PerfBufReader
-from .bpf.privileges import check_privileges, raise_memlock_limit
-from .bpf.program import Program, load_programs
 from .bpf.ringbuf import RingBufReader
-from .bpf.tracefs import event_format, tracefs_root
+from .bpf.tracefs import event_format
 from .decode import Decoder, LineRenderer
 from .event import Event
 from .filters import Filters
+from .session import ProbeSession
 
 if TYPE_CHECKING:
     from .fate import Fate, FateTracker
@@ -61,7 +59,7 @@ def _pow2_floor(value: int) -> int:
     return 1 << (max(1, value).bit_length() - 1)
 
 
-class Tracer:
+class Tracer(ProbeSession):
     """Loads the signal probes, reads their records and decodes them into Events."""
 
     def __init__(
@@ -73,6 +71,7 @@ class Tracer:
         poll_interval_ms: int = DEFAULT_POLL_INTERVAL_MS,
         fate: bool = False,
     ) -> None:
+        super().__init__()
         if buffer not in BUFFER_KINDS:
             choices = ", ".join(BUFFER_KINDS)
             raise TraceError(f"unknown buffer kind {buffer!r}: choose from {choices}")
@@ -92,37 +91,20 @@ class Tracer:
 
             self.fate_tracker = FateTracker(self.decoder.wall_offset_ns)
         self.fate_exit_codes: bool | None = None  # False: no BTF, deaths are "unknown"
-        self._inflight: Map | None = None
         self._fate_scan: tuple[int, int] = (0, 0)  # (when, horizon) of the last in-flight scan
-        self._maps: list[Map] = []
-        self._programs: list[Program] = []
-        self._attachments: list[Attachment] = []
         self._reader: RingBufReader | PerfBufReader | None = None
         self._counters: PerCPUArrayMap | None = None
         self._stop = False
         self._deadline: float | None = None
-        self._recursion_at_start = 0
-        self._unfinished = 0
-        self.started = False
-        self.finished = False
 
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> Tracer:
         """Check privileges, build and attach the probes. Raises one-line errors."""
-        if self.started:
-            return self
-        check_privileges()
-        raise_memlock_limit()
-        tracefs_root()
-        try:
-            self._setup()
-        except BaseException:
-            self._teardown()
-            raise
-        self.started = True
-        if self.duration is not None:
-            self._deadline = time.monotonic() + self.duration
+        if not self.started:
+            super().start()
+            if self.duration is not None:
+                self._deadline = time.monotonic() + self.duration
         return self
 
     def _setup(self) -> None:
@@ -143,28 +125,16 @@ class Tracer:
             output = probes.OUTPUT_PERF
         cfg = probes.ProbeConfig(self.filters, output,
                                  probes.MapFds(inflight.fd, events.fd, counters.fd))
-        plans = list(self._fate_plans(cfg)) if self.fate else []  # first: no delivery missed
-        plans_iter = itertools.chain(plans, probes.signal_probe_plans(cfg, prefix="s"))
-        targets: list[tuple[str, str]] = []
-
-        def specs() -> Iterator[tuple[str, list]]:
-            for name, system, event, insns in plans_iter:
-                targets.append((system, event))
-                yield name, insns
-
-        # Load everything before attaching anything: a verifier error leaves nothing attached.
-        self._programs += load_programs(specs())
-        loaded = [(prog, *target) for prog, target in zip(self._programs, targets, strict=True)]
+        # The reader first: a perf buffer's per-CPU events must be in the map before any
+        # program writes to it.
         if kind == "ringbuf":
             self._reader = RingBufReader(events)  # type: ignore[arg-type]
         else:
             ncpu = max(1, kernel.possible_cpus())
             pages = _pow2_floor(self.buffer_size // _PAGE_SIZE // ncpu)
             self._reader = PerfBufReader(events, pages_per_cpu=pages)  # type: ignore[arg-type]
-        # Exits first, then generate, then entries: a call seen entering is seen leaving.
-        for prog, system, event in loaded:
-            self._attachments.append(attach_tracepoint(prog, system, event))
-        self._recursion_at_start = self._recursion_misses()
+        plans = list(self._fate_plans(cfg)) if self.fate else []  # first: no delivery missed
+        self._load_and_attach(itertools.chain(plans, probes.signal_probe_plans(cfg, prefix="s")))
 
     def programs_text(self) -> list[tuple[str, list]]:
         """(name, instructions) of every probe, for `--ebpf` (built with placeholder map fds,
@@ -191,10 +161,6 @@ class Tracer:
                    for _, system, event in fate_probes.FATE_TRACEPOINTS}
         return fate_probes.build_fate_programs(cfg, formats, exit_code_offset)
 
-    def _own(self, m: Map) -> Map:
-        self._maps.append(m)
-        return m
-
     def stop(self) -> None:
         """Ask the iteration to end (safe from a signal handler); pending events still drain."""
         self._stop = True
@@ -213,9 +179,8 @@ class Tracer:
         if self.finished:
             return
         try:
-            probes.detach_in_order(self._attachments)
-            if self.started and self._inflight is not None:
-                self._unfinished = probes.count_unfinished_calls(self._inflight)
+            self._detach()
+            if self.started:
                 reader = self._reader
                 while reader is not None:
                     batch = reader.read(rec.RECORD_SIZE, BATCH_BYTES)
@@ -233,18 +198,10 @@ class Tracer:
             self.finished = True
 
     def _teardown(self) -> None:
-        for attachment in self._attachments:
-            attachment.close()
-        self._attachments.clear()
         if self._reader is not None:
             self._reader.close()
             self._reader = None
-        for prog in self._programs:
-            prog.close()
-        self._programs.clear()
-        for m in self._maps:
-            m.close()
-        self._maps.clear()
+        super()._teardown()
 
     def __enter__(self) -> Tracer:
         return self.start()
@@ -363,15 +320,6 @@ class Tracer:
     @property
     def records(self) -> int:
         return self.decoder.records
-
-    def _recursion_misses(self) -> int:
-        total = 0
-        for prog in self._programs:
-            try:
-                total += prog.info().recursion_misses
-            except OSError:
-                pass
-        return total
 
     def _lost_now(self) -> int:
         lost = 0

@@ -1,0 +1,98 @@
+"""What `sigscope trace` (tracer.Tracer) and `sigscope top` (top.Counter) share: owning the
+kernel objects of the signal probes, starting them, and taking them down in the right order.
+
+Every map, program, perf event and link is owned by a file descriptor of this process, so
+closing the session (or the process dying in any way) leaves nothing loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from . import probes
+from .bpf.attach import Attachment, attach_tracepoint
+from .bpf.maps import Map
+from .bpf.privileges import check_privileges, raise_memlock_limit
+from .bpf.program import Program, load_programs
+from .bpf.tracefs import tracefs_root
+
+
+class ProbeSession:
+    """Subclasses build their maps and programs in `_setup()` with `_own()` and
+    `_load_and_attach()`; `start()` and `_detach()`/`_teardown()` do the rest."""
+
+    def __init__(self) -> None:
+        self._maps: list[Map] = []
+        self._programs: list[Program] = []
+        self._attachments: list[Attachment] = []
+        self._inflight: Map | None = None
+        self._recursion_at_start = 0
+        self._unfinished = 0
+        self.started = False
+        self.finished = False
+
+    def start(self):  # noqa: ANN201 (returns self, typed by each subclass)
+        """Check privileges, build and attach the probes. Raises one-line errors; on failure
+        nothing stays loaded."""
+        if self.started:
+            return self
+        check_privileges()
+        raise_memlock_limit()
+        tracefs_root()
+        try:
+            self._setup()
+        except BaseException:
+            self._teardown()
+            raise
+        self._recursion_at_start = self._recursion_misses()
+        self.started = True
+        return self
+
+    def _setup(self) -> None:
+        raise NotImplementedError
+
+    def _own(self, m: Map) -> Map:
+        self._maps.append(m)
+        return m
+
+    def _load_and_attach(self, plans: Iterable[tuple[str, str, str, list]]) -> None:
+        """Load every (name, system, event, instructions) plan, then attach them in the plans'
+        order. Loading everything first means a verifier error leaves nothing attached."""
+        targets: list[tuple[str, str]] = []
+
+        def specs() -> Iterator[tuple[str, list]]:
+            for name, system, event, insns in plans:
+                targets.append((system, event))
+                yield name, insns
+
+        self._programs += load_programs(specs())
+        for prog, (system, event) in zip(self._programs, targets, strict=True):
+            self._attachments.append(attach_tracepoint(prog, system, event))
+
+    def _detach(self) -> None:
+        """Entries first (see probes.detach_in_order); then count the calls whose exit never
+        ran, whose records were therefore never written."""
+        probes.detach_in_order(self._attachments)
+        if self.started and self._inflight is not None and not self._inflight.closed:
+            self._unfinished = probes.count_unfinished_calls(self._inflight)
+
+    def _teardown(self) -> None:
+        for attachment in self._attachments:
+            attachment.close()
+        self._attachments.clear()
+        for prog in self._programs:
+            prog.close()
+        self._programs.clear()
+        for m in self._maps:
+            m.close()
+        self._maps.clear()
+
+    def _recursion_misses(self) -> int:
+        """Runs the kernel skipped because another BPF program was running on that CPU."""
+        total = 0
+        for prog in self._programs:
+            try:
+                total += prog.info().recursion_misses
+            except OSError:
+                pass
+        return total
