@@ -790,18 +790,30 @@ def syscalls_to_trace(filters: Filters) -> tuple[str, ...]:
     return tuple(call for call in rec.SYSCALL_VIAS if call in filters.syscall_vias)
 
 
-def signal_probe_plans(cfg: ProbeConfig, prefix: str = "") -> Iterator[tuple[str, str, str, list]]:
-    """(program name, tracepoint system, event, instructions) of every signal probe, in attach
-    order: exits first, then generate, then entries, so that a call seen entering is seen
-    leaving. A generator: each program is built only when asked for (see load_programs)."""
+Target = tuple[str, str]  # (tracepoint system, event)
+
+
+def signal_probe_plans(cfg: ProbeConfig, prefix: str = "") -> Iterator[tuple[str, tuple, list]]:
+    """(program name, tracepoints to attach it to, instructions) of every signal probe, in
+    attach order: exits first, then generate, then entries, so that a call seen entering is
+    seen leaving. A generator: each program is built only when asked for (load_programs).
+
+    The exit program does not depend on the call (the parked record says which call it was),
+    so one program serves every sys_exit tracepoint whose `ret` field sits at the same offset
+    (all of them, on every kernel so far): fewer programs to verify at start-up."""
     calls = syscalls_to_trace(cfg.filters)
+    exits: dict[int, list[str]] = {}
     for call in calls:
-        event = f"sys_exit_{call}"
-        yield (f"{prefix}x_{call}"[:15], "syscalls", event,
-               build_sys_exit(cfg, call, event_format("syscalls", event)))
-    yield (f"{prefix}generate"[:15], "signal", "signal_generate",
+        ret = event_format("syscalls", f"sys_exit_{call}").field("ret")
+        exits.setdefault(ret.offset, []).append(call)
+    for index, group in enumerate(exits.values()):
+        first = f"sys_exit_{group[0]}"
+        yield (f"{prefix}exit{index or ''}"[:15],
+               tuple(("syscalls", f"sys_exit_{call}") for call in group),
+               build_sys_exit(cfg, group[0], event_format("syscalls", first)))
+    yield (f"{prefix}generate"[:15], (("signal", "signal_generate"),),
            build_signal_generate(cfg, event_format("signal", "signal_generate")))
     for call in calls:
         event = f"sys_enter_{call}"
-        yield (f"{prefix}e_{call}"[:15], "syscalls", event,
+        yield (f"{prefix}e_{call}"[:15], (("syscalls", event),),
                build_sys_enter(cfg, call, event_format("syscalls", event)))

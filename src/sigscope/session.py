@@ -55,19 +55,21 @@ class ProbeSession:
         self._maps.append(m)
         return m
 
-    def _load_and_attach(self, plans: Iterable[tuple[str, str, str, list]]) -> None:
-        """Load every (name, system, event, instructions) plan, then attach them in the plans'
-        order. Loading everything first means a verifier error leaves nothing attached."""
-        targets: list[tuple[str, str]] = []
+    def _load_and_attach(self, plans: Iterable[tuple[str, tuple, list]]) -> None:
+        """Load every (name, ((system, event), ...), instructions) plan, then attach each
+        program to its tracepoints, in the plans' order. Loading everything first means a
+        verifier error leaves nothing attached."""
+        targets: list[tuple] = []
 
         def specs() -> Iterator[tuple[str, list]]:
-            for name, system, event, insns in plans:
-                targets.append((system, event))
+            for name, tracepoints, insns in plans:
+                targets.append(tracepoints)
                 yield name, insns
 
         self._programs += load_programs(specs())
-        for prog, (system, event) in zip(self._programs, targets, strict=True):
-            self._attachments.append(attach_tracepoint(prog, system, event))
+        for prog, tracepoints in zip(self._programs, targets, strict=True):
+            for system, event in tracepoints:
+                self._attachments.append(attach_tracepoint(prog, system, event))
 
     def _detach(self) -> None:
         """Entries first (see probes.detach_in_order); then count the calls whose exit never

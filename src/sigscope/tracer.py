@@ -144,9 +144,10 @@ class Tracer(ProbeSession):
         cfg = probes.ProbeConfig(self.filters, output, probes.MapFds(-1, -2, -3))
         plans = itertools.chain(self._fate_plans(cfg) if self.fate else [],
                                 probes.signal_probe_plans(cfg))
-        return [(event, insns) for _, _, event, insns in plans]
+        return [(", ".join(event for _, event in tracepoints), insns)
+                for _, tracepoints, insns in plans]
 
-    def _fate_plans(self, cfg: probes.ProbeConfig) -> list[tuple[str, str, str, list]]:
+    def _fate_plans(self, cfg: probes.ProbeConfig) -> list[tuple[str, tuple, list]]:
         """The --fate programs. The exit code's offset in task_struct comes from the kernel's
         BTF; without it deaths are reported as "unknown" (fate_exit_codes is False)."""
         from . import fate_probes
@@ -159,7 +160,8 @@ class Tracer(ProbeSession):
         self.fate_exit_codes = exit_code_offset is not None
         formats = {event: event_format(system, event)
                    for _, system, event in fate_probes.FATE_TRACEPOINTS}
-        return fate_probes.build_fate_programs(cfg, formats, exit_code_offset)
+        return [(name, ((system, event),), insns) for name, system, event, insns in
+                fate_probes.build_fate_programs(cfg, formats, exit_code_offset)]
 
     def stop(self) -> None:
         """Ask the iteration to end (safe from a signal handler); pending events still drain."""
