@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from .signals import code_name, errno_name, signal_name
@@ -61,6 +60,14 @@ def outcome_name(result: int | None) -> str | None:
     return OUTCOMES[result] if result < len(OUTCOMES) else str(result)
 
 
+# The fields that make an Event's value, in constructor order.
+VALUE_FIELDS = (
+    "id", "ktime_ns", "time_ns", "sig", "via", "sender_pid", "sender_tid", "sender_comm",
+    "sender_uid", "target_pid", "target_tid", "target_comm", "arg_pid", "arg_tid", "arg_pidfd",
+    "code", "result", "outcome", "group",
+)
+
+
 class Shape:
     """What a run of Events has in common: every field but id and times (see Decoder).
     Outputs may keep what they rendered for it in `rendered`, keyed by output."""
@@ -72,7 +79,6 @@ class Shape:
         self.rendered: dict[str, object] = {}
 
 
-@dataclass(slots=True)
 class Event:
     """One signal send attempt and recipient.
 
@@ -80,33 +86,59 @@ class Event:
     on the wall clock (UTC). Target fields are None when neither the kernel nor /proc could tell.
     ``result``/``error`` are the syscall's return and errno name (None for via == "kernel");
     ``outcome`` is what the kernel did with the signal (None when nothing was generated).
+
+    ``shape`` is shared with events that differ only in id and time (set by the decoder), so
+    outputs can reuse what they rendered for the previous one; ``fate`` is, with --fate, the
+    Fate (sigscope.fate) of this signal once known (the tracer also yields it after this Event).
+    Neither is part of the event's value. (A plain class with slots rather than a dataclass:
+    one is built per record, and `dataclasses` costs start-up time.)
     """
 
-    id: int
-    ktime_ns: int
-    time_ns: int
-    sig: int
-    via: str
-    sender_pid: int
-    sender_tid: int
-    sender_comm: str
-    sender_uid: int
-    target_pid: int | None
-    target_tid: int | None
-    target_comm: str | None
-    arg_pid: int | None
-    arg_tid: int | None
-    arg_pidfd: int | None
-    code: int | None
-    result: int | None
-    outcome: str | None
-    group: bool | None = None
-    # Shared with events that differ only in id and time (set by the decoder), so outputs can
-    # reuse what they rendered for the previous one. Not part of the event's value.
-    shape: Shape | None = field(default=None, compare=False, repr=False)
-    # With --fate: the Fate (sigscope.fate) of this signal once known; the tracer also yields
-    # it as a separate item, after this Event. Not part of the event's value.
-    fate: Any = field(default=None, compare=False, repr=False)
+    __slots__ = VALUE_FIELDS + ("shape", "fate")
+
+    def __init__(
+        self, id: int, ktime_ns: int, time_ns: int, sig: int, via: str, sender_pid: int,
+        sender_tid: int, sender_comm: str, sender_uid: int, target_pid: int | None,
+        target_tid: int | None, target_comm: str | None, arg_pid: int | None,
+        arg_tid: int | None, arg_pidfd: int | None, code: int | None, result: int | None,
+        outcome: str | None, group: bool | None = None, shape: Shape | None = None,
+        fate: Any = None,
+    ) -> None:
+        self.id = id
+        self.ktime_ns = ktime_ns
+        self.time_ns = time_ns
+        self.sig = sig
+        self.via = via
+        self.sender_pid = sender_pid
+        self.sender_tid = sender_tid
+        self.sender_comm = sender_comm
+        self.sender_uid = sender_uid
+        self.target_pid = target_pid
+        self.target_tid = target_tid
+        self.target_comm = target_comm
+        self.arg_pid = arg_pid
+        self.arg_tid = arg_tid
+        self.arg_pidfd = arg_pidfd
+        self.code = code
+        self.result = result
+        self.outcome = outcome
+        self.group = group
+        self.shape = shape
+        self.fate = fate
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, name) for name in VALUE_FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]  # mutable (fate is filled in later)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in VALUE_FIELDS)
+        return f"Event({inner})"
 
     @property
     def signal(self) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .record import VIA_NAMES
 
@@ -13,16 +13,22 @@ class FilterError(ValueError):
     """A filter the user gave that cannot be honoured (one line)."""
 
 
-@dataclass(frozen=True)
-class Filters:
+class _FilterValues(NamedTuple):
     sender_pids: frozenset[int] = frozenset()   # -p: sender thread-group ids
     target_ids: frozenset[int] = frozenset()    # -T: target process or thread ids
     signals: frozenset[int] | None = None       # -s minus -e; None = every signal (0 included)
     comm: str | None = None                     # -c: sender command (exact, first 15 bytes)
-    vias: frozenset[str] = field(default_factory=lambda: frozenset(VIA_NAMES))
+    vias: frozenset[str] = frozenset(VIA_NAMES)  # --via, -k
     failed_only: bool = False                   # -x: only sends that failed
 
-    def __post_init__(self) -> None:
+
+class Filters(_FilterValues):
+    """An immutable, validated set of filters (a NamedTuple: cheap to import and to build)."""
+
+    __slots__ = ()
+
+    def __new__(cls, *args: object, **kwargs: object) -> Filters:
+        self = super().__new__(cls, *args, **kwargs)
         unknown = set(self.vias) - set(VIA_NAMES)
         if unknown:
             raise FilterError(
@@ -35,6 +41,7 @@ class Filters:
                 raise FilterError(f"{what} ids must be positive")
         if self.comm is not None and not self.comm:
             raise FilterError("--comm needs a command name")
+        return self
 
     @property
     def include_kernel(self) -> bool:

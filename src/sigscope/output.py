@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from .event import Event
-from .fate import QUEUED_OUTCOMES, SIGCONT, Fate, format_latency
+
+if TYPE_CHECKING:
+    from .fate import Fate
 
 TEXT_COLUMNS = ("TIME", "PID", "TID", "COMM", "VIA", "SIG", "TPID", "TTID", "TCOMM", "RESULT",
                 "OUTCOME")
@@ -76,10 +78,12 @@ class TextWriter:
             self.out.write("\n".join(lines) + "\n")
 
     def _fate_events(self, items: list[Event | Fate]) -> None:
+        from .fate import QUEUED_OUTCOMES, SIGCONT, format_latency  # only with --fate
+
         fmt = _FATE_TEXT_FORMAT.format
         lines = []
         for e in items:
-            if isinstance(e, Fate):
+            if not isinstance(e, Event):  # a Fate
                 lines.append(fmt(self._time(e), f"->#{e.id}", _dash(e.pid), _dash(e.tid),
                                  _dash(e.comm), "", e.signal, "", "", "", "", "",
                                  format_latency(e.latency_ns), e.summary()))
@@ -136,7 +140,7 @@ class JsonWriter:
 
     def line(self, e: Event | Fate) -> str:
         """The JSON text of one event (or fate): a cached template for all but id and times."""
-        if isinstance(e, Fate):
+        if not isinstance(e, Event):  # a Fate
             return self._dumps(e.to_dict())
         shape = e.shape
         if shape is None:
@@ -179,7 +183,7 @@ class JsonWriter:
             try:
                 template = e.shape.rendered["json"]
             except (AttributeError, KeyError):  # a Fate, an Event without shape, a new shape
-                if isinstance(e, Fate):
+                if not isinstance(e, Event):  # a Fate
                     append(self._dumps(e.to_dict()))
                     continue
                 template = self._template(e)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import record as rec
 from .bpf import asm, btf_scan
@@ -101,15 +101,13 @@ SYSCALL_ARGS: dict[str, dict[str, str]] = {
 }
 
 
-@dataclass(frozen=True)
-class MapFds:
+class MapFds(NamedTuple):
     inflight: int
     events: int
     counters: int
 
 
-@dataclass(frozen=True)
-class ProbeConfig:
+class ProbeConfig(NamedTuple):
     filters: Filters
     output: str  # OUTPUT_RINGBUF or OUTPUT_PERF (ignored when `emit` is set)
     maps: MapFds
@@ -124,8 +122,7 @@ class ProbeConfig:
     task_fields: bool = True
 
 
-@dataclass(frozen=True)
-class TaskLayout:
+class TaskLayout(NamedTuple):
     """Byte offsets in the running kernel's task_struct (and struct cred) of what a record
     says about its sender."""
 

@@ -30,7 +30,7 @@ layout; the ``sender_*`` fields then name the thread the record happened in:
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 KIND_CALL = 1
 KIND_FANOUT = 2
@@ -69,8 +69,7 @@ VIA_CODES = {name: code for code, name in enumerate(VIA_NAMES)}
 SYSCALL_VIAS = VIA_NAMES[1:]
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(NamedTuple):
     name: str
     fmt: str  # struct format character (little-endian, no padding)
     size: int

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from sigscope.bpf import tracefs
@@ -28,7 +30,7 @@ EXPECTED_FIELDS = {
 
 
 def test_tracefs_root_has_events():
-    root = tracefs_root()
+    root = Path(tracefs_root())
     assert (root / "events" / "signal").is_dir()
 
 
@@ -37,7 +39,7 @@ def test_live_format_has_expected_fields(system, name):
     assert tracefs.available(system, name)
     fmt = event_format(system, name)
     assert fmt.name == name and fmt.system == system
-    live_id = int((tracefs_root() / "events" / system / name / "id").read_text())
+    live_id = int((Path(tracefs_root()) / "events" / system / name / "id").read_text())
     assert fmt.id == live_id
     assert EXPECTED_FIELDS[(system, name)] | {"common_type", "common_pid"} <= set(fmt.fields)
     for field in fmt.fields.values():
@@ -46,7 +48,7 @@ def test_live_format_has_expected_fields(system, name):
 
 def test_every_live_format_parses():
     """Robustness: every event on this kernel parses, not just the ones we use."""
-    events = tracefs_root() / "events"
+    events = Path(tracefs_root()) / "events"
     failures = []
     count = 0
     for format_file in events.glob("*/*/format"):

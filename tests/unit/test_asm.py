@@ -11,7 +11,6 @@ X-form regs 0x21; jumps with K go +2 (0200), jumps with X go -3 (fdff).
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import pytest
@@ -400,7 +399,7 @@ def test_dump_of_bytes_matches_without_label_names():
 def test_disassemble_round_trip():
     data = asm.assemble(SMALL_PROGRAM)
     decoded = asm.disassemble(data)
-    resolved = [dataclasses.replace(insn, target=None) for insn in asm.resolve(SMALL_PROGRAM)]
+    resolved = [insn._replace(target=None) for insn in asm.resolve(SMALL_PROGRAM)]
     assert decoded == resolved
     assert asm.assemble(decoded) == data
     assert len(decoded) == len(data) // 8 == 28

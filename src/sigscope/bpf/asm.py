@@ -24,8 +24,7 @@ src in the high nibble), s16 off, s32 imm, little-endian.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, replace
-from typing import Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Iterable, Iterator, List, NamedTuple, Optional, Sequence, Union
 
 __all__ = [
     "AsmError", "Insn", "HELPERS", "helper_id", "helper_name",
@@ -278,8 +277,7 @@ S16_MIN, S16_MAX = -(1 << 15), (1 << 15) - 1
 S32_MIN, S32_MAX = -(1 << 31), (1 << 31) - 1
 
 
-@dataclass(frozen=True)
-class Insn:
+class Insn(NamedTuple):
     """One 8-byte instruction slot, or a label pseudo-instruction.
 
     ``label`` is set only on the pseudo-instruction made by :func:`label`; it occupies no slot.
@@ -617,7 +615,7 @@ def resolve(insns: InsnList, keep_labels: bool = False) -> List[Insn]:
             if not S16_MIN <= off <= S16_MAX:
                 raise AsmError(f"jump to label {insn.target!r} at slot {slot} needs offset "
                                f"{off}, outside the s16 range")
-            insn = replace(insn, off=off)
+            insn = insn._replace(off=off)
         out.append(insn)
         slot += 1
     return out

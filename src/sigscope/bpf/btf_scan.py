@@ -22,7 +22,7 @@ import os
 import re
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 VMLINUX_BTF_PATH = "/sys/kernel/btf/vmlinux"
 BTF_MAGIC = 0xEB9F
@@ -37,8 +37,7 @@ class BtfScanError(ValueError):
     """One line: why the members could not be found."""
 
 
-@dataclass(frozen=True)
-class ScannedMember:
+class ScannedMember(NamedTuple):
     offset: int  # bytes from the start of the struct
     span: int    # bytes to the next member (or to the end of the struct)
 

@@ -14,16 +14,14 @@ import errno
 import functools
 import os
 import struct
-from dataclasses import dataclass
-from pathlib import Path
+from typing import NamedTuple
 
 
 class UnsupportedArchError(RuntimeError):
     """sigscope only knows the syscall numbers of x86_64 and aarch64."""
 
 
-@dataclass(frozen=True)
-class SyscallNumbers:
+class SyscallNumbers(NamedTuple):
     bpf: int
     perf_event_open: int
     ioctl: int
@@ -90,7 +88,8 @@ def parse_cpu_list(text: str) -> list[int]:
 
 @functools.cache
 def possible_cpu_ids() -> tuple[int, ...]:
-    return tuple(parse_cpu_list(Path(_POSSIBLE_CPUS_PATH).read_text()))
+    with open(_POSSIBLE_CPUS_PATH) as possible:
+        return tuple(parse_cpu_list(possible.read()))
 
 
 def possible_cpus() -> int:

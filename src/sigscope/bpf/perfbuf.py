@@ -22,7 +22,6 @@ import errno
 import mmap
 import select
 import struct
-from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from . import kernel, uapi
@@ -183,7 +182,8 @@ def _walk_fixed(region: memoryview, span: int, head: int, record_size: int) -> P
 
 def online_cpu_ids() -> list[int]:
     try:
-        return kernel.parse_cpu_list(Path(_ONLINE_CPUS_PATH).read_text())
+        with open(_ONLINE_CPUS_PATH) as online:
+            return kernel.parse_cpu_list(online.read())
     except OSError:
         return list(kernel.possible_cpu_ids())
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
-from dataclasses import dataclass
-from typing import Iterable, List, Optional, Union
+from typing import Iterable, List, NamedTuple, Optional, Union
 
 from . import uapi
 from .maps import validate_object_name
@@ -75,8 +74,7 @@ class VerifierError(BPFError):
         return f"verifier rejected program {self.program_name!r}: {self.reason}"
 
 
-@dataclass(frozen=True)
-class ProgInfo:
+class ProgInfo(NamedTuple):
     id: int
     name: str
     type: int

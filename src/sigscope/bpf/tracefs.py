@@ -12,9 +12,7 @@ import errno
 import functools
 import os
 import re
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 __all__ = [
     "TRACEFS_MOUNT_POINT",
@@ -30,17 +28,21 @@ __all__ = [
     "tracefs_root",
 ]
 
-TRACEFS_MOUNT_POINT = Path("/sys/kernel/tracing")
+TRACEFS_MOUNT_POINT = "/sys/kernel/tracing"
 # Newer kernels expose tracefs on its own mount point; older setups only have it under debugfs.
-TRACEFS_SEARCH_PATHS: Tuple[Path, ...] = (TRACEFS_MOUNT_POINT, Path("/sys/kernel/debug/tracing"))
+TRACEFS_SEARCH_PATHS: Tuple[PathLike, ...] = (TRACEFS_MOUNT_POINT, "/sys/kernel/debug/tracing")
+
+
+# A directory given as str or os.PathLike (tests pass pathlib paths; sigscope uses str: pathlib
+# costs start-up time).
+PathLike = Union[str, "os.PathLike[str]"]
 
 
 class TracefsError(Exception):
     """tracefs is unavailable, or an event or its format is missing or malformed (one line)."""
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(NamedTuple):
     """One ``field:`` line of a format file.
 
     ``type`` is the declared C type without the field name and array dimensions
@@ -61,8 +63,7 @@ class Field:
     rel_loc: bool = False
 
 
-@dataclass(frozen=True)
-class EventFormat:
+class EventFormat(NamedTuple):
     """A parsed tracepoint format: ``id`` is the perf_event_attr.config for PERF_TYPE_TRACEPOINT."""
 
     system: str
@@ -174,7 +175,7 @@ def parse_format(text: str, system: str = "") -> EventFormat:
     return EventFormat(system=system, name=name, id=event_id, fields=fields)
 
 
-def mount_tracefs(target: Path) -> None:
+def mount_tracefs(target: PathLike) -> None:
     """mount("nodev", target, "tracefs", 0, NULL); raises OSError with the errno on failure."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mount.argtypes = [
@@ -186,25 +187,21 @@ def mount_tracefs(target: Path) -> None:
         raise OSError(err, os.strerror(err), str(target))
 
 
-def _has_events(root: Path) -> bool:
-    try:
-        return (root / "events").is_dir()
-    except PermissionError:
-        return False
+def _has_events(root: PathLike) -> bool:
+    return os.path.isdir(os.path.join(root, "events"))
 
 
 def locate_tracefs(
-    search_paths: Sequence[Path] = TRACEFS_SEARCH_PATHS,
-    mount_point: Path = TRACEFS_MOUNT_POINT,
-    mount: Optional[Callable[[Path], None]] = mount_tracefs,
-) -> Path:
+    search_paths: Sequence[PathLike] = TRACEFS_SEARCH_PATHS,
+    mount_point: PathLike = TRACEFS_MOUNT_POINT,
+    mount: Optional[Callable[[PathLike], None]] = mount_tracefs,
+) -> PathLike:
     """The first of `search_paths` with an ``events/`` directory; else mount tracefs on
     `mount_point` (unless `mount` is None) and return it. Uncached; see :func:`tracefs_root`."""
     for root in search_paths:
-        root = Path(root)
         if _has_events(root):
             return root
-        if root.is_dir() and not os.access(root, os.R_OK | os.X_OK):
+        if os.path.isdir(root) and not os.access(root, os.R_OK | os.X_OK):
             raise TracefsError(f"cannot read tracefs at {root}: Permission denied (run as root)")
     if mount is None:
         searched = ", ".join(str(p) for p in search_paths)
@@ -225,22 +222,28 @@ def locate_tracefs(
 
 
 @functools.cache
-def tracefs_root() -> Path:
+def tracefs_root() -> PathLike:
     """The tracefs directory of this system, mounting tracefs if needed (cached)."""
     return locate_tracefs()
 
 
-def _event_dir(system: str, name: str, root: Optional[Path]) -> Path:
-    base = Path(root) if root is not None else tracefs_root()
-    return base / "events" / system / name
+def _events_of(format_path: str) -> str:
+    """<root>/events of <root>/events/<system>/<name>/format."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(format_path)))
+
+
+def _event_dir(system: str, name: str, root: Optional[PathLike]) -> str:
+    base = root if root is not None else tracefs_root()
+    return os.path.join(base, "events", system, name)
 
 
 @functools.cache
-def event_format(system: str, name: str, root: Optional[Path] = None) -> EventFormat:
+def event_format(system: str, name: str, root: Optional[PathLike] = None) -> EventFormat:
     """Parse ``<tracefs>/events/<system>/<name>/format`` (cached per event)."""
-    path = _event_dir(system, name, root) / "format"
+    path = os.path.join(_event_dir(system, name, root), "format")
     try:
-        text = path.read_text()
+        with open(path) as format_file:
+            text = format_file.read()
     except FileNotFoundError:
         hint = (
             "kernel built without CONFIG_FTRACE_SYSCALLS?"
@@ -248,7 +251,7 @@ def event_format(system: str, name: str, root: Optional[Path] = None) -> EventFo
             else "kernel too old or CONFIG missing?"
         )
         raise TracefsError(
-            f"tracepoint {system}:{name} not found in {path.parent.parent.parent} ({hint})"
+            f"tracepoint {system}:{name} not found in {os.path.join(_events_of(path))} ({hint})"
         ) from None
     except OSError as exc:
         raise TracefsError(f"cannot read {path}: {exc.strerror or exc}") from None
@@ -259,7 +262,7 @@ def event_format(system: str, name: str, root: Optional[Path] = None) -> EventFo
     return EventFormat(system=system, name=name, id=parsed.id, fields=parsed.fields)
 
 
-def available(system: str, name: str, root: Optional[Path] = None) -> bool:
+def available(system: str, name: str, root: Optional[PathLike] = None) -> bool:
     """Whether the tracepoint exists. A missing or unmountable tracefs still raises TracefsError,
     so the caller reports that rather than a misleading "event not available"."""
-    return (_event_dir(system, name, root) / "format").is_file()
+    return os.path.isfile(os.path.join(_event_dir(system, name, root), "format"))
