@@ -14,8 +14,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from sigscope import __version__
 
@@ -46,8 +45,7 @@ class ExporterError(RuntimeError):
     """A one-line, user-facing failure of the exporter (missing dependency, cannot listen)."""
 
 
-@dataclass(frozen=True)
-class CountRow:
+class CountRow(NamedTuple):
     """One aggregated key of the kernel count map and its cumulative count since start.
 
     ``target_pid``/``target_comm`` are None when the signal had no single resolved target (e.g. a
@@ -69,8 +67,7 @@ class CountRow:
     count: int
 
 
-@dataclass(frozen=True)
-class Health:
+class Health(NamedTuple):
     """Cumulative health counters of the counting side, all since start.
 
     lost_events: signal events seen by the kernel but not counted (e.g. program recursion misses).

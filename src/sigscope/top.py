@@ -23,9 +23,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from . import probes, top_probes
 from . import record as rec
@@ -53,8 +51,7 @@ class TopError(RuntimeError):
     """Counting could not start; str() is one line for the user."""
 
 
-@dataclass(frozen=True, order=True)
-class RowKey:
+class RowKey(NamedTuple):
     """What a row is about, after thread ids were mapped to processes."""
 
     sender_pid: int
@@ -75,8 +72,7 @@ class RowKey:
         return errno_name(self.result) if self.result is not None and self.result < 0 else None
 
 
-@dataclass
-class Snapshot:
+class Snapshot(NamedTuple):
     """Cumulative counts since start."""
 
     rows: dict[RowKey, int]
@@ -90,13 +86,12 @@ class Snapshot:
         return sum(self.rows.values()) + self.other
 
 
-@dataclass
-class Interval:
+class Interval(NamedTuple):
     """Counts between two snapshots; ``rows`` holds only keys seen in the interval."""
 
     time: float                                  # wall clock at the end of the interval
     interval_s: float
-    rows: list[tuple[RowKey, int]] = field(default_factory=list)
+    rows: list[tuple[RowKey, int]] = []  # noqa: RUF012 (never mutated)
     other: int = 0
     lost: int = 0
     keys: int = 0
@@ -327,8 +322,11 @@ def sort_rows(rows: list[tuple[RowKey, int]], by: str = "count") -> list[tuple[R
 
 
 def iso_time(wall: float) -> str:
-    stamp = datetime.fromtimestamp(wall, tz=timezone.utc)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond:06d}Z"
+    seconds = int(wall)
+    micros = int(round((wall - seconds) * 1e6))
+    if micros == 1_000_000:
+        seconds, micros = seconds + 1, 0
+    return time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(seconds)) + f"{micros:06d}Z"
 
 
 def interval_to_dict(interval: Interval, sort: str = "count", limit: int | None = None
@@ -377,7 +375,7 @@ def _result_text(key: RowKey) -> str:
 def render_table(interval: Interval, sort: str = "count", limit: int | None = 20,
                  max_keys: int | None = None) -> str:
     """The text table of one interval, ending with a totals line."""
-    stamp = datetime.fromtimestamp(interval.time).strftime("%H:%M:%S")
+    stamp = time.strftime("%H:%M:%S", time.localtime(interval.time))
     final = " (final, partial)" if interval.final else ""
     lines = [f"{stamp}  interval {interval.interval_s:.2f}s{final}", _HEADER]
     rows = sort_rows(interval.rows, sort)

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import errno
 import struct
-from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 from . import probes
 from . import record as rec
@@ -69,8 +69,7 @@ assert -_STACK_ONE <= 512 and _STACK_COUNT_KEY % 8 == 0
 _TG_VIAS = (rec.VIA_CODES["tgkill"], rec.VIA_CODES["rt_tgsigqueueinfo"])
 
 
-@dataclass(frozen=True)
-class CountMapFds:
+class CountMapFds(NamedTuple):
     inflight: int
     counts: int      # hash or per-CPU hash: key -> u64
     counters: int    # per-CPU array of NUM_COUNTERS u64

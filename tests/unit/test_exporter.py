@@ -6,7 +6,6 @@ so what is asserted is what Prometheus would ingest.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -277,7 +276,7 @@ def test_counters_never_go_down_when_rows_are_forgotten(server, counts) -> None:
     assert after_drop[terminated] == 7.0
     assert after_drop[segv] == 1.0
     # New counts on top of the forgotten ones still show up as increments.
-    counts.rows = [dataclasses.replace(ROWS[1], count=6), ROWS[2]]
+    counts.rows = [ROWS[1]._replace(count=6), ROWS[2]]
     assert signal_samples(samples(scrape(server.url)))[terminated] == 9.0
 
 
