@@ -37,8 +37,9 @@ from .signals import parse_signal_list
 DEFAULT_BUFFER_SIZE = 16 << 20
 DEFAULT_POLL_INTERVAL_MS = 10
 # At most this much of the ring buffer is decoded per poll: in a storm the ring is always full,
-# and decoding it whole would hold ~100k Events and their JSON in memory at once.
-BATCH_BYTES = 256 << 10
+# and decoding it whole would hold ~100k Events and their JSON in memory at once. Kept below
+# glibc's mmap threshold, so the batch's buffer is reused rather than faulted in afresh.
+BATCH_BYTES = 96 << 10
 BUFFER_KINDS = ("auto", "ringbuf", "perf")
 _PAGE_SIZE = 4096
 # --fate: a fate record is matched once every signal generated before it has been read. Records
