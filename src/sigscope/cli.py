@@ -274,10 +274,11 @@ def run_trace(args: argparse.Namespace) -> int:
         writer.header()
         reported_lost = 0
         next_lost_check = 0.0
-        fast_json = isinstance(writer, JsonWriter) and not args.fate
+        # Records straight to lines where the output allows it (Decoder.render).
+        as_lines = writer.renders_lines and not args.fate
         while not tracer.expired():
-            if fast_json:
-                writer.lines(tracer.poll_lines(writer))  # type: ignore[union-attr]
+            if as_lines:
+                writer.lines(tracer.poll_lines(writer))
             else:
                 writer.events(tracer.poll())
             now = time.monotonic()

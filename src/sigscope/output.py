@@ -14,10 +14,11 @@ if TYPE_CHECKING:
 TEXT_COLUMNS = ("TIME", "PID", "TID", "COMM", "VIA", "SIG", "TPID", "TTID", "TCOMM", "RESULT",
                 "OUTCOME")
 # pid_max is at most 4194304 (7 digits); comm at most 15 bytes; rt_tgsigqueueinfo is 17.
-_TEXT_FORMAT = "{:<12} {:>7} {:>7} {:<16} {:<17} {:<12} {:>7} {:>7} {:<16} {:<8} {}"
+# TIME is HH:MM:SS.ffffff (microseconds, like strace -tt).
+_TEXT_FORMAT = "{:<15} {:>7} {:>7} {:<16} {:<17} {:<12} {:>7} {:>7} {:<16} {:<8} {}"
 # --fate: an ID column ties a signal ("#17") to its fate line ("->#17"); LAT and FATE follow.
 FATE_TEXT_COLUMNS = (TEXT_COLUMNS[0], "ID", *TEXT_COLUMNS[1:], "LAT", "FATE")
-_FATE_TEXT_FORMAT = ("{:<12} {:<9} {:>7} {:>7} {:<16} {:<17} {:<12} {:>7} {:>7} {:<16} {:<8} "
+_FATE_TEXT_FORMAT = ("{:<15} {:<9} {:>7} {:>7} {:<16} {:<17} {:<12} {:>7} {:>7} {:<16} {:<8} "
                      "{:<15} {:>6} {}")
 
 
@@ -61,21 +62,45 @@ class TextWriter:
                 self._first_ktime = event.ktime_ns
             return f"{(event.ktime_ns - self._first_ktime) / 1e9:.6f}"
         seconds, nanos = divmod(event.time_ns, 1_000_000_000)
-        return time.strftime("%H:%M:%S", time.localtime(seconds)) + f".{nanos // 1_000_000:03d}"
+        return self.stamp(seconds) + f".{nanos // 1000:06d}"
+
+    # The LineRenderer protocol of decode.py (the storm path: records straight to lines); used
+    # for the plain live table (not with -t or --fate).
+    name = "text"
+
+    def stamp(self, seconds: int) -> str:
+        return time.strftime("%H:%M:%S", time.localtime(seconds))
+
+    def template(self, e: Event) -> str:
+        """The line of `e` with holes for (id, second, microseconds, ktime): id and ktime are
+        not shown (`%.0s` prints nothing)."""
+        rest = _TEXT_FORMAT.format(
+            "\0", e.sender_pid, e.sender_tid, e.sender_comm, e.via, e.signal,
+            _dash(e.target_pid), _dash(e.target_tid), _dash(e.target_comm), result_text(e),
+            _dash(e.outcome)).replace("%", "%%")
+        # The time column: "%s.%06d" is always 15 characters, as the column is wide.
+        return "%.0s" + rest.replace("\0" + " " * 14, "%s.%06d", 1) + "%.0s"
+
+    def line(self, e: Event) -> str:
+        return _TEXT_FORMAT.format(
+            self._time(e), e.sender_pid, e.sender_tid, e.sender_comm, e.via, e.signal,
+            _dash(e.target_pid), _dash(e.target_tid), _dash(e.target_comm), result_text(e),
+            _dash(e.outcome))
+
+    def lines(self, lines: list[str]) -> None:
+        """Lines rendered by Decoder.render()."""
+        _write_lines(self.out, lines)
+
+    @property
+    def renders_lines(self) -> bool:
+        """Whether Decoder.render() can produce this output (the plain table)."""
+        return not (self.relative or self.fate)
 
     def events(self, events: list[Event]) -> None:
         if self.fate:
             self._fate_events(events)
             return
-        fmt = _TEXT_FORMAT.format
-        lines = [
-            fmt(self._time(e), e.sender_pid, e.sender_tid, e.sender_comm, e.via, e.signal,
-                _dash(e.target_pid), _dash(e.target_tid), _dash(e.target_comm), result_text(e),
-                _dash(e.outcome))
-            for e in events
-        ]
-        if lines:
-            self.out.write("\n".join(lines) + "\n")
+        _write_lines(self.out, [self.line(e) for e in events])
 
     def _fate_events(self, items: list[Event | Fate]) -> None:
         from .fate import QUEUED_OUTCOMES, SIGCONT, format_latency  # only with --fate
@@ -143,6 +168,7 @@ class JsonWriter:
 
     # The LineRenderer protocol of decode.py (the storm path: records straight to lines).
     name = "json"
+    renders_lines = True
 
     def stamp(self, seconds: int) -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))

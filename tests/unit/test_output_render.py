@@ -1,5 +1,5 @@
-"""JSON Lines output: the storm path (Decoder.render) writes exactly what the Event path writes,
-and every line is exactly Event.to_dict()."""
+"""Outputs: the storm path (Decoder.render) writes exactly what the Event path writes, for JSON
+Lines (each line exactly Event.to_dict()) and for the text table."""
 
 from __future__ import annotations
 
@@ -57,3 +57,20 @@ def test_every_line_is_to_dict_across_seconds() -> None:
     assert times == ["1970-01-01T00:00:01.999999Z", "1970-01-01T00:00:02.000000Z",
                      "1970-01-01T00:00:02.000000Z", "1970-01-01T00:00:03.500000Z"]
     assert decoder.records == 4
+
+
+def test_text_table_render_equals_the_event_path(tmp_path: Path) -> None:
+    from sigscope.output import TextWriter
+
+    proc = fake_proc(tmp_path / "proc", {700: (700, "leader"), 701: (700, "worker"),
+                                         702: (702, "other"), 703: (703, "third")})
+    batch = mixed_batch()
+    by_events, by_lines = io.StringIO(), io.StringIO()
+    TextWriter(by_events).events(Decoder(ProcResolver(str(proc)), wall_offset_ns=7).decode(batch))
+    writer = TextWriter(by_lines)
+    assert writer.renders_lines and not TextWriter(io.StringIO(), relative=True).renders_lines
+    writer.lines(Decoder(ProcResolver(str(proc)), wall_offset_ns=7).render(batch, writer))
+    assert by_lines.getvalue() == by_events.getvalue()
+    first = by_lines.getvalue().splitlines()[0].split()
+    assert first[1:] == ["500", "501", "sender", "tgkill", "SIGUSR1", "700", "701", "target",
+                         "0", "delivered"]
