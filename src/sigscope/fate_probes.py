@@ -26,14 +26,12 @@ from . import record as rec
 from .bpf import asm
 from .bpf.asm import DW, R0, R1, R2, R3, R6, R7, R8, R9, R10, B, W
 from .bpf.tracefs import EventFormat
+from .probe_common import _STACK_KEY, _STACK_RECORD, _Labels
 from .probes import (
-    _STACK_KEY,
-    _STACK_RECORD,
     ProbeConfig,
     _current_comm_into_stack,
     _epilogue,
     _fill_sender_into_stack,
-    _Labels,
     _output,
     _prologue,
     _signal_filter,

@@ -34,6 +34,7 @@ from .bpf.asm import DW, R0, R1, R2, R3, R4, R10, W
 from .bpf.tracefs import EventFormat
 from .bpf.uapi import BPF_NOEXIST
 from .filters import Filters
+from .probe_common import STACK_USED, _Labels
 
 # A slot of the `counters` array after probes.py's own: signals whose key did not fit the map.
 COUNTER_OTHER = probes.NUM_COUNTERS
@@ -62,7 +63,7 @@ for _name, _fmt in KEY_FIELDS:
 assert _offset == KEY_SIZE == 64
 
 # Stack below what probes.py uses: the key, then the initial value for an insert.
-_STACK_COUNT_KEY = -(probes.STACK_USED + KEY_SIZE)
+_STACK_COUNT_KEY = -(STACK_USED + KEY_SIZE)
 _STACK_ONE = _STACK_COUNT_KEY - 8
 assert -_STACK_ONE <= 512 and _STACK_COUNT_KEY % 8 == 0
 
@@ -80,7 +81,7 @@ def _k(name: str) -> int:
     return _STACK_COUNT_KEY + _KEY_OFFSETS[name]
 
 
-def _build_key(src: int, labels: probes._Labels) -> list:
+def _build_key(src: int, labels: _Labels) -> list:
     """The count key on the stack from the record at src. Uses r1."""
     f = rec.offset
     prog: list = []
@@ -135,7 +136,7 @@ def _add_one(fds: CountMapFds, missing: str) -> list:
     return prog
 
 
-def _bump_other(fds: CountMapFds, labels: probes._Labels) -> list:
+def _bump_other(fds: CountMapFds, labels: _Labels) -> list:
     done = labels("other_counted")
     return [
         asm.st(W, R10, _STACK_ONE, COUNTER_OTHER),
@@ -151,7 +152,7 @@ def _bump_other(fds: CountMapFds, labels: probes._Labels) -> list:
 
 
 def emit_count(
-    cfg: probes.ProbeConfig, data_reg: int, labels: probes._Labels, on_success: list | None,
+    cfg: probes.ProbeConfig, data_reg: int, labels: _Labels, on_success: list | None,
     fds: CountMapFds,
 ) -> list:
     """The ProbeConfig.emit hook: count the record at data_reg under its key."""
