@@ -61,7 +61,6 @@ INFLIGHT_PROBES = 4
 INFLIGHT_BUSY = 1 << 30      # above any thread id (PID_MAX_LIMIT is 1 << 22)
 _OWNER = rec.RECORD_SIZE                # offset of the owner word in a slot
 INFLIGHT_VALUE_SIZE = rec.RECORD_SIZE + 8
-INFLIGHT_MAX_ENTRIES = INFLIGHT_SLOTS   # the former name
 
 
 def make_inflight_map() -> ArrayMap:
