@@ -16,6 +16,7 @@ from . import kernel, uapi
 from .program import Program
 from .syscall import (
     BPFError,
+    Closable,
     LinkCreateAttr,
     PerfEventAttr,
     RawTracepointOpenAttr,
@@ -32,7 +33,7 @@ ATTACH_IOCTL = "perf_ioctl"
 ATTACH_RAW_TRACEPOINT = "raw_tracepoint"
 
 
-class Attachment:
+class Attachment(Closable):
     """A program attached somewhere; close() (or leaving the with-block) detaches it."""
 
     def __init__(
@@ -60,18 +61,6 @@ class Attachment:
                 except BPFError:
                     pass  # closing the fd detaches anyway
             close_fd(perf_fd)
-
-    def __enter__(self) -> Attachment:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "attached"

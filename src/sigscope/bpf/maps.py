@@ -17,12 +17,12 @@ from .kernel import possible_cpus
 from .syscall import (
     BPFError,
     BpfMapInfo,
+    FdOwner,
     MapBatchAttr,
     MapCreateAttr,
     MapElemAttr,
     MapGetNextKeyAttr,
     bpf,
-    close_fd,
     obj_get_info_by_fd,
 )
 
@@ -65,8 +65,10 @@ def _round_up_8(size: int) -> int:
     return (size + 7) & ~7
 
 
-class Map:
+class Map(FdOwner):
     """A BPF map; the object owns the fd (close() or use as a context manager)."""
+
+    kind = "map"
 
     def __init__(
         self,
@@ -101,35 +103,6 @@ class Map:
         self.max_entries = max_entries
         self.flags = flags
         self.name = name
-
-    # --- ownership ---------------------------------------------------------------------------
-
-    @property
-    def fd(self) -> int:
-        if self._fd is None:
-            raise ValueError(f"map {self.name or '(unnamed)'} is closed")
-        return self._fd
-
-    @property
-    def closed(self) -> bool:
-        return self._fd is None
-
-    def close(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            close_fd(fd)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"

@@ -16,6 +16,7 @@ from .syscall import (
     BPFError,
     BpfProgInfo,
     EnableStatsAttr,
+    FdOwner,
     ObjIdAttr,
     ProgLoadAttr,
     bpf,
@@ -112,8 +113,10 @@ def _instructions_bytes(insns: Union[bytes, bytearray, Iterable]) -> bytes:
     return code
 
 
-class Program:
+class Program(FdOwner):
     """A loaded BPF program; the object owns the fd (close() or use as a context manager)."""
+
+    kind = "program"
 
     verifier_log: str = ""  # the log of a load that asked for one (log_level > 0)
 
@@ -178,33 +181,6 @@ class Program:
         program = cls(fd, prog_type, name)
         program.verifier_log = log_text
         return program
-
-    @property
-    def fd(self) -> int:
-        if self._fd is None:
-            raise ValueError(f"program {self.name or '(unnamed)'} is closed")
-        return self._fd
-
-    @property
-    def closed(self) -> bool:
-        return self._fd is None
-
-    def close(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            close_fd(fd)
-
-    def __enter__(self) -> Program:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"

@@ -438,3 +438,46 @@ def obj_get_info_by_fd(fd: int, info: ctypes.Structure) -> ctypes.Structure:
     )
     bpf(uapi.BPF_OBJ_GET_INFO_BY_FD, attr)
     return info
+
+
+class Closable:
+    """close() on leaving a with-block and when garbage-collected (kernel objects are owned by
+    file descriptors: closing is what releases them)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):  # noqa: ANN204 (returns self, typed by each subclass)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class FdOwner(Closable):
+    """A kernel object held through one file descriptor (a map, a program)."""
+
+    _fd: int | None = None
+    kind = "object"
+    name = ""
+
+    @property
+    def fd(self) -> int:
+        if self._fd is None:
+            raise ValueError(f"{self.kind} {self.name or '(unnamed)'} is closed")
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            close_fd(fd)
