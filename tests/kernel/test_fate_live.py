@@ -68,6 +68,12 @@ class Child:
     def wait(self) -> int:
         return self.proc.wait(timeout=TIMEOUT)
 
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.kill()
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -89,6 +95,12 @@ class Traced:
 
     def close(self) -> None:
         self.items += self.tracer.close()
+
+    def __enter__(self) -> Traced:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def sends(self, sig: int) -> list[Event]:
         return [i for i in self.items if isinstance(i, Event) and i.sig == sig]
@@ -114,19 +126,14 @@ install(signal.SIGUSR1)
 say("ready", HANDLER)
 sys.stdin.readline()
 """)
-    try:
+    with child:
         handler = int(child.line()[1])
-        t = traced(child, buffer=buffer)
-        try:
+        with traced(child, buffer=buffer) as t:
             os.kill(child.pid, signal.SIGUSR1)
             # Live: the fate arrives while tracing, not only when it ends.
             t.poll_until(lambda items: any(isinstance(i, Fate) for i in items))
-        finally:
-            t.close()
         child.tell()
         assert child.wait() == 0
-    finally:
-        child.kill()
     [send] = t.sends(signal.SIGUSR1)
     fate = t.fate_of(send)
     assert send.fate is fate
@@ -143,16 +150,11 @@ def test_sigterm_default_action_terminates_with_cause_sigterm() -> None:
 say("ready")
 sys.stdin.readline()
 """)
-    try:
+    with child:
         child.line()
-        t = traced(child)
-        try:
+        with traced(child) as t:
             os.kill(child.pid, signal.SIGTERM)
             assert child.wait() == -signal.SIGTERM
-        finally:
-            t.close()
-    finally:
-        child.kill()
     [send] = t.sends(signal.SIGTERM)
     fate = t.fate_of(send)
     assert (fate.effect, fate.cause, fate.disposition) == ("terminated", signal.SIGTERM, "default")
@@ -186,15 +188,12 @@ sys.stdin.readline()
 def test_core_dump(tmp_path: Path, how: str, sig: int) -> None:
     child = Child(CORE_CHILD + how + "\n", cwd=_core_dump_dir(tmp_path))
     try:
-        child.line()
-        t = traced(child)
-        try:
-            child.tell()
-            assert child.wait() == -sig
-        finally:
-            t.close()
+        with child:
+            child.line()
+            with traced(child) as t:
+                child.tell()
+                assert child.wait() == -sig
     finally:
-        child.kill()
         for core in tmp_path.glob("core*"):  # tens of MB each: not kept with pytest's tmp dirs
             core.unlink()
     [send] = t.sends(sig)
@@ -209,22 +208,17 @@ def test_stop_then_continue() -> None:
 say("ready")
 sys.stdin.readline()
 """)
-    try:
+    with child:
         child.line()
-        t = traced(child)
-        try:
+        with traced(child) as t:
             os.kill(child.pid, signal.SIGSTOP)
             _, status = os.waitpid(child.pid, os.WUNTRACED)
             assert os.WIFSTOPPED(status)
             os.kill(child.pid, signal.SIGCONT)
             _, status = os.waitpid(child.pid, os.WCONTINUED)
             assert os.WIFCONTINUED(status)
-        finally:
-            t.close()
         child.tell()
         assert child.wait() == 0
-    finally:
-        child.kill()
     [stop] = t.sends(signal.SIGSTOP)
     [cont] = t.sends(signal.SIGCONT)
     stopped = t.fate_of(stop)
@@ -239,17 +233,12 @@ signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
 say("ready")
 sys.stdin.readline()
 """)
-    try:
+    with child:
         child.line()
-        t = traced(child)
-        try:
+        with traced(child) as t:
             os.kill(child.pid, signal.SIGUSR1)
-        finally:
-            t.close()
         child.tell()
         assert child.wait() == 0
-    finally:
-        child.kill()
     [send] = t.sends(signal.SIGUSR1)
     fate = t.fate_of(send)
     assert (fate.effect, fate.latency_ns, fate.disposition) == ("pending", None, None)
@@ -265,20 +254,15 @@ signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGUSR1])  # delivered here, 
 say("unblocked")
 sys.stdin.readline()
 """)
-    try:
+    with child:
         child.line()
-        t = traced(child)
-        try:
+        with traced(child) as t:
             os.kill(child.pid, signal.SIGUSR1)
             os.kill(child.pid, signal.SIGUSR1)
             child.tell()
             assert child.line() == ["unblocked"]
-        finally:
-            t.close()
         child.tell()
         assert child.wait() == 0
-    finally:
-        child.kill()
     first, second = t.sends(signal.SIGUSR1)
     assert (first.outcome, second.outcome) == ("delivered", "already_pending")
     assert [f.id for f in t.fates] == [first.id]
@@ -293,18 +277,13 @@ info = signal.sigwaitinfo([signal.SIGUSR1])
 say("got", info.si_signo)
 sys.stdin.readline()
 """)
-    try:
+    with child:
         child.line()
-        t = traced(child)
-        try:
+        with traced(child) as t:
             os.kill(child.pid, signal.SIGUSR1)
             assert child.line() == ["got", str(int(signal.SIGUSR1))]
-        finally:
-            t.close()
         child.tell()
         assert child.wait() == 0
-    finally:
-        child.kill()
     [send] = t.sends(signal.SIGUSR1)
     fate = t.fate_of(send)
     assert (fate.effect, fate.tid, fate.disposition) == ("consumed", child.pid, None)
@@ -326,18 +305,13 @@ sys.stdin.readline()
 done.set()
 thread.join()
 """)
-    try:
+    with child:
         worker_tid = int(child.line()[1])
-        t = traced(child)
-        try:
+        with traced(child) as t:
             os.kill(child.pid, signal.SIGUSR1)
             t.poll_until(lambda items: any(isinstance(i, Fate) for i in items))
-        finally:
-            t.close()
         child.tell()
         assert child.wait() == 0
-    finally:
-        child.kill()
     [send] = t.sends(signal.SIGUSR1)
     assert send.group and send.target_pid == child.pid
     fate = t.fate_of(send)
@@ -355,7 +329,7 @@ sys.stdin.readline()
         [sys.executable, "-m", "sigscope.cli", "trace", "--fate", "-j", "-T", str(child.pid)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": src})
-    try:
+    with child:
         child.line()
         ready, _, _ = select.select([cli.stderr], [], [], TIMEOUT)
         assert ready and cli.stderr.readline().startswith("Tracing")  # type: ignore[union-attr]
@@ -363,8 +337,6 @@ sys.stdin.readline()
         assert child.wait() == -signal.SIGTERM
         cli.send_signal(signal.SIGINT)
         out, err = cli.communicate(timeout=TIMEOUT)
-    finally:
-        child.kill()
         if cli.poll() is None:
             cli.kill()
             cli.wait()
