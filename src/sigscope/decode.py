@@ -135,21 +135,15 @@ class Decoder:
         now = self._refresh_shapes()
         events: list[Event] = []
         append = events.append
-        # Separate caches per kind: the kind is not part of the bytes the shapes are keyed on.
         call_shapes, kernel_shapes = self._shapes, self._kernel_shapes
         offset = self.wall_offset_ns
         next_id = self._next_id
         unpack_rest = rec.REST_STRUCT.unpack
         for ktime, call_id, kind, nemitted, rest in rec.HOT_STRUCT.iter_unpack(batch):
             if nemitted == 0 and (kind == KIND_CALL or kind == KIND_KERNEL):
-                shapes = call_shapes if kind == KIND_CALL else kernel_shapes
-                shape = shapes.get(rest)
+                shape = (call_shapes if kind == KIND_CALL else kernel_shapes).get(rest)
                 if shape is None:
-                    row = (ktime, call_id, kind, nemitted, *unpack_rest(rest))
-                    if len(shapes) > 4096:
-                        shapes.clear()
-                    ret = row[_RET] if kind == KIND_CALL else None
-                    shape = shapes[rest] = Shape(self._decode_fields(row, ret, now))
+                    shape = self._hot_shape(ktime, call_id, kind, rest, now)
                 append(Event(next_id, ktime, ktime + offset, *shape.fields, shape))
                 next_id += 1
                 continue
@@ -181,14 +175,9 @@ class Decoder:
             if nemitted == 0 and (kind == KIND_CALL or kind == KIND_KERNEL):
                 # A storm repeats the previous record: comparing bytes beats hashing them.
                 if rest != last_rest or kind != last_kind:
-                    shapes = call_shapes if kind == KIND_CALL else kernel_shapes
-                    shape = shapes.get(rest)
+                    shape = (call_shapes if kind == KIND_CALL else kernel_shapes).get(rest)
                     if shape is None:
-                        row = (ktime, call_id, kind, nemitted, *unpack_rest(rest))
-                        if len(shapes) > 4096:
-                            shapes.clear()
-                        ret = row[_RET] if kind == KIND_CALL else None
-                        shape = shapes[rest] = Shape(self._decode_fields(row, ret, now))
+                        shape = self._hot_shape(ktime, call_id, kind, rest, now)
                     template = shape.rendered.get(name)
                     if template is None:
                         template = shape.rendered[name] = renderer.template(
@@ -209,6 +198,18 @@ class Decoder:
         expired = self._finish_batch([], next_id, now)
         lines.extend(renderer.line(e) for e in expired)
         return lines
+
+    def _hot_shape(self, ktime: int, call_id: int, kind: int, rest: bytes, now: float) -> Shape:
+        """Decode a hot-path record (a call with at most one recipient, or a kernel signal)
+        seen for the first time, and remember its shape under its bytes. Separate caches per
+        kind: the kind is not part of the bytes."""
+        shapes = self._shapes if kind == KIND_CALL else self._kernel_shapes
+        if len(shapes) > 4096:
+            shapes.clear()
+        row = (ktime, call_id, kind, 0, *rec.REST_STRUCT.unpack(rest))
+        ret = row[_RET] if kind == KIND_CALL else None
+        shape = shapes[rest] = Shape(self._decode_fields(row, ret, now))
+        return shape
 
     def _refresh_shapes(self) -> float:
         now = self._monotonic()
