@@ -17,8 +17,8 @@ _LAZY = {
     "trace": ("sigscope.tracer", "trace"),
     "Tracer": ("sigscope.tracer", "Tracer"),
     "TraceError": ("sigscope.tracer", "TraceError"),
-    "Event": ("sigscope.event", "Event"),
-    "Filters": ("sigscope.filters", "Filters"),
+    "Event": ("sigscope.model.event", "Event"),
+    "Filters": ("sigscope.model.filters", "Filters"),
     "send_signal": ("sigscope.send", "send_signal"),
 }
 

@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from . import record as rec
-from .event import OUTCOMES, Event, Shape
+from sigscope.model import record as rec
+from sigscope.model.event import OUTCOMES, Event, Shape
 
 # A FANOUT record whose CALL has not arrived after this long is reported without a return value
 # (its CALL record was lost; the loss is counted).
@@ -26,7 +26,7 @@ def _comm(raw: bytes) -> str:
 
 
 class LineRenderer(Protocol):
-    """An output that renders events as lines through a template per event shape (output.py).
+    """An output that renders events as lines through a template per event shape (outputs/trace.py).
 
     ``template(event)`` returns a %-format string whose holes are, in order: the event id (%d),
     the wall-clock second as ``stamp(seconds)`` renders it (%s), the microseconds within it

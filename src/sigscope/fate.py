@@ -1,6 +1,6 @@
 """What became of each generated signal: the user-space half of ``--fate``.
 
-``FateTracker`` is fed the decoded signal Events and the fate records (fate_probes.py) and
+``FateTracker`` is fed the decoded signal Events and the fate records (programs/fate.py) and
 produces one ``Fate`` per signal that was queued (outcome ``delivered`` or ``lose_info``);
 signals the kernel coalesced (``already_pending``), could not queue (``overflow``) or ignored
 at generation never get one, except SIGCONT, which continues a stopped process even when the
@@ -36,9 +36,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import record as rec
-from .event import Event
-from .signals import signal_name
+from sigscope.model import record as rec
+from sigscope.model.event import Event
+from sigscope.model.signals import signal_name
 
 EFFECTS = ("handled", "ignored", "stopped", "continued", "terminated", "core_dumped",
            "consumed", "flushed", "discarded", "pending", "unknown")
@@ -117,7 +117,7 @@ def format_latency(ns: int | None) -> str:
 
 @dataclass(slots=True)
 class FateRecord:
-    """A fate-kind record (record.py), decoded."""
+    """A fate-kind record (model/record.py), decoded."""
 
     kind: int
     ktime_ns: int

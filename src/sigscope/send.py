@@ -14,7 +14,7 @@ import struct
 from typing import Optional, Tuple
 
 from sigscope.bpf.kernel import UnsupportedArchError, syscall_numbers
-from sigscope.signals import SI_QUEUE, errno_name, signal_name
+from sigscope.model.signals import SI_QUEUE, errno_name, signal_name
 
 __all__ = ["SIGINFO_SIZE", "VIAS", "SendError", "build_siginfo", "pidfd_open", "send_signal"]
 

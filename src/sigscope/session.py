@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from . import probes
-from .bpf.attach import Attachment, attach_tracepoint
-from .bpf.maps import Map
-from .bpf.privileges import check_privileges, raise_memlock_limit
-from .bpf.program import Program, load_programs
-from .bpf.tracefs import tracefs_root
+from sigscope.bpf.attach import Attachment, attach_tracepoint
+from sigscope.bpf.maps import Map
+from sigscope.bpf.privileges import check_privileges, raise_memlock_limit
+from sigscope.bpf.program import Program, load_programs
+from sigscope.bpf.tracefs import tracefs_root
+from sigscope.programs import signal as probes
 
 
 class ProbeSession:

@@ -6,7 +6,7 @@
         snapshot = counter.read()          # cumulative since start
     for row in snapshot.rows: print(row.sender_comm, row.target_pid, row.count)
 
-The kernel side (top_probes.py) counts into a hash map keyed by sender, target, signal, via,
+The kernel side (programs/count.py) counts into a hash map keyed by sender, target, signal, via,
 result and outcome; nothing per signal crosses to user space. Here we read the whole map (one
 BPF_MAP_LOOKUP_BATCH walk where the kernel has it), turn raw keys into rows (thread ids mapped
 to their process, names of targets filled in from /proc, each key resolved once, when first
@@ -25,18 +25,19 @@ import time
 from collections.abc import Iterable
 from typing import IO, Any, NamedTuple
 
-from . import probes, top_probes
-from . import record as rec
-from .bpf.kernel import possible_cpus
-from .bpf.maps import HashMap, Map, PerCPUArrayMap, PerCPUHashMap
-from .decode import ProcResolver
-from .event import outcome_name
-from .exporter import CountRow, Health
-from .filters import Filters
-from .probes import COUNTER_INFLIGHT_FULL
-from .session import ProbeSession
-from .signals import errno_name, signal_name
-from .top_settings import (  # noqa: F401 (re-exported: the API's names)
+from sigscope.bpf.kernel import possible_cpus
+from sigscope.bpf.maps import HashMap, Map, PerCPUArrayMap, PerCPUHashMap
+from sigscope.decode import ProcResolver
+from sigscope.model import record as rec
+from sigscope.model.event import outcome_name
+from sigscope.model.filters import Filters
+from sigscope.model.signals import errno_name, signal_name
+from sigscope.outputs.prometheus import CountRow, Health
+from sigscope.programs import count as top_probes
+from sigscope.programs import signal as probes
+from sigscope.programs.signal import COUNTER_INFLIGHT_FULL
+from sigscope.session import ProbeSession
+from sigscope.top_settings import (  # noqa: F401 (re-exported: the API's names)
     DEFAULT_INTERVAL_S,
     DEFAULT_MAX_KEYS,
     MAP_KINDS,
@@ -44,7 +45,7 @@ from .top_settings import (  # noqa: F401 (re-exported: the API's names)
     PERCPU_MAX_CPUS,
     SORT_KEYS,
 )
-from .tracer import make_filters
+from sigscope.tracer import make_filters
 
 
 class TopError(RuntimeError):
@@ -241,7 +242,7 @@ class Counter(ProbeSession):
     # --- for the Prometheus exporter -------------------------------------------------------
 
     def exporter_snapshot(self) -> tuple[list[CountRow], Health]:
-        """sigscope.exporter's Snapshot callable: cumulative rows and health."""
+        """sigscope.outputs.prometheus's Snapshot callable: cumulative rows and health."""
         snap = self.read()
         rows = [
             CountRow(sender_pid=k.sender_pid, sender_comm=k.sender_comm, target_pid=k.target_pid,

@@ -18,21 +18,21 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from . import probes
-from . import record as rec
-from .bpf import kernel
-from .bpf.maps import Map, PerCPUArrayMap, PerfEventArrayMap, RingBufMap
-from .bpf.perfbuf import PerfBufReader
-from .bpf.ringbuf import RingBufReader
-from .bpf.tracefs import event_format
-from .decode import Decoder, LineRenderer
-from .event import Event
-from .filters import Filters
-from .session import ProbeSession
+from sigscope.bpf import kernel
+from sigscope.bpf.maps import Map, PerCPUArrayMap, PerfEventArrayMap, RingBufMap
+from sigscope.bpf.readers.perfbuf import PerfBufReader
+from sigscope.bpf.readers.ringbuf import RingBufReader
+from sigscope.bpf.tracefs import event_format
+from sigscope.decode import Decoder, LineRenderer
+from sigscope.model import record as rec
+from sigscope.model.event import Event
+from sigscope.model.filters import Filters
+from sigscope.programs import signal as probes
+from sigscope.session import ProbeSession
 
 if TYPE_CHECKING:
-    from .fate import Fate, FateTracker
-from .signals import parse_signal_list
+    from sigscope.fate import Fate, FateTracker
+from sigscope.model.signals import parse_signal_list
 
 DEFAULT_BUFFER_SIZE = 16 << 20
 DEFAULT_POLL_INTERVAL_MS = 10
@@ -88,7 +88,7 @@ class Tracer(ProbeSession):
         self.fate = fate
         self.fate_tracker: FateTracker | None = None
         if fate:  # imported only when asked for: start-up time
-            from .fate import FateTracker
+            from sigscope.fate import FateTracker
 
             self.fate_tracker = FateTracker(self.decoder.wall_offset_ns)
         self.fate_exit_codes: bool | None = None  # False: no BTF, deaths are "unknown"
@@ -151,8 +151,8 @@ class Tracer(ProbeSession):
     def _fate_plans(self, cfg: probes.ProbeConfig) -> list[tuple[str, tuple, list]]:
         """The --fate programs. The exit code's offset in task_struct comes from the kernel's
         BTF; without it deaths are reported as "unknown" (fate_exit_codes is False)."""
-        from . import fate_probes
-        from .bpf.btf import Btf, BtfError
+        from sigscope.bpf.btf import Btf, BtfError
+        from sigscope.programs import fate as fate_probes
 
         try:
             exit_code_offset: int | None = Btf.load().member_offset("task_struct", "exit_code")
@@ -222,7 +222,7 @@ class Tracer(ProbeSession):
         if len(batch) % rec.RECORD_SIZE:
             self.decoder.malformed += 1
             batch = batch[: len(batch) - len(batch) % rec.RECORD_SIZE]
-        from .fate import FateRecord
+        from sigscope.fate import FateRecord
 
         signal_rows, fate_records = [], []
         kind_index = rec.FIELD_NAMES.index("kind")

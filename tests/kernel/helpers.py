@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from sigscope.bpf.program import program_info_by_id
-from sigscope.event import Event
+from sigscope.model.event import Event
 from sigscope.tracer import Tracer
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from sigscope.event import Event
 from sigscope.fate import Fate
+from sigscope.model.event import Event
 from sigscope.tracer import Tracer, trace
 
 TIMEOUT = 10.0
@@ -326,7 +326,7 @@ sys.stdin.readline()
 """)
     src = str(Path(__file__).resolve().parents[2] / "src")
     cli = subprocess.Popen(
-        [sys.executable, "-m", "sigscope.cli", "trace", "--fate", "-j", "-T", str(child.pid)],
+        [sys.executable, "-m", "sigscope", "trace", "--fate", "-j", "-T", str(child.pid)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": src})
     with child:

@@ -1,6 +1,6 @@
-"""probes.py's fast paths on the real kernel: the sender read from task_struct must give exactly
-the records the helper calls give, and the in-flight slots must be claimed, found and released
-as documented (collisions, a stale slot of the same thread, every probed slot busy).
+"""The signal programs' fast paths on the real kernel: the sender read from task_struct gives
+exactly the records the helper calls give, and the in-flight slots must be claimed, found and
+released as documented (collisions, a stale slot of the same thread, every probed slot busy).
 
 The programs are loaded directly (tgkill only) and see every tgkill on the machine: only records
 sent by this thread are looked at.
@@ -15,16 +15,16 @@ from contextlib import contextmanager
 
 import pytest
 
-from sigscope import probes
-from sigscope import record as rec
 from sigscope.bpf.attach import attach_tracepoint
 from sigscope.bpf.btf import Btf
 from sigscope.bpf.btf_scan import VMLINUX_BTF_PATH, struct_members, vmlinux_struct_members
 from sigscope.bpf.maps import PerCPUArrayMap, RingBufMap
 from sigscope.bpf.program import Program
-from sigscope.bpf.ringbuf import RingBufReader
+from sigscope.bpf.readers.ringbuf import RingBufReader
 from sigscope.bpf.tracefs import event_format
-from sigscope.filters import Filters
+from sigscope.model import record as rec
+from sigscope.model.filters import Filters
+from sigscope.programs import signal as probes
 from sigscope.send import send_signal
 
 SIGURG = 23  # default action: ignore. Sending it to ourselves generates it, and nothing happens.

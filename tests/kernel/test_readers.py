@@ -22,9 +22,9 @@ from sigscope.bpf import asm, uapi
 from sigscope.bpf.asm import R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10
 from sigscope.bpf.attach import attach_tracepoint
 from sigscope.bpf.maps import ArrayMap, PerfEventArrayMap, RingBufMap
-from sigscope.bpf.perfbuf import PerfBufReader, sample_stride
 from sigscope.bpf.program import Program
-from sigscope.bpf.ringbuf import ReaderError, RingBufReader
+from sigscope.bpf.readers.perfbuf import PerfBufReader, sample_stride
+from sigscope.bpf.readers.ringbuf import ReaderError, RingBufReader
 from sigscope.bpf.tracefs import event_format
 
 RECORD = struct.Struct("<QIIQQ")  # seq, sig, magic, pid_tgid, seq ^ CHECK

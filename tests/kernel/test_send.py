@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from sigscope.model.signals import SI_QUEUE, SI_TKILL, SI_USER
 from sigscope.send import VIAS, SendError, send_signal
-from sigscope.signals import SI_QUEUE, SI_TKILL, SI_USER
 
 SIGUSR1 = 10
 SIGRTMIN_PLUS_5 = 37  # glibc reserves 32 and 33 for itself; stay clear of them

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from sigscope import top
-from sigscope.signals import signal_name
+from sigscope.model.signals import signal_name
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 SIGUSR1, SIGUSR2, SIGKILL, SIGCHLD = 10, 12, 9, 17
@@ -242,7 +242,7 @@ def test_map_full_counts_the_overflow_in_other() -> None:
 
 # --- the command line --------------------------------------------------------------------------
 
-CLI = "import sys; from sigscope.cli import main; sys.exit(main())"
+CLI = "import sys; from sigscope.cli.main import main; sys.exit(main())"
 
 
 class TopProcess:

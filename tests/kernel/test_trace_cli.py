@@ -16,8 +16,8 @@ import threading
 import pytest
 from helpers import SRC, TARGET_COMM, Target, bpf_prog_ids_of, wait_unloaded
 
-from sigscope.event import ORIGINS, OUTCOMES
-from sigscope.record import VIA_NAMES
+from sigscope.model.event import ORIGINS, OUTCOMES
+from sigscope.model.record import VIA_NAMES
 from sigscope.send import SendError, send_signal
 
 SIGUSR1, SIGUSR2 = 10, 12
@@ -26,12 +26,12 @@ SUMMARY = re.compile(r"^sigscope: (\d+) records, (\d+) lost$")
 
 
 class CliTrace:
-    """`python3 -m sigscope.cli trace ARGS`, started and ready (its `Tracing` line read)."""
+    """`python3 -m sigscope.cli.main trace ARGS`, started and ready (its `Tracing` line read)."""
 
     def __init__(self, *args: str) -> None:
         env = {**os.environ, "PYTHONPATH": SRC}
         env.pop("SIGSCOPE_DEBUG", None)
-        self.proc = subprocess.Popen([sys.executable, "-m", "sigscope.cli", "trace", *args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "sigscope", "trace", *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env=env)
         self.lines: list[str] = []
@@ -191,7 +191,7 @@ def test_clean_exit_leaves_nothing_loaded(target: Target, how: str) -> None:
 
 def test_ebpf_prints_the_programs_without_loading() -> None:
     env = {**os.environ, "PYTHONPATH": SRC}
-    done = subprocess.run([sys.executable, "-m", "sigscope.cli", "trace", "--ebpf", "-s", "USR1"],
+    done = subprocess.run([sys.executable, "-m", "sigscope", "trace", "--ebpf", "-s", "USR1"],
                           capture_output=True, text=True, env=env, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr
     headers = [line for line in done.stdout.splitlines() if line.startswith("; --- ")]

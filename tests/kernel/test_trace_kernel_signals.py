@@ -8,7 +8,7 @@ import os
 import pytest
 from helpers import TARGET_COMM, Target, started
 
-from sigscope.event import Event
+from sigscope.model.event import Event
 from sigscope.tracer import trace
 
 SIGSEGV, SIGPIPE, SIGALRM, SIGCHLD = 11, 13, 14, 17

@@ -13,9 +13,9 @@ import threading
 import pytest
 from helpers import TARGET_COMM, Collector, Target, free_uid, started
 
-from sigscope.event import Event
+from sigscope.model.event import Event
+from sigscope.model.signals import SI_QUEUE, SI_TKILL, SI_USER
 from sigscope.send import SendError, pidfd_open, send_signal
-from sigscope.signals import SI_QUEUE, SI_TKILL, SI_USER
 from sigscope.tracer import trace
 
 SIGUSR1, SIGUSR2, SIGRT8 = 10, 12, 40

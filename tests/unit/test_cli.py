@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sigscope import cli
-from sigscope.record import VIA_NAMES
+from sigscope.cli import main as cli
+from sigscope.model.record import VIA_NAMES
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 ALL_SIGNALS = frozenset(range(65))
@@ -190,7 +190,7 @@ def test_unexpected_errors_are_one_line_exit_1(
 def _run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": SRC}
     env.pop("SIGSCOPE_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "sigscope.cli", *argv], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "sigscope", *argv], capture_output=True,
                           text=True, env=env, timeout=30)
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from sigscope import record as rec
 from sigscope.decode import FANOUT_WAIT_NS, Decoder, ProcResolver
-from sigscope.signals import SI_QUEUE, SI_TKILL, SI_USER
+from sigscope.model import record as rec
+from sigscope.model.signals import SI_QUEUE, SI_TKILL, SI_USER
 
 SENDER_TGID, SENDER_TID = 500, 501
 SIGUSR1 = 10

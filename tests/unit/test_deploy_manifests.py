@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sigscope import __version__
-from sigscope.exporter import METRICS_PATH, parse_labels, parse_listen_address
+from sigscope.outputs.prometheus import METRICS_PATH, parse_labels, parse_listen_address
 
 yaml = pytest.importorskip("yaml", reason="pip install PyYAML (in the 'test' extra)")
 kubernetes_validate = pytest.importorskip(

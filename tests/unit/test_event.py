@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from sigscope.event import ORIGINS, OUTCOMES, Event, kernel_origin, outcome_name
+from sigscope.model.event import ORIGINS, OUTCOMES, Event, kernel_origin, outcome_name
 
 EXAMPLE_TIME_NS = int(datetime(2026, 11, 25, 14, 51, 23, tzinfo=timezone.utc).timestamp()) \
     * 1_000_000_000 + 123_456_789

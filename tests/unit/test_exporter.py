@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from sigscope import __version__
-from sigscope.exporter import (
+from sigscope.outputs.prometheus import (
     DEFAULT_LABELS,
     LABEL_NAMES,
     MISSING_DEPENDENCY,
@@ -445,7 +445,7 @@ def _run_without_prometheus_client(code: str) -> subprocess.CompletedProcess:
 
 def test_module_imports_without_prometheus_client() -> None:
     result = _run_without_prometheus_client(
-        "import sigscope.exporter as e\nprint(e.parse_labels('signal,via'))\n"
+        "import sigscope.outputs.prometheus as e\nprint(e.parse_labels('signal,via'))\n"
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "('signal', 'via')"
@@ -457,7 +457,7 @@ def test_module_imports_without_prometheus_client() -> None:
 )
 def test_missing_prometheus_client_is_one_line_error(call) -> None:
     result = _run_without_prometheus_client(
-        "import sigscope.exporter as e\n"
+        "import sigscope.outputs.prometheus as e\n"
         "try:\n"
         f"    {call}\n"
         "except e.ExporterError as error:\n"

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 
-from sigscope import record as rec
-from sigscope.event import Event
 from sigscope.fate import (
     Fate,
     FateRecord,
@@ -14,7 +12,9 @@ from sigscope.fate import (
     flag_names,
     format_latency,
 )
-from sigscope.output import JsonWriter, TextWriter
+from sigscope.model import record as rec
+from sigscope.model.event import Event
+from sigscope.outputs.trace import JsonWriter, TextWriter
 
 PID, WORKER = 100, 101
 SIGUSR1, SIGSEGV, SIGTERM, SIGKILL, SIGCONT, SIGSTOP, SIGTSTP, SIGRTMIN = (

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from test_decode import call, fake_proc, fanout, pack, recipient
 
-from sigscope import record as rec
 from sigscope.decode import Decoder, ProcResolver
-from sigscope.output import JsonWriter
+from sigscope.model import record as rec
+from sigscope.outputs.trace import JsonWriter
 
 
 def mixed_batch() -> bytes:
@@ -60,7 +60,7 @@ def test_every_line_is_to_dict_across_seconds() -> None:
 
 
 def test_text_table_render_equals_the_event_path(tmp_path: Path) -> None:
-    from sigscope.output import TextWriter
+    from sigscope.outputs.trace import TextWriter
 
     proc = fake_proc(tmp_path / "proc", {700: (700, "leader"), 701: (700, "worker"),
                                          702: (702, "other"), 703: (703, "third")})

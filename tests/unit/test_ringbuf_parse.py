@@ -8,14 +8,14 @@ import time
 
 import pytest
 
-from sigscope.bpf.perfbuf import (
+from sigscope.bpf.readers.perfbuf import (
     PERF_RECORD_LOST,
     PERF_RECORD_LOST_SAMPLES,
     PERF_RECORD_SAMPLE,
     sample_stride,
     walk_perf,
 )
-from sigscope.bpf.ringbuf import (
+from sigscope.bpf.readers.ringbuf import (
     BPF_RINGBUF_BUSY_BIT,
     BPF_RINGBUF_DISCARD_BIT,
     gather,

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from sigscope.signals import (
+from sigscope.model.signals import (
     SIGNALS,
     SIGRTMAX,
     SIGRTMIN,

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from sigscope import record as rec
-from sigscope import top, top_probes
+from sigscope import top
 from sigscope.bpf import asm
 from sigscope.bpf.tracefs import parse_format
-from sigscope.cli import build_parser, main
-from sigscope.filters import Filters
+from sigscope.cli.main import build_parser, main
+from sigscope.model import record as rec
+from sigscope.model.filters import Filters
+from sigscope.programs import count as top_probes
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tracefs"
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -230,7 +231,7 @@ def test_bad_input_is_one_line_exit_2(args, needle, capsys) -> None:
 
 
 def test_top_is_a_command_of_the_real_entry_point() -> None:
-    done = subprocess.run([sys.executable, "-c", "import sys; from sigscope.cli import main; "
+    done = subprocess.run([sys.executable, "-c", "import sys; from sigscope.cli.main import main; "
                            "sys.exit(main())", "top", "--help"], capture_output=True, text=True,
                           env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"}, timeout=30)
     assert done.returncode == 0

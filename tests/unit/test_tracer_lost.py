@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sigscope import probes
+from sigscope.programs import signal as probes
 from sigscope.tracer import TraceError, Tracer, make_filters
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import ctypes
 from typing import Iterable, Optional
 
-from . import kernel, uapi
-from .program import Program
-from .syscall import (
+from sigscope.bpf import kernel, uapi
+from sigscope.bpf.program import Program
+from sigscope.bpf.syscall import (
     BPFError,
     Closable,
     LinkCreateAttr,
@@ -89,7 +89,7 @@ def detach_all(attachments: Iterable[Attachment]) -> None:
 
 def _tracepoint_id(system: str, name: str) -> int:
     """The perf config of a tracepoint: its tracefs id."""
-    from .tracefs import event_format
+    from sigscope.bpf.tracefs import event_format
 
     return event_format(system, name).id
 

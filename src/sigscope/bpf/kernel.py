@@ -106,7 +106,7 @@ _RETURN_ZERO_PROGRAM = struct.pack("<BBhi", 0xB7, 0, 0, 0) + struct.pack("<BBhi"
 @functools.cache
 def has_ringbuf() -> bool:
     """BPF_MAP_TYPE_RINGBUF exists (Linux >= 5.8)."""
-    from . import syscall, uapi
+    from sigscope.bpf import syscall, uapi
 
     attr = syscall.MapCreateAttr(
         map_type=uapi.BPF_MAP_TYPE_RINGBUF, key_size=0, value_size=0, max_entries=4096
@@ -126,7 +126,7 @@ def has_perf_event_link() -> bool:
     A kernel without it rejects the attach type with EINVAL before looking at the target; one with
     it goes on to resolve the target fd, which we make invalid (-1) so it fails with EBADF.
     """
-    from . import syscall, uapi
+    from sigscope.bpf import syscall, uapi
 
     try:
         prog_fd = _load_probe_program(uapi.BPF_PROG_TYPE_TRACEPOINT)
@@ -151,7 +151,7 @@ def has_map_batch() -> bool:
     """BPF_MAP_LOOKUP_BATCH exists (Linux >= 5.6): on an empty hash map it answers ENOENT."""
     import ctypes
 
-    from . import syscall, uapi
+    from sigscope.bpf import syscall, uapi
 
     create = syscall.MapCreateAttr(
         map_type=uapi.BPF_MAP_TYPE_HASH, key_size=4, value_size=4, max_entries=1
@@ -183,7 +183,7 @@ def has_map_batch() -> bool:
 def _load_probe_program(prog_type: int) -> int:
     import ctypes
 
-    from . import syscall, uapi
+    from sigscope.bpf import syscall, uapi
 
     insns = ctypes.create_string_buffer(_RETURN_ZERO_PROGRAM, len(_RETURN_ZERO_PROGRAM))
     license_text = ctypes.create_string_buffer(b"GPL")

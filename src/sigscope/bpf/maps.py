@@ -12,9 +12,9 @@ import errno
 import re
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
-from . import kernel, uapi
-from .kernel import possible_cpus
-from .syscall import (
+from sigscope.bpf import kernel, uapi
+from sigscope.bpf.kernel import possible_cpus
+from sigscope.bpf.syscall import (
     BPFError,
     BpfMapInfo,
     FdOwner,

@@ -10,9 +10,9 @@ import ctypes
 import errno
 from typing import Iterable, List, NamedTuple, Optional, Union
 
-from . import uapi
-from .maps import validate_object_name
-from .syscall import (
+from sigscope.bpf import uapi
+from sigscope.bpf.maps import validate_object_name
+from sigscope.bpf.syscall import (
     BPFError,
     BpfProgInfo,
     EnableStatsAttr,
@@ -105,7 +105,7 @@ def _instructions_bytes(insns: Union[bytes, bytearray, Iterable]) -> bytes:
     if isinstance(insns, (bytes, bytearray)):
         code = bytes(insns)
     else:
-        from .asm import assemble  # same layer; only needed when handed instructions
+        from sigscope.bpf.asm import assemble  # same layer; only needed when handed instructions
 
         code = assemble(list(insns))
     if not code or len(code) % INSN_SIZE:

@@ -13,7 +13,7 @@ import errno as errno_module
 import functools
 import os
 
-from . import kernel, uapi
+from sigscope.bpf import kernel, uapi
 
 __all__ = [
     "BPFError",

@@ -1,6 +1,6 @@
 """The BPF programs behind ``--fate``: what happened to a signal after it was generated.
 
-They write the fate kinds of record.py into the same events buffer as the signal probes, so
+They write the fate kinds of model/record.py into the same events buffer as the signal probes, so
 user space sees one stream ordered per CPU, and every record carries its kernel time:
 
 * ``signal:signal_deliver`` — runs in the receiving thread when get_signal() dequeues a signal
@@ -22,12 +22,12 @@ as SIGKILL on every thread of the dying process.
 
 from __future__ import annotations
 
-from . import record as rec
-from .bpf import asm
-from .bpf.asm import DW, R0, R1, R2, R3, R6, R7, R8, R9, R10, B, W
-from .bpf.tracefs import EventFormat
-from .probe_common import _STACK_KEY, _STACK_RECORD, _Labels
-from .probes import (
+from sigscope.bpf import asm
+from sigscope.bpf.asm import DW, R0, R1, R2, R3, R6, R7, R8, R9, R10, B, W
+from sigscope.bpf.tracefs import EventFormat
+from sigscope.model import record as rec
+from sigscope.programs.common import _STACK_KEY, _STACK_RECORD, _Labels
+from sigscope.programs.signal import (
     ProbeConfig,
     _current_comm_into_stack,
     _epilogue,

@@ -26,10 +26,10 @@ import select
 import struct
 from typing import TYPE_CHECKING, NamedTuple, Protocol, Union
 
-from .uapi import BPF_RINGBUF_BUSY_BIT, BPF_RINGBUF_DISCARD_BIT, BPF_RINGBUF_HDR_SZ
+from sigscope.bpf.uapi import BPF_RINGBUF_BUSY_BIT, BPF_RINGBUF_DISCARD_BIT, BPF_RINGBUF_HDR_SZ
 
 if TYPE_CHECKING:
-    from .maps import RingBufMap
+    from sigscope.bpf.maps import RingBufMap
 
 PAGE_SIZE = mmap.PAGESIZE
 

@@ -1,6 +1,6 @@
 """What every signal probe builder shares: the stack layout of the programs and label names.
 
-Split from probes.py so that task_fields.py (reading the sender from task_struct) and the
+Split from programs/signal.py so that programs/task.py (reading the sender from task_struct) and the
 builders can share it without importing each other.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 
-from . import record as rec
+from sigscope.model import record as rec
 
 # Stack layout (offsets from r10). The record buffer must be 8-aligned.
 _STACK_RECORD = -rec.RECORD_SIZE                 # one record being built

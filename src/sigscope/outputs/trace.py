@@ -6,10 +6,10 @@ import json
 import time
 from typing import TYPE_CHECKING, TextIO
 
-from .event import Event
+from sigscope.model.event import Event
 
 if TYPE_CHECKING:
-    from .fate import Fate
+    from sigscope.fate import Fate
 
 TEXT_COLUMNS = ("TIME", "PID", "TID", "COMM", "VIA", "SIG", "TPID", "TTID", "TCOMM", "RESULT",
                 "OUTCOME")
@@ -103,7 +103,7 @@ class TextWriter:
         _write_lines(self.out, [self.line(e) for e in events])
 
     def _fate_events(self, items: list[Event | Fate]) -> None:
-        from .fate import QUEUED_OUTCOMES, SIGCONT, format_latency  # only with --fate
+        from sigscope.fate import QUEUED_OUTCOMES, SIGCONT, format_latency  # only with --fate
 
         fmt = _FATE_TEXT_FORMAT.format
         lines = []

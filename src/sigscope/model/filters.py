@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .record import VIA_NAMES
+from sigscope.model.record import VIA_NAMES
 
 MAX_IN_KERNEL_IDS = 16  # each pid/tid compared costs an instruction per event
 

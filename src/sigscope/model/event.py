@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .signals import code_name, errno_name, signal_name
+from sigscope.model.signals import code_name, errno_name, signal_name
 
 # What signal_generate's `result` says became of the signal (enum TRACE_SIGNAL_*), in the
 # names sigscope reports.

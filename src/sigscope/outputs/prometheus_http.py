@@ -1,4 +1,4 @@
-"""The /metrics HTTP endpoint of the Prometheus exporter (see exporter.py).
+"""The /metrics HTTP endpoint of the Prometheus exporter (see outputs/prometheus.py).
 
 Kept apart so that only `sigscope top --prometheus` imports http.server.
 """
@@ -11,9 +11,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Tuple
 
-from .exporter import METRICS_PATH, ExporterError
+from sigscope.outputs.prometheus import METRICS_PATH, ExporterError
 
-log = logging.getLogger("sigscope.exporter")
+log = logging.getLogger("sigscope.outputs.prometheus")
 
 
 class _MetricsHandler(BaseHTTPRequestHandler):

@@ -12,7 +12,7 @@ One record is one send attempt and recipient:
   space with its ``KIND_CALL`` record through ``call_id`` to learn the return value.
 * ``KIND_KERNEL`` — a signal the kernel generated outside any signal syscall.
 
-With ``--fate`` (fate_probes.py) further kinds follow a signal to its end. They reuse the same
+With ``--fate`` (programs/fate.py) further kinds follow a signal to its end. They reuse the same
 layout; the ``sender_*`` fields then name the thread the record happened in:
 
 * ``KIND_DELIVER``   — signal:signal_deliver, in the receiving thread. ``sig``; ``gen_code`` =

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from . import __version__
+from sigscope import __version__
 
 _RAW = argparse.RawDescriptionHelpFormatter
 
@@ -218,7 +218,7 @@ def _quiet_stdout() -> None:
 
 
 def _report(err: BaseException) -> int:
-    from .bpf.privileges import PrivilegeError
+    from sigscope.bpf.privileges import PrivilegeError
 
     if os.environ.get("SIGSCOPE_DEBUG"):
         raise err
@@ -228,9 +228,9 @@ def _report(err: BaseException) -> int:
 
 
 def filters_from_args(args: argparse.Namespace):
-    from .filters import Filters
-    from .signals import parse_signal_list
-    from .tracer import make_filters
+    from sigscope.model.filters import Filters
+    from sigscope.model.signals import parse_signal_list
+    from sigscope.tracer import make_filters
 
     vias = None
     if args.via:
@@ -253,8 +253,8 @@ def _install_stop_handlers(stop: Callable[[], None]) -> None:
 
 
 def run_trace(args: argparse.Namespace) -> int:
-    from .output import JsonWriter, TextWriter
-    from .tracer import Tracer
+    from sigscope.outputs.trace import JsonWriter, TextWriter
+    from sigscope.tracer import Tracer
 
     filters = filters_from_args(args)
     tracer = Tracer(filters, buffer=args.buffer, buffer_size=args.buffer_size,
@@ -302,7 +302,7 @@ def run_trace(args: argparse.Namespace) -> int:
 
 
 def _print_programs(tracer) -> int:
-    from .bpf import asm
+    from sigscope.bpf import asm
 
     for name, insns in tracer.programs_text():
         print(f"; --- {name}")
@@ -311,7 +311,7 @@ def _print_programs(tracer) -> int:
 
 
 def add_top_parser(sub) -> None:
-    from .top_settings import DEFAULT_MAX_KEYS, MAP_KINDS, SORT_KEYS
+    from sigscope.top_settings import DEFAULT_MAX_KEYS, MAP_KINDS, SORT_KEYS
 
     top = sub.add_parser("top", help="count signals in the kernel: who signals whom, how often",
                          epilog=TOP_EXAMPLES, formatter_class=_RAW,
@@ -344,8 +344,8 @@ def run_top(args: argparse.Namespace) -> int:
     import select
     import time
 
-    from .exporter import DEFAULT_LABELS, parse_labels, parse_listen_address
-    from .top import MAX_MAX_KEYS, Counter, IntervalTracker, IntervalWriter
+    from sigscope.outputs.prometheus import DEFAULT_LABELS, parse_labels, parse_listen_address
+    from sigscope.top import MAX_MAX_KEYS, Counter, IntervalTracker, IntervalWriter
 
     if args.max_keys > MAX_MAX_KEYS:
         raise UsageError(f"sigscope top: --max-keys is at most {MAX_MAX_KEYS}")
@@ -378,7 +378,7 @@ def run_top(args: argparse.Namespace) -> int:
         started = time.monotonic()
         where = ""
         if args.prometheus:
-            from .exporter import SignalCollector, serve
+            from sigscope.outputs.prometheus import SignalCollector, serve
 
             server = serve(args.prometheus, SignalCollector(counter.exporter_snapshot, labels))
             where = f", metrics at {server.url}"
@@ -418,8 +418,8 @@ def run_top(args: argparse.Namespace) -> int:
 
 
 def run_send(args: argparse.Namespace) -> int:
-    from .send import send_signal
-    from .signals import parse_signal
+    from sigscope.model.signals import parse_signal
+    from sigscope.send import send_signal
 
     sig = parse_signal(args.signal)
     if args.via in ("kill", "rt_sigqueueinfo", "tgkill", "rt_tgsigqueueinfo",
@@ -432,7 +432,7 @@ def run_send(args: argparse.Namespace) -> int:
 
 
 def run_selftest(args: argparse.Namespace) -> int:
-    from .selftest import selftest
+    from sigscope.cli.selftest import selftest
 
     return selftest(sys.stdout)
 

@@ -5,8 +5,9 @@ a ``snapshot()`` callable returning cumulative rows and health counters, and we 
 into metric families. Keeping that seam small means this module is tested with a fake snapshot and
 the counting can change without touching the exposition.
 
-prometheus-client is an optional dependency (``pip install 'sigscope[prometheus]'``); it is only
-imported when a collector or server is built, so ``import sigscope.exporter`` always works.
+prometheus-client is an optional dependency (``pip install 'sigscope[prometheus]'``); it is
+only imported when a collector or server is built, so ``import sigscope.outputs.prometheus``
+always works.
 """
 
 from __future__ import annotations
@@ -261,10 +262,10 @@ def serve(addr: str, collector: Any) -> Any:
     The registry is private and holds only ``collector``: no process/GC metrics from the global
     registry, so a scrape shows exactly what sigscope counts. Raises ValueError for a bad address
     and ExporterError (one line) when the address cannot be bound or prometheus-client is missing.
-    (The HTTP server lives in exporter_http.py, imported only here: `sigscope trace` never pays
-    for http.server.)
+    (The HTTP server lives in prometheus_http.py, imported only here: `sigscope trace` never
+    pays for http.server.)
     """
-    from .exporter_http import start_server
+    from sigscope.outputs.prometheus_http import start_server
 
     host, port = parse_listen_address(addr)
     prometheus_client = _require_prometheus_client()

@@ -23,16 +23,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
-from . import record as rec
-from .bpf import asm
-from .bpf.asm import DW, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, W
-from .bpf.attach import detach_all
-from .bpf.maps import ArrayMap, Map
-from .bpf.tracefs import EventFormat, event_format
-from .bpf.uapi import BPF_F_CURRENT_CPU, BPF_RB_NO_WAKEUP
-from .filters import Filters
-from .probe_common import _STACK_KEY, _STACK_RECORD, _f, _Labels
-from .task_fields import (
+from sigscope.bpf import asm
+from sigscope.bpf.asm import DW, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, W
+from sigscope.bpf.attach import detach_all
+from sigscope.bpf.maps import ArrayMap, Map
+from sigscope.bpf.tracefs import EventFormat, event_format
+from sigscope.bpf.uapi import BPF_F_CURRENT_CPU, BPF_RB_NO_WAKEUP
+from sigscope.model import record as rec
+from sigscope.model.filters import Filters
+from sigscope.programs.common import _STACK_KEY, _STACK_RECORD, _f, _Labels
+from sigscope.programs.task import (
     TaskLayout,
     _task_prologue,
     _task_sender_to_stack,
@@ -108,7 +108,7 @@ class ProbeConfig(NamedTuple):
     filters: Filters
     output: str  # OUTPUT_RINGBUF or OUTPUT_PERF (ignored when `emit` is set)
     maps: MapFds
-    # Hook for `sigscope top` (top_probes.py): when set, each finished record is handed to
+    # Hook for `sigscope top` (programs/count.py): when set, each finished record is handed to
     # emit(cfg, data_reg, labels, on_success) -> instructions instead of being written out, so
     # the counting programs share every line of this module's logic. The code it returns must
     # keep r6-r9 and may use the stack below STACK_USED.

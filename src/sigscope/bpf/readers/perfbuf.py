@@ -24,12 +24,20 @@ import select
 import struct
 from typing import TYPE_CHECKING, NamedTuple
 
-from . import kernel, uapi
-from .ringbuf import PAGE_SIZE, ReaderError, Records, column, gather, matching_prefix, round_up8
-from .syscall import BPFError, PerfEventAttr, close_fd, ioctl, perf_event_open
+from sigscope.bpf import kernel, uapi
+from sigscope.bpf.readers.ringbuf import (
+    PAGE_SIZE,
+    ReaderError,
+    Records,
+    column,
+    gather,
+    matching_prefix,
+    round_up8,
+)
+from sigscope.bpf.syscall import BPFError, PerfEventAttr, close_fd, ioctl, perf_event_open
 
 if TYPE_CHECKING:
-    from .maps import PerfEventArrayMap
+    from sigscope.bpf.maps import PerfEventArrayMap
 
 PERF_RECORD_LOST = uapi.PERF_RECORD_LOST
 PERF_RECORD_SAMPLE = uapi.PERF_RECORD_SAMPLE

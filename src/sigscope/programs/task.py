@@ -11,10 +11,10 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-from .bpf import asm, btf_scan
-from .bpf.asm import DW, R0, R1, R2, R3, R4, R5, R6, R7, R10, W
-from .bpf.program import Program
-from .probe_common import _STACK_RECORD, _STACK_TASK, _f, _Labels
+from sigscope.bpf import asm, btf_scan
+from sigscope.bpf.asm import DW, R0, R1, R2, R3, R4, R5, R6, R7, R10, W
+from sigscope.bpf.program import Program
+from sigscope.programs.common import _STACK_RECORD, _STACK_TASK, _f, _Labels
 
 _BYTES_01 = 0x0101010101010101
 _BYTES_80 = 0x8080808080808080

@@ -1,7 +1,7 @@
-"""The counting programs of ``sigscope top``: the tracing programs of probes.py, counting instead
+"""The counting programs of ``sigscope top``: the tracing programs of signal.py, counting instead
 of writing records.
 
-probes.py decides *what* is one signal (enter parks the call, signal_generate attributes each
+signal.py decides *what* is one signal (enter parks the call, signal_generate attributes each
 recipient to it or sees a kernel-generated signal, exit completes the call) and hands every
 finished record to an output step. Here that step is replaced, through ``ProbeConfig.emit``, by
 code that folds the record into a count key and adds one to the key's count in a BPF hash map.
@@ -27,16 +27,16 @@ import struct
 from functools import partial
 from typing import NamedTuple
 
-from . import probes
-from . import record as rec
-from .bpf import asm
-from .bpf.asm import DW, R0, R1, R2, R3, R4, R10, W
-from .bpf.tracefs import EventFormat
-from .bpf.uapi import BPF_NOEXIST
-from .filters import Filters
-from .probe_common import STACK_USED, _Labels
+from sigscope.bpf import asm
+from sigscope.bpf.asm import DW, R0, R1, R2, R3, R4, R10, W
+from sigscope.bpf.tracefs import EventFormat
+from sigscope.bpf.uapi import BPF_NOEXIST
+from sigscope.model import record as rec
+from sigscope.model.filters import Filters
+from sigscope.programs import signal as probes
+from sigscope.programs.common import STACK_USED, _Labels
 
-# A slot of the `counters` array after probes.py's own: signals whose key did not fit the map.
+# A slot of the `counters` array after signal.py's own: signals whose key did not fit the map.
 COUNTER_OTHER = probes.NUM_COUNTERS
 NUM_COUNTERS = probes.NUM_COUNTERS + 1
 
@@ -62,7 +62,7 @@ for _name, _fmt in KEY_FIELDS:
     _offset += struct.calcsize("<" + _fmt)
 assert _offset == KEY_SIZE == 64
 
-# Stack below what probes.py uses: the key, then the initial value for an insert.
+# Stack below what signal.py uses: the key, then the initial value for an insert.
 _STACK_COUNT_KEY = -(STACK_USED + KEY_SIZE)
 _STACK_ONE = _STACK_COUNT_KEY - 8
 assert -_STACK_ONE <= 512 and _STACK_COUNT_KEY % 8 == 0
@@ -186,7 +186,7 @@ def emit_count(
 
 
 def probe_config(filters: Filters, fds: CountMapFds) -> probes.ProbeConfig:
-    """probes.py's configuration with the counting output."""
+    """signal.py's configuration with the counting output."""
     return probes.ProbeConfig(
         filters, probes.OUTPUT_RINGBUF,
         probes.MapFds(inflight=fds.inflight, events=fds.counts, counters=fds.counters),

@@ -12,8 +12,8 @@ import signal
 import threading
 from typing import TextIO
 
-from .bpf import kernel
-from .tracer import Tracer, make_filters
+from sigscope.bpf import kernel
+from sigscope.tracer import Tracer, make_filters
 
 
 def _roundtrip(buffer: str) -> list[str]:

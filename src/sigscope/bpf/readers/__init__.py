@@ -1,0 +1,1 @@
+"""Ring buffer and perf buffer readers: records out of the kernel, in bulk."""

@@ -1,0 +1,1 @@
+"""The vocabulary and the record layout: signals, si_codes, vias, filters, events. No I/O."""

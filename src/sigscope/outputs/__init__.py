@@ -1,0 +1,1 @@
+"""Where records go: trace text and JSON Lines, top tables, the Prometheus exporter."""
