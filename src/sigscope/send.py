@@ -14,6 +14,7 @@ import struct
 from typing import Optional, Tuple
 
 from sigscope.bpf.kernel import UnsupportedArchError, syscall_numbers
+from sigscope.errors import SigscopeError
 from sigscope.model.signals import SI_QUEUE, errno_name, signal_name
 
 __all__ = ["SIGINFO_SIZE", "VIAS", "SendError", "build_siginfo", "pidfd_open", "send_signal"]
@@ -39,7 +40,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
-class SendError(OSError):
+class SendError(SigscopeError, OSError):
     """A signal could not be sent; ``errno`` is set and ``str()`` is one line naming the errno."""
 
     def __init__(self, error: int, message: str) -> None:

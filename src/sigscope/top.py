@@ -14,6 +14,17 @@ seen, so a row keeps its identity when its process exits), and diff successive c
 snapshots into intervals. Keys are never deleted while the programs run: a delete would race
 with increments on other CPUs and lose counts. The map therefore holds at most ``max_keys``
 keys; further new keys are counted in the "other" bucket.
+
+A counter that needs only some fields (the exporter needs only its labels: ``key_fields()``)
+says so with ``keep``: the programs then store 0 in every other field of the key, so keys that
+differ only there are one key in the kernel. The default labels leave out every pid, and a node's
+churn of short-lived processes (each one a new sender of SIGCHLD) adds no key: the map's size is
+bounded by the distinct label sets, and the counts stay exact for as long as the exporter runs.
+
+A target's command name is the one the kernel reported when the signal was generated; for a
+send that generated nothing (EPERM, ESRCH, EINVAL) the kernel names no target task, and the
+name is unknown (None): a /proc lookup at read time, up to an interval later, could name
+whatever process holds the pid by then.
 """
 
 from __future__ import annotations
@@ -28,10 +39,12 @@ from typing import IO, Any, NamedTuple
 from sigscope.bpf.kernel import possible_cpus
 from sigscope.bpf.maps import HashMap, Map, PerCPUArrayMap, PerCPUHashMap
 from sigscope.decode import ProcResolver
+from sigscope.errors import SigscopeError, UsageError
 from sigscope.model import record as rec
 from sigscope.model.event import outcome_name
 from sigscope.model.filters import Filters
 from sigscope.model.signals import errno_name, signal_name
+from sigscope.outputs.escape import printable
 from sigscope.outputs.prometheus import CountRow, Health
 from sigscope.programs import count as top_probes
 from sigscope.programs import signal as probes
@@ -48,8 +61,31 @@ from sigscope.top_settings import (  # noqa: F401 (re-exported: the API's names)
 from sigscope.tracer import make_filters
 
 
-class TopError(RuntimeError):
+class TopError(SigscopeError, RuntimeError):
     """Counting could not start; str() is one line for the user."""
+
+
+# The exported labels -> the key fields each one needs (programs/count.py KEY_FIELDS). A target
+# pid is resolved from the key's via, outcome and, for a pidfd, its sender.
+_LABEL_FIELDS: dict[str, tuple[str, ...]] = {
+    "signal": ("sig",),
+    "via": ("via",),
+    "outcome": ("outcome",),
+    "error": ("result",),
+    "sender_comm": ("sender_comm",),
+    "target_comm": ("target_comm", "outcome"),
+    "sender_pid": ("sender_tgid",),
+    "target_pid": ("target_pid", "via", "outcome", "sender_tgid"),
+}
+
+
+def key_fields(labels: Iterable[str]) -> frozenset[str]:
+    """The count-key fields that the given exporter labels need (the rest can be zeroed)."""
+    try:
+        return frozenset(field for label in labels for field in _LABEL_FIELDS[label])
+    except KeyError as err:
+        raise UsageError(f"labels= has unknown {err.args[0]!r}: choose from "
+                         f"{', '.join(_LABEL_FIELDS)}") from None
 
 
 class RowKey(NamedTuple):
@@ -78,9 +114,10 @@ class Snapshot(NamedTuple):
 
     rows: dict[RowKey, int]
     other: int          # signals whose key did not fit the map
-    lost: int           # in-flight map full + probe runs skipped (recursion_misses)
+    lost: int           # matched, not counted: in-flight map full, calls still in flight
     keys: int           # keys held in the kernel map
     monotonic: float    # when it was read
+    skipped: int = 0    # probe runs the kernel skipped (recursion_misses): match unknown
 
     @property
     def total(self) -> int:
@@ -97,6 +134,7 @@ class Interval(NamedTuple):
     lost: int = 0
     keys: int = 0
     final: bool = False
+    skipped: int = 0
 
     @property
     def total(self) -> int:
@@ -111,25 +149,36 @@ def _comm(raw: bytes) -> str:
 
 
 class KeyResolver:
-    """Raw count keys -> RowKeys, like the decoder reads records, memoised per raw key."""
+    """Raw count keys -> RowKeys, like the decoder reads records, memoised per raw key.
 
-    def __init__(self, resolver: ProcResolver | None = None) -> None:
+    ``keep``: the key fields the programs fill (None: all); the others read as unknown."""
+
+    def __init__(self, resolver: ProcResolver | None = None,
+                 keep: frozenset[str] | None = None) -> None:
         self.proc = resolver or ProcResolver()
+        self.keep = keep
         self._cache: dict[bytes, RowKey] = {}
 
     def __call__(self, raw: bytes) -> RowKey:
         hit = self._cache.get(raw)
         if hit is None:
+            if len(self._cache) > 1 << 20:  # never more than a few map sizes of keys
+                self._cache.clear()
             hit = self._cache[raw] = self._resolve(raw)
         return hit
 
     def _resolve(self, raw: bytes) -> RowKey:
         (sender, target, sig, via_code, result, outcome_code, _reserved, sender_comm,
          target_comm) = top_probes.KEY_STRUCT.unpack(raw)
+        keep = self.keep
+        if keep is not None:
+            return self._resolve_kept(keep, sender, target, sig, via_code, result, outcome_code,
+                                      sender_comm, target_comm)
         now = time.monotonic()
         via = rec.VIA_NAMES[via_code] if via_code < len(rec.VIA_NAMES) else str(via_code)
         generated = outcome_code != rec.GEN_NONE
         t_pid: int | None = target
+        # The kernel names the target task only when it generated a signal (module docstring).
         t_comm: str | None = _comm(target_comm) if generated else None
         if generated:
             if via not in ("tgkill", "rt_tgsigqueueinfo"):
@@ -141,14 +190,37 @@ class KeyResolver:
             t_pid = None  # kill(0), kill(-pgid), kill(-1) that reached nobody
         elif via == "tkill":
             t_pid = self.proc.tgid(target, now) or target
-        if t_comm is None and t_pid is not None:
-            t_comm = self.proc.comm(t_pid, now)
         return RowKey(
             sender_pid=sender, sender_comm=_comm(sender_comm), target_pid=t_pid,
             target_comm=t_comm, sig=sig, via=via,
             result=None if via == "kernel" else result,
             outcome=outcome_name(outcome_code) if generated else None,
         )
+
+    def _resolve_kept(self, keep: frozenset[str], sender: int, target: int, sig: int,
+                      via_code: int, result: int, outcome_code: int, sender_comm: bytes,
+                      target_comm: bytes) -> RowKey:
+        """A key of which only the `keep` fields are filled: the others are unknown (or 0)."""
+        full = self._resolve_full(sender, target, sig, via_code, result, outcome_code,
+                                  sender_comm, target_comm)
+        known_via = "via" in keep
+        return RowKey(
+            sender_pid=full.sender_pid if "sender_tgid" in keep else 0,
+            sender_comm=full.sender_comm if "sender_comm" in keep else "",
+            target_pid=full.target_pid if "target_pid" in keep else None,
+            target_comm=(full.target_comm or None) if "target_comm" in keep else None,
+            sig=sig if "sig" in keep else 0,
+            via=full.via if known_via else "",
+            result=(full.result if known_via else result) if "result" in keep else None,
+            outcome=full.outcome if "outcome" in keep else None,
+        )
+
+    def _resolve_full(self, *fields: object) -> RowKey:
+        keep, self.keep = self.keep, None
+        try:
+            return self._resolve(top_probes.KEY_STRUCT.pack(*fields[:6], 0, *fields[6:]))
+        finally:
+            self.keep = keep
 
 
 class Counter(ProbeSession):
@@ -160,12 +232,22 @@ class Counter(ProbeSession):
         max_keys: int = DEFAULT_MAX_KEYS,
         map_kind: str = "auto",
         resolver: KeyResolver | None = None,
+        keep: Iterable[str] | None = None,
     ) -> None:
+        """``keep``: the key fields to count by (top_probes.KEY_FIELDS names, e.g. from
+        ``key_fields(labels)``); None keeps them all. Raises UsageError for bad values."""
         super().__init__()
-        if not 1 <= max_keys <= MAX_MAX_KEYS:
-            raise TopError(f"--max-keys must be between 1 and {MAX_MAX_KEYS}, not {max_keys}")
+        if not isinstance(max_keys, int) or not 1 <= max_keys <= MAX_MAX_KEYS:
+            raise UsageError(f"max_keys= must be from 1 to {MAX_MAX_KEYS}, not {max_keys!r}")
         if map_kind not in MAP_KINDS:
-            raise TopError(f"unknown map kind {map_kind!r}: choose from {', '.join(MAP_KINDS)}")
+            raise UsageError(f"map_kind={map_kind!r} is unknown: choose from "
+                             f"{', '.join(MAP_KINDS)}")
+        self.keep = frozenset(keep) if keep is not None else None
+        if self.keep is not None:
+            unknown = self.keep - set(top_probes.KEY_FIELD_NAMES)
+            if unknown:
+                raise UsageError(f"keep= has unknown {', '.join(sorted(unknown))}: choose from "
+                                 f"{', '.join(top_probes.KEY_FIELD_NAMES)}")
         self.filters = filters or Filters()
         self.max_keys = max_keys
         # A per-CPU hash shares no cache line between CPUs counting the same key (measured: the
@@ -176,7 +258,7 @@ class Counter(ProbeSession):
             map_kind = "percpu" if possible_cpus() <= PERCPU_MAX_CPUS else "hash"
         self.map_kind = map_kind
         self.percpu = map_kind == "percpu"
-        self.resolve = resolver or KeyResolver()
+        self.resolve = resolver or KeyResolver(keep=self.keep)
         self._counts: Map | None = None
         self._counters: PerCPUArrayMap | None = None
         self._lock = threading.Lock()
@@ -193,7 +275,7 @@ class Counter(ProbeSession):
                                 name="sigscope_top"))
         self._counters, self._counts = counters, counts  # type: ignore[assignment]
         fds = top_probes.CountMapFds(inflight.fd, counts.fd, counters.fd, self.percpu)
-        cfg = top_probes.probe_config(self.filters, fds)
+        cfg = top_probes.probe_config(self.filters, fds, keep=self.keep)
         self._load_and_attach(probes.signal_probe_plans(cfg, prefix="t"))
 
     def close(self) -> Snapshot | None:
@@ -220,7 +302,7 @@ class Counter(ProbeSession):
         if self.finished and self._final is not None:
             return self._final
         if not self.started:
-            raise TopError("the counter is not started")
+            raise TopError("the counter is not started: call start() first")
         return self._read()
 
     def _read(self) -> Snapshot:
@@ -235,9 +317,9 @@ class Counter(ProbeSession):
                 rows[key] = rows.get(key, 0) + count
             other = self._counters.sum_u64(struct.pack("<I", top_probes.COUNTER_OTHER))
             lost = self._counters.sum_u64(struct.pack("<I", COUNTER_INFLIGHT_FULL))
-            lost += max(0, self._recursion_misses() - self._recursion_at_start)
             lost += self._unfinished
-            return Snapshot(rows, other, lost, len(pairs), now)
+            skipped = max(0, self._recursion_misses() - self._recursion_at_start)
+            return Snapshot(rows, other, lost, len(pairs), now, skipped)
 
     # --- for the Prometheus exporter -------------------------------------------------------
 
@@ -250,8 +332,9 @@ class Counter(ProbeSession):
                      result=k.result, error=k.error, outcome=k.outcome, count=count)
             for k, count in snap.rows.items()
         ]
-        return rows, Health(lost_events=snap.lost, map_full=snap.other, other=snap.other,
-                            records=snap.total)
+        return rows, Health(lost_events=snap.lost, map_full=int(snap.keys >= self.max_keys),
+                            other=snap.other, records=snap.total, keys=snap.keys,
+                            max_keys=self.max_keys, skipped=snap.skipped)
 
 
 def _sum_value(value: bytes | list[bytes]) -> int:
@@ -271,10 +354,13 @@ def count(
     kill_only: bool = False,
     max_keys: int = DEFAULT_MAX_KEYS,
     map_kind: str = "auto",
+    keep: Iterable[str] | None = None,
 ) -> Counter:
-    """A Counter with the same filters as ``sigscope.trace()`` / the command line."""
+    """A Counter with the same filters as ``sigscope.trace()`` / the command line; ``keep``
+    as for Counter."""
     return Counter(make_filters(signals, exclude_signals, pids, target_ids, comm, vias,
-                                failed_only, kill_only), max_keys=max_keys, map_kind=map_kind)
+                                failed_only, kill_only), max_keys=max_keys, map_kind=map_kind,
+                   keep=keep)
 
 
 class IntervalTracker:
@@ -299,6 +385,7 @@ class IntervalTracker:
             lost=snap.lost - (self._previous.lost if self._previous else 0),
             keys=snap.keys,
             final=final,
+            skipped=snap.skipped - (self._previous.skipped if self._previous else 0),
         )
         self._previous, self._previous_t = snap, snap.monotonic
         return interval
@@ -359,6 +446,7 @@ def interval_to_dict(interval: Interval, sort: str = "count", limit: int | None 
         "total": interval.total,
         "other": interval.other,
         "lost": interval.lost,
+        "skipped": interval.skipped,
         "keys": interval.keys,
     }
 
@@ -385,16 +473,18 @@ def render_table(interval: Interval, sort: str = "count", limit: int | None = 20
         tpid = "-" if key.target_pid is None else str(key.target_pid)
         lines.append(
             f"{n:>8} {interval.rate(n):>9.1f} {key.signal:<11} {key.via:<17} "
-            f"{key.sender_pid:>7} {key.sender_comm[:15]:<15} {tpid:>7} "
-            f"{(key.target_comm or '-')[:15]:<15} {_result_text(key):<8} {key.outcome or '-'}"
+            f"{key.sender_pid:>7} {printable(key.sender_comm):<15} {tpid:>7} "
+            f"{printable(key.target_comm or '-'):<15} {_result_text(key):<8} "
+            f"{key.outcome or '-'}"
         )
     if len(rows) > len(shown):
         hidden = sum(n for _, n in rows[len(shown):])
         lines.append(f"{hidden:>8} {interval.rate(hidden):>9.1f} ({len(rows) - len(shown)} "
                      "more rows)")
     keys = f"{interval.keys}/{max_keys}" if max_keys else str(interval.keys)
+    skipped = f", skipped {interval.skipped}" if interval.skipped else ""
     lines.append(f"total {interval.total} ({interval.rate(interval.total):.1f}/s), "
-                 f"other {interval.other}, lost {interval.lost}, keys {keys}")
+                 f"other {interval.other}, lost {interval.lost}{skipped}, keys {keys}")
     return "\n".join(lines) + "\n"
 
 
@@ -421,5 +511,7 @@ class IntervalWriter:
         else:
             limit = self.limit if self.limit is not None else 20
             text = render_table(interval, self.sort, limit, self.max_keys)
-            self.out.write((CLEAR_SCREEN + text) if self.clear else (text + "\n"))
+            # The last, partial interval goes below the last full table, which stays on screen.
+            clear = self.clear and not interval.final
+            self.out.write((CLEAR_SCREEN + text) if clear else (text + "\n"))
         self.out.flush()

@@ -12,7 +12,10 @@ of this process: closing the tracer, or the process dying in any way, leaves not
 
 from __future__ import annotations
 
+import errno
 import itertools
+import math
+import os
 import struct
 import time
 from collections.abc import Iterable, Iterator
@@ -24,6 +27,7 @@ from sigscope.bpf.readers.perfbuf import PerfBufReader
 from sigscope.bpf.readers.ringbuf import RingBufReader
 from sigscope.bpf.tracefs import event_format
 from sigscope.decode import Decoder, LineRenderer
+from sigscope.errors import KernelError, SigscopeError, UsageError
 from sigscope.model import record as rec
 from sigscope.model.event import Event
 from sigscope.model.filters import Filters
@@ -52,8 +56,14 @@ FATE_MAX_HOLD_NS = 2_000_000_000
 FATE_SCAN_INTERVAL_NS = 20_000_000
 
 
-class TraceError(RuntimeError):
+class TraceError(SigscopeError, RuntimeError):
     """Tracing could not start or continue; str() is one line for the user."""
+
+
+# Bounds of `duration` (seconds): finite, and short of the float precision of a deadline.
+MIN_DURATION_S = 0.001
+MAX_DURATION_S = 1e9
+MAX_BUFFER_SIZE = 1 << 30
 
 
 def _pow2_floor(value: int) -> int:
@@ -75,9 +85,16 @@ class Tracer(ProbeSession):
         super().__init__()
         if buffer not in BUFFER_KINDS:
             choices = ", ".join(BUFFER_KINDS)
-            raise TraceError(f"unknown buffer kind {buffer!r}: choose from {choices}")
-        if buffer_size < _PAGE_SIZE:
-            raise TraceError(f"buffer size {buffer_size} is smaller than a page")
+            raise UsageError(f"buffer={buffer!r} is unknown: choose from {choices}")
+        if not isinstance(buffer_size, int) or buffer_size < _PAGE_SIZE:
+            raise UsageError(f"buffer_size={buffer_size!r} is smaller than a page (4096 bytes)")
+        if buffer_size > MAX_BUFFER_SIZE:
+            raise UsageError(f"buffer_size={buffer_size!r} is above 1G ({MAX_BUFFER_SIZE} bytes)")
+        if duration is not None and not (
+                isinstance(duration, (int, float)) and math.isfinite(duration)
+                and MIN_DURATION_S <= duration <= MAX_DURATION_S):
+            raise UsageError(f"duration={duration!r} must be a finite number of seconds from "
+                             f"{MIN_DURATION_S:g} to {MAX_DURATION_S:g}")
         self.filters = filters or Filters()
         self.buffer_kind = buffer
         self.buffer_size = buffer_size
@@ -118,8 +135,13 @@ class Tracer(ProbeSession):
         self._counters = counters
         self._inflight = inflight
         if kind == "ringbuf":
-            events: Map = self._own(RingBufMap(_pow2_floor(self.buffer_size // _PAGE_SIZE)
-                                               * _PAGE_SIZE, name="sigscope_events"))
+            size = _pow2_floor(self.buffer_size // _PAGE_SIZE) * _PAGE_SIZE
+            try:
+                events: Map = self._own(RingBufMap(size, name="sigscope_events"))
+            except OSError as err:
+                raise KernelError(f"the kernel cannot allocate a {size >> 10}K ring buffer: "
+                                  f"{os.strerror(err.errno or errno.ENOMEM)} (a smaller "
+                                  "buffer_size= may fit)") from None
             output = probes.OUTPUT_RINGBUF
         else:
             events = self._own(PerfEventArrayMap(name="sigscope_events"))
@@ -196,6 +218,7 @@ class Tracer(ProbeSession):
                     flushed += self.fate_tracker.finish(time.monotonic_ns())
                 yield flushed
                 self._final_lost = self._lost_now()
+                self._final_skipped = self._skipped_now()
         finally:
             self._teardown()
             self.finished = True
@@ -331,17 +354,28 @@ class Tracer(ProbeSession):
                 lost += self._counters.sum_u64(struct.pack("<I", index))
         # Not self._reader.lost: a perf buffer's PERF_RECORD_LOST counts the same failed writes
         # the programs count themselves (and arrives late, or never for the last ones).
-        lost += self._recursion_misses() - self._recursion_at_start
         return lost + self._unfinished
+
+    def _skipped_now(self) -> int:
+        return max(0, self._recursion_misses() - self._recursion_at_start)
 
     @property
     def lost(self) -> int:
-        """Records the kernel could not hand us: buffer full, in-flight map full, and probe
-        runs the kernel skipped because another BPF program was running on that CPU
-        (bpf_prog_info.recursion_misses)."""
+        """Records that passed the filters the probes apply first but that the kernel could
+        not hand us: buffer full, in-flight map full, calls still in flight when the probes
+        were detached."""
         if self.finished:
             return getattr(self, "_final_lost", 0)
         return self._lost_now()
+
+    @property
+    def skipped(self) -> int:
+        """Probe runs the kernel skipped because another BPF program was running on that CPU
+        (bpf_prog_info.recursion_misses, summed over our programs). A skipped run never saw
+        its event, so whether it would have matched the filters is unknown: not in ``lost``."""
+        if self.finished:
+            return getattr(self, "_final_skipped", 0)
+        return self._skipped_now()
 
 
 def trace(
@@ -379,21 +413,45 @@ def make_filters(
     pids: Iterable[int] = (),
     target_ids: Iterable[int] = (),
     comm: str | None = None,
-    vias: Iterable[str] | None = None,
+    vias: Iterable[str] | str | None = None,
     failed_only: bool = False,
     kill_only: bool = False,
 ) -> Filters:
+    """Filters from the API's arguments (those of ``trace()``).
+
+    ``signals``/``exclude_signals``: numbers or a spec like "USR1,SIGRTMIN+3"; ``vias``: names,
+    or one comma-separated string ("kill,tgkill"). Filters that can match nothing
+    (``signals`` all excluded, an empty ``vias``, ``vias`` of only "kernel" with ``kill_only``
+    or ``failed_only``) raise UsageError (model/filters.py) rather than trace nothing."""
     def as_set(value: Iterable[int] | str) -> frozenset[int]:
         return parse_signal_list(value) if isinstance(value, str) else frozenset(value)
 
     wanted: frozenset[int] | None = None
     if signals is not None:
         wanted = as_set(signals)
+        if not wanted:
+            raise UsageError("signals= is empty: name at least one signal")
     if exclude_signals is not None:
-        wanted = (wanted if wanted is not None else frozenset(range(65))) - as_set(exclude_signals)
+        excluded = as_set(exclude_signals)
+        if not excluded:
+            raise UsageError("exclude_signals= is empty: name at least one signal")
+        wanted = (wanted if wanted is not None else frozenset(range(65))) - excluded
+        if not wanted:
+            raise UsageError("exclude_signals= leaves out every signal of signals=: nothing "
+                             "to trace")
+    if isinstance(vias, str):
+        vias = [v.strip() for v in vias.split(",") if v.strip()]
     via_set = frozenset(vias) if vias is not None else frozenset(rec.VIA_NAMES)
+    if not via_set:
+        raise UsageError("vias= is empty: name at least one send path")
     if kill_only:
+        if via_set <= {"kernel"}:
+            raise UsageError("kill_only= leaves out 'kernel', the only send path in vias=: "
+                             "nothing to trace")
         via_set -= {"kernel"}
+    if failed_only and via_set <= {"kernel"}:
+        raise UsageError("failed_only= keeps failed sends only, and vias= has only 'kernel' "
+                         "(the kernel's own signals never fail): nothing to trace")
     return Filters(
         sender_pids=frozenset(pids), target_ids=frozenset(target_ids), signals=wanted,
         comm=comm, vias=via_set, failed_only=failed_only,

@@ -171,7 +171,7 @@ def test_no_subcommand_means_trace(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cli.main([]) == 0
     assert cli.main(["-j", "-s", "USR1"]) == 0
     assert [a.command for a in seen] == ["trace", "trace"]
-    assert seen[1].json and seen[1].signal == "USR1"
+    assert seen[1].json and seen[1].signal == ["USR1"]
 
 
 def test_unexpected_errors_are_one_line_exit_1(

@@ -107,7 +107,8 @@ ROWS = [
         count=1,
     ),
 ]
-HEALTH = Health(lost_events=5, map_full=2, other=7, records=17)
+HEALTH = Health(lost_events=5, map_full=1, other=7, records=17, keys=4, max_keys=4,
+                skipped=3)
 
 
 def scrape(url: str, accept: str | None = None) -> str:
@@ -184,10 +185,13 @@ def test_health_counters_tracked_keys_and_build_info(server) -> None:
     text = scrape(server.url)
     found = samples(text)
     assert found[("sigscope_lost_events_total", frozenset())] == 5.0
-    assert found[("sigscope_map_full_total", frozenset())] == 2.0
+    assert found[("sigscope_map_full", frozenset())] == 1.0
     assert found[("sigscope_other_signals_total", frozenset())] == 7.0
     assert found[("sigscope_records_total", frozenset())] == 17.0
+    assert found[("sigscope_skipped_probe_runs_total", frozenset())] == 3.0
+    # Keys in the kernel map (Health.keys), not rows after resolution (3 here).
     assert found[("sigscope_tracked_keys", frozenset())] == 4.0
+    assert found[("sigscope_max_keys", frozenset())] == 4.0
     build = {
         labels: value for (name, labels), value in found.items() if name == "sigscope_build_info"
     }
@@ -197,10 +201,12 @@ def test_health_counters_tracked_keys_and_build_info(server) -> None:
     assert types == {
         "sigscope_signals": "counter",
         "sigscope_lost_events": "counter",
-        "sigscope_map_full": "counter",
+        "sigscope_map_full": "gauge",
         "sigscope_other_signals": "counter",
         "sigscope_records": "counter",
+        "sigscope_skipped_probe_runs": "counter",
         "sigscope_tracked_keys": "gauge",
+        "sigscope_max_keys": "gauge",
         "sigscope_build_info": "gauge",
     }
     # Only our collector is registered: no process_*/python_* metrics from the global registry.
@@ -239,7 +245,7 @@ def test_next_scrape_reflects_changed_snapshot(server, counts) -> None:
         row(sender_pid=102, count=5),
         row(sig=2, signal="SIGINT", via="tty", result=None, count=1),
     ]
-    counts.health = Health(lost_events=6, map_full=2, other=9, records=25)
+    counts.health = Health(lost_events=6, map_full=1, other=9, records=25, keys=6, max_keys=6)
     second = samples(scrape(server.url))
 
     assert signal_samples(second)[terminated] == 12.0
@@ -284,7 +290,7 @@ def test_openmetrics_negotiation(server) -> None:
     text = scrape(server.url, accept="application/openmetrics-text; version=1.0.0")
     assert text.rstrip().endswith("# EOF")
     found = samples(text, parser=openmetrics_families)
-    assert found[("sigscope_map_full_total", frozenset())] == 2.0
+    assert found[("sigscope_map_full", frozenset())] == 1.0
 
 
 @pytest.mark.parametrize("path", ["/", "/metrics/", "/metricsx", "/favicon.ico"])
@@ -347,7 +353,7 @@ def test_ipv6_loopback(counts) -> None:
         pytest.skip(f"no IPv6 loopback here: {error}")
     with running:
         assert running.url == f"http://[::1]:{running.port}/metrics"
-        assert samples(scrape(running.url))[("sigscope_map_full_total", frozenset())] == 2.0
+        assert samples(scrape(running.url))[("sigscope_map_full", frozenset())] == 1.0
 
 
 def test_port_in_use_is_one_line_error(server, counts) -> None:

@@ -1,5 +1,6 @@
-"""Tracer.lost adds up every way a record can go missing, including probe runs the kernel
-skipped (bpf_prog_info.recursion_misses), with fakes in place of the kernel objects."""
+"""Tracer.lost adds up every way a matched record can go missing; Tracer.skipped, apart, the
+probe runs the kernel skipped (bpf_prog_info.recursion_misses), which may not have matched
+the filters. Fakes stand in for the kernel objects."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from sigscope.errors import UsageError
 from sigscope.programs import signal as probes
-from sigscope.tracer import TraceError, Tracer, make_filters
+from sigscope.tracer import Tracer, make_filters
 
 
 class FakeProgram:
@@ -35,7 +37,7 @@ class FakeCounters:
         return self.values.get(struct.unpack("<I", key)[0], 0)
 
 
-def test_lost_counts_buffer_inflight_and_recursion_misses() -> None:
+def test_lost_counts_buffer_and_inflight_skipped_counts_recursion_misses() -> None:
     tracer = Tracer()
     first, second = FakeProgram(3), FakeProgram(0)
     tracer._programs = [first, second, GoneProgram()]  # type: ignore[list-item]
@@ -46,12 +48,12 @@ def test_lost_counts_buffer_inflight_and_recursion_misses() -> None:
     # A perf buffer's own PERF_RECORD_LOST count is the same failed writes the programs
     # count in COUNTER_LOST: not added twice.
     tracer._reader = SimpleNamespace(lost=5)  # type: ignore[assignment]
-    assert tracer.lost == 5 + 7
+    assert (tracer.lost, tracer.skipped) == (5 + 7, 0)
     first.misses, second.misses = 4, 2  # a timer signal fired while another program ran
-    assert tracer.lost == 5 + 7 + 3
+    assert (tracer.lost, tracer.skipped) == (5 + 7, 3)
     tracer._reader = None
     tracer._counters = None
-    assert tracer.lost == 3
+    assert (tracer.lost, tracer.skipped) == (0, 3)
 
 
 def test_lost_after_close_is_the_final_count() -> None:
@@ -62,10 +64,15 @@ def test_lost_after_close_is_the_final_count() -> None:
 
 
 def test_bad_buffer_arguments() -> None:
-    with pytest.raises(TraceError, match="choose from"):
+    with pytest.raises(UsageError, match="buffer='pipe' is unknown: choose from"):
         Tracer(buffer="pipe")
-    with pytest.raises(TraceError, match="smaller than a page"):
+    with pytest.raises(UsageError, match="smaller than a page"):
         Tracer(buffer_size=100)
+    with pytest.raises(UsageError, match="above 1G"):
+        Tracer(buffer_size=64 << 30)
+    for duration in (float("nan"), float("inf"), -1, 0, 1e12):
+        with pytest.raises(UsageError, match="duration="):
+            Tracer(duration=duration)
 
 
 def test_make_filters() -> None:

@@ -26,6 +26,8 @@ from __future__ import annotations
 import struct
 from typing import Iterable, Iterator, List, NamedTuple, Optional, Sequence, Union
 
+from sigscope.errors import InternalError
+
 __all__ = [
     "AsmError", "Insn", "HELPERS", "helper_id", "helper_name",
     "R0", "R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "R9", "R10",
@@ -41,7 +43,7 @@ __all__ = [
 ]
 
 
-class AsmError(ValueError):
+class AsmError(InternalError, ValueError):
     """A program that cannot be encoded (bad label, register, immediate or offset)."""
 
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
+from sigscope.errors import SetupError
+
 VMLINUX_BTF_PATH = "/sys/kernel/btf/vmlinux"
 
 BTF_MAGIC = 0xEB9F
@@ -124,7 +126,7 @@ _MAX_RESOLVE_DEPTH = 32
 _MAX_ANON_DEPTH = 16
 
 
-class BtfError(Exception):
+class BtfError(SetupError):
     """A one-line reason the kernel's type information could not give us what was asked."""
 
 

@@ -24,6 +24,8 @@ import struct
 from collections.abc import Callable
 from typing import NamedTuple
 
+from sigscope.errors import SetupError
+
 VMLINUX_BTF_PATH = "/sys/kernel/btf/vmlinux"
 BTF_MAGIC = 0xEB9F
 BTF_KIND_STRUCT = 4
@@ -33,7 +35,7 @@ _TYPE = struct.Struct("<III")         # name_off, info, size (struct btf_type)
 _MEMBER = struct.Struct("<III")       # name_off, type, offset (struct btf_member)
 
 
-class BtfScanError(ValueError):
+class BtfScanError(SetupError, ValueError):
     """One line: why the members could not be found."""
 
 

@@ -16,8 +16,10 @@ import os
 import struct
 from typing import NamedTuple
 
+from sigscope.errors import SetupError
 
-class UnsupportedArchError(RuntimeError):
+
+class UnsupportedArchError(SetupError, RuntimeError):
     """sigscope only knows the syscall numbers of x86_64 and aarch64."""
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import resource
 from typing import Optional
 
+from sigscope.errors import SetupError
+
 __all__ = [
     "CAP_BPF",
     "CAP_PERFMON",
@@ -28,7 +30,7 @@ CAP_BPF = 39
 PRIVILEGE_MESSAGE = "sigscope needs root or CAP_BPF and CAP_PERFMON (run with sudo)"
 
 
-class PrivilegeError(PermissionError):
+class PrivilegeError(SetupError, PermissionError):
     """The process lacks the capabilities to trace; str() is one line telling what to do."""
 
     def __init__(self, message: str = PRIVILEGE_MESSAGE) -> None:

@@ -14,6 +14,7 @@ import functools
 import os
 
 from sigscope.bpf import kernel, uapi
+from sigscope.errors import KernelError
 
 __all__ = [
     "BPFError",
@@ -44,7 +45,7 @@ s32 = ctypes.c_int32
 u64 = ctypes.c_uint64  # also __aligned_u64: natural 8-byte alignment on our 64-bit arches
 
 
-class BPFError(OSError):
+class BPFError(KernelError, OSError):
     """A failed bpf()/perf_event_open()/ioctl() call; str() is one line naming the command."""
 
     def __init__(self, err: int, command: str, detail: str = "") -> None:

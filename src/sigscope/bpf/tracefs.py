@@ -14,6 +14,8 @@ import os
 import re
 from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
+from sigscope.errors import SetupError
+
 __all__ = [
     "TRACEFS_MOUNT_POINT",
     "TRACEFS_SEARCH_PATHS",
@@ -38,7 +40,7 @@ TRACEFS_SEARCH_PATHS: Tuple[PathLike, ...] = (TRACEFS_MOUNT_POINT, "/sys/kernel/
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-class TracefsError(Exception):
+class TracefsError(SetupError):
     """tracefs is unavailable, or an event or its format is missing or malformed (one line)."""
 
 

@@ -1,25 +1,66 @@
 """The `sigscope` command: a thin shell over the Python API.
 
 Every failure the user can cause or meet (bad input, missing privileges, no tracefs, a kernel
-without BPF, a verifier rejection) ends as one line on stderr and a non-zero exit status.
+without BPF, a verifier rejection) ends as one line on stderr and the exit status of its class
+in sigscope.errors; an unexpected exception is reported as an internal error, in one line too
+(the traceback with SIGSCOPE_DEBUG=1).
+
+Ctrl-C, SIGTERM and SIGHUP are caught from the first line of main() on: they only ask the
+running command to stop, so a signal during start-up, tracing or teardown never surfaces as a
+KeyboardInterrupt traceback. Only os, signal and sys are imported before that: the rest of the
+command line (argparse included) is imported once the handlers are in place.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
-import time
-from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from sigscope import __version__
+from sigscope.errors import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_SETUP,
+    EXIT_USAGE,
+    InternalError,
+    SigscopeError,
+    UsageError,
+)
 
-_RAW = argparse.RawDescriptionHelpFormatter
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Sequence
+    from typing import TextIO
 
 LOST_CHECK_INTERVAL_S = 0.1
-EXIT_ERROR = 1
-EXIT_USAGE = 2  # also: not enough privileges, as bcc tools do
+# Bounds of -i/--interval and -d/--duration, in seconds. Below MIN_INTERVAL_S a table is
+# redrawn faster than it can be read, and a read of a full map (~30 ms at 10240 keys) would
+# take most of the interval; the upper bounds keep every deadline a finite, exact float.
+MIN_INTERVAL_S = 0.1
+MAX_INTERVAL_S = 86400.0
+MIN_DURATION_S = 0.001
+MAX_DURATION_S = 1e9
+MAX_BUFFER_SIZE = 1 << 30
+# include/linux/threads.h: PID_MAX_LIMIT on 64-bit kernels; no pid or tid is larger.
+PID_MAX_LIMIT = 4 * 1024 * 1024
+# What the library calls a parameter ("signals=") and the command line calls it.
+API_FLAGS = {
+    "pids": "-p/--pid", "target_ids": "-T/--tpid", "signals": "-s/--signal",
+    "exclude_signals": "-e/--exclude-signal", "comm": "-c/--comm", "vias": "--via",
+    "failed_only": "-x/--failed", "kill_only": "-k/--kill-only", "duration": "-d/--duration",
+    "buffer_size": "--buffer-size", "buffer": "--buffer", "max_keys": "--max-keys",
+    "map_kind": "--map-kind", "labels": "--labels", "value": "--value", "tid": "--tid",
+}
+
+EXIT_CODES = f"""\
+exit status: 0 done (also after Ctrl-C, SIGTERM, SIGHUP or --duration); {EXIT_USAGE} bad
+  command line or filter; {EXIT_SETUP} the system cannot trace (privileges, tracefs, BTF,
+  kernel features, the exporter's dependency or address); {EXIT_ERROR} the kernel refused (bpf(2),
+  the verifier), a send failed, or an internal error; {EXIT_INTERRUPTED} stopped before tracing
+  began.
+"""
 
 TRACE_EXAMPLES = """\
 examples:
@@ -33,6 +74,10 @@ examples:
   sigscope trace -c oracle -j       # sends by 'oracle' processes, as JSON Lines
   sigscope trace -d 10 -t           # ten seconds, relative timestamps
 
+Filter options may be repeated: their lists add up (-s USR1 -s USR2 is -s USR1,USR2).
+Command names and other strings from processes are printed with control and non-printable
+characters escaped (\\n, \\t, \\xNN, \\\\), as ps and strace do; JSON keeps them exact.
+
 columns: TIME PID TID COMM (sender) VIA (send path) SIG TPID TTID TCOMM (target)
   RESULT (syscall return: 0, -EPERM...; '-' for kernel-generated) OUTCOME (what the kernel
   did: delivered, ignored, already_pending, overflow, lose_info; '-' when nothing was sent).
@@ -45,7 +90,12 @@ consumed, flushed, discarded, unknown) and a death's cause, e.g. 'terminated (SI
 lines trail their deliveries by a few milliseconds; a signal still queued when tracing ends is
 reported then as 'pending'. Real-time signals are matched first in, first out. With -j the fate
 is a {"type": "fate"} record with the signal record's "id".
-"""
+
+LOST lines count records that matched the filters but could not be handed over (buffer or
+in-flight map full). SKIPPED lines count probe runs the kernel skipped because another BPF
+program was running on that CPU: whether they would have matched the filters is unknown.
+
+""" + EXIT_CODES
 
 TOP_EXAMPLES = """\
 examples:
@@ -58,8 +108,12 @@ examples:
 
 Counts are kept in the kernel (a BPF hash map of at most --max-keys keys, default 10240): no
 per-signal record reaches user space. Keys that do not fit are counted in "other". On exit a last,
-partial interval is printed, so the intervals add up to every signal seen.
-"""
+partial interval is printed (below the last full table), so the intervals add up to every signal
+seen. With --prometheus alone (no --table, no --json) the kernel keys its counts by the exported
+labels only, so short-lived processes do not fill the map: counts stay exact for as long as the
+exporter runs.
+
+""" + EXIT_CODES
 
 SEND_EXAMPLES = """\
 examples:
@@ -68,86 +122,165 @@ examples:
   sigscope send --via tkill --tid 4242 TERM        # a single thread, no pid needed
   sigscope send --via rt_sigqueueinfo --value 7 RTMIN+1 1219543
   sigscope send --via pidfd_send_signal HUP 1219543
-"""
+
+""" + EXIT_CODES
+
+COMMANDS = ("trace", "top", "send", "selftest")
+SEND_VIAS = ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo",
+             "pidfd_send_signal")
+VALUE_VIAS = ("rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_send_signal")
 
 
-class UsageError(ValueError):
-    """Bad command-line input (one line)."""
+class ArgumentError(UsageError):
+    """A bad command line; str() is the whole line, prefixed with the command's name."""
+
+
+def _type_error(message: str) -> Exception:
+    import argparse
+
+    return argparse.ArgumentTypeError(message)
 
 
 def _positive_int(text: str) -> int:
     try:
         value = int(text, 0)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        raise _type_error(f"not a number: {text!r}") from None
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+        raise _type_error(f"must be positive: {text!r}")
+    return value
+
+
+def _id(text: str) -> int:
+    value = _positive_int(text)
+    if value > PID_MAX_LIMIT:
+        raise _type_error(f"no process or thread id is above {PID_MAX_LIMIT}: {text!r}")
     return value
 
 
 def _id_list(text: str) -> list[int]:
-    return [_positive_int(item) for item in text.split(",") if item.strip()]
+    ids = [_id(item.strip()) for item in text.split(",") if item.strip()]
+    if not ids:
+        raise _type_error(f"empty list {text!r}: give at least one id")
+    return ids
 
 
-def _duration(text: str) -> float:
+def _name_list(text: str) -> list[str]:
+    names = [item.strip() for item in text.split(",") if item.strip()]
+    if not names:
+        raise _type_error(f"empty list {text!r}: give at least one name")
+    return names
+
+
+def _seconds(text: str, low: float, high: float) -> float:
+    import math
+
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        raise _type_error(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value):
+        raise _type_error(f"must be a finite number of seconds: {text!r}")
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+        raise _type_error(f"must be positive: {text!r}")
+    if not low <= value <= high:
+        raise _type_error(f"must be between {low:g} and {high:g} seconds: {text!r}")
     return value
+
+
+def _duration(text: str) -> float:
+    return _seconds(text, MIN_DURATION_S, MAX_DURATION_S)
+
+
+def _interval(text: str) -> float:
+    return _seconds(text, MIN_INTERVAL_S, MAX_INTERVAL_S)
 
 
 def _size(text: str) -> int:
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    text = text.strip().lower().rstrip("b")
-    factor = units.get(text[-1:], 1)
-    number = text[:-1] if text[-1:] in units else text
+    spec = text.strip().lower().rstrip("b")
+    factor = units.get(spec[-1:], 1)
+    number = spec[:-1] if spec[-1:] in units else spec
     try:
         value = int(number) * factor
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 16M, 512K)") from None
+        raise _type_error(f"not a size: {text!r} (e.g. 16M, 512K)") from None
     if value < 4096:
-        raise argparse.ArgumentTypeError("buffer size must be at least 4K")
+        raise _type_error("buffer size must be at least 4K")
+    if value > MAX_BUFFER_SIZE:
+        raise _type_error(f"buffer size must be at most 1G, not {text!r}")
     return value
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, like every other error
-        raise UsageError(f"{self.prog}: {message}")
+def _int_value(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise _type_error(f"not an integer: {text!r} (e.g. 7, -1, 0x10)") from None
+    if not -(1 << 63) <= value < (1 << 64):
+        raise _type_error(f"does not fit in 64 bits: {text!r}")
+    return value
+
+
+def _pid_arg(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise _type_error(f"not a number: {text!r}") from None
+    # pid_t is an int; kill(2) takes -pgid and -1 too. Within that, the kernel says ESRCH.
+    if not -(1 << 31) < value < (1 << 31):
+        raise _type_error(f"not a pid_t (a 32-bit signed integer): {text!r}")
+    return value
+
+
+def _parser_class():  # argparse is imported only once the signal handlers are in place
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # one line, exit 2, like every other error
+            raise ArgumentError(f"{self.prog}: {message}")
+
+    return Parser
 
 
 def add_filter_options(p: argparse.ArgumentParser) -> None:
-    """The filters shared by `trace` and `top` (applied in the kernel)."""
-    p.add_argument("-p", "--pid", type=_id_list, default=[], metavar="PID[,PID]",
-                   help="only signals sent by these processes")
-    p.add_argument("-T", "--tpid", type=_id_list, default=[], metavar="ID[,ID]",
-                   help="only signals to these processes or threads")
-    p.add_argument("-s", "--signal", metavar="SIG[,SIG]",
+    """The filters shared by `trace` and `top` (applied in the kernel). Every list option may
+    be repeated: the lists add up."""
+    p.add_argument("-p", "--pid", type=_id_list, action="extend", default=[],
+                   metavar="PID[,PID]", help="only signals sent by these processes")
+    p.add_argument("-T", "--tpid", type=_id_list, action="extend", default=[],
+                   metavar="ID[,ID]", help="only signals to these processes or threads")
+    p.add_argument("-s", "--signal", action="append", metavar="SIG[,SIG]",
                    help="only these signals (USR1, SIGUSR1, 10, SIGRTMIN+3, comma lists)")
-    p.add_argument("-e", "--exclude-signal", metavar="SIG[,SIG]", help="leave these signals out")
-    p.add_argument("-c", "--comm", help="only signals sent by this command name")
-    p.add_argument("--via", metavar="VIA[,VIA]",
+    p.add_argument("-e", "--exclude-signal", action="append", metavar="SIG[,SIG]",
+                   help="leave these signals out")
+    p.add_argument("-c", "--comm", action="append",
+                   help="only signals sent by this command name")
+    p.add_argument("--via", type=_name_list, action="extend", metavar="VIA[,VIA]",
                    help="only these send paths: kill, tkill, tgkill, rt_sigqueueinfo, "
                         "rt_tgsigqueueinfo, pidfd_send_signal, kernel")
     p.add_argument("-x", "--failed", action="store_true", help="only sends that failed")
     p.add_argument("-k", "--kill-only", action="store_true",
                    help="syscalls only, no kernel-generated signals")
     p.add_argument("-d", "--duration", type=_duration, metavar="SECONDS",
-                   help="stop after this many seconds")
+                   help=f"stop after this many seconds ({MIN_DURATION_S:g} to "
+                        f"{MAX_DURATION_S:g})")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    raw = argparse.RawDescriptionHelpFormatter
+    parser_class = _parser_class()
     # `sigscope` alone is `sigscope trace`, so its help shows the trace examples too.
-    parser = _Parser(prog="sigscope", description="Every signal on the system: who sent it, by "
-                     "which path, to which process and thread,\nand what became of it.",
-                     epilog=TRACE_EXAMPLES, formatter_class=_RAW)
+    parser = parser_class(prog="sigscope", description="Every signal on the system: who sent "
+                          "it, by which path, to which process and thread,\nand what became "
+                          "of it.", epilog=TRACE_EXAMPLES, formatter_class=raw)
     parser.add_argument("--version", action="version", version=f"sigscope {__version__}")
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", parser_class=parser_class)
 
     trace = sub.add_parser("trace", help="trace signals live (the default command)",
-                           epilog=TRACE_EXAMPLES, formatter_class=_RAW,
+                           epilog=TRACE_EXAMPLES, formatter_class=raw,
                            description="Trace every signal: the six signal syscalls (with their "
                            "arguments and return value) and kernel-generated signals, one record "
                            "per send attempt and recipient.")
@@ -155,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--buffer", choices=("auto", "ringbuf", "perf"), default="auto",
                        help="event transport (default: ring buffer when the kernel has it)")
     trace.add_argument("--buffer-size", type=_size, default=16 << 20, metavar="SIZE",
-                       help="kernel buffer size (default 16M)")
+                       help="kernel buffer size (default 16M, at most 1G)")
     trace.add_argument("-j", "--json", action="store_true", help="JSON Lines output")
     trace.add_argument("-t", "--timestamp", action="store_true",
                        help="relative timestamps (seconds since the first record)")
@@ -165,46 +298,97 @@ def build_parser() -> argparse.ArgumentParser:
                             "disposition), effect, cause of death (see below)")
 
     send = sub.add_parser("send", help="send a signal through any of the six syscalls",
-                          epilog=SEND_EXAMPLES, formatter_class=_RAW)
-    send.add_argument("--via", default="kill",
-                      choices=("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo",
-                               "pidfd_send_signal"))
-    send.add_argument("--tid", type=_positive_int, help="target thread (tkill, tgkill, "
+                          epilog=SEND_EXAMPLES, formatter_class=raw)
+    send.add_argument("--via", default="kill", choices=SEND_VIAS)
+    send.add_argument("--tid", type=_id, help="target thread (tkill, tgkill, "
                       "rt_tgsigqueueinfo)")
-    send.add_argument("--value", type=lambda s: int(s, 0), help="sigval for the sigqueue variants "
-                      "and pidfd_send_signal")
+    send.add_argument("--value", type=_int_value, help="sigval for the sigqueue variants "
+                      "and pidfd_send_signal (kill, tkill and tgkill carry none)")
     send.add_argument("signal", help="signal name or number")
-    send.add_argument("pid", nargs="?", type=int, help="target process")
+    send.add_argument("pid", nargs="?", type=_pid_arg, help="target process")
 
-    sub.add_parser("selftest", help="load a probe, send ourselves signals, check they are seen")
+    sub.add_parser("selftest", help="load a probe, send ourselves signals, check they are seen",
+                   epilog=EXIT_CODES, formatter_class=raw)
 
-    add_top_parser(sub)
+    add_top_parser(sub, raw)
     return parser
 
 
-COMMANDS = ("trace", "top", "send", "selftest")
+class _Stopper:
+    """SIGINT, SIGTERM and SIGHUP (a closed terminal, a dropped ssh) ask the command to stop.
+
+    The handler never raises: it records the request and calls the running command's stop
+    function, if one is registered yet. A command checks `requested` before it loads anything.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self._target: Callable[[], None] | None = None
+        # Commands with nothing to take down (send, selftest) are simply interrupted.
+        self.interruptible = False
+
+    def install(self) -> None:
+        for signum in self.SIGNALS:
+            signal.signal(signum, self._handle)
+        # A parent that left them blocked (or a test holding them pending until now) must not
+        # make us unstoppable: from here on each of them is handled.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested is None:
+            self.requested = signum
+        if self._target is not None:
+            self._target()
+        elif self.interruptible:
+            raise KeyboardInterrupt  # caught in main(): exit 130
+
+    def on_stop(self, target: Callable[[], None]) -> None:
+        self._target = target
+        if self.requested is not None:
+            target()
+
+
+_stopper = _Stopper()
+
+
+def _dispatch_argv(argv: list[str]) -> list[str]:
+    """`sigscope [options]` is `sigscope trace [options]`; an unknown word in first place is
+    a misspelt command, not an argument of trace (which takes none)."""
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+        return ["trace", *argv]
+    if argv[0] not in COMMANDS and not argv[0].startswith("-"):
+        import difflib
+
+        close = difflib.get_close_matches(argv[0], COMMANDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ArgumentError(f"sigscope: unknown command {argv[0]!r} (choose from "
+                            f"{', '.join(COMMANDS)}){hint}")
+    return argv
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or (args_list[0] not in COMMANDS and args_list[0] not in
-                         ("-h", "--help", "--version")):
-        args_list.insert(0, "trace")
+    installed = argv is None  # as a program (not called from a test or another program)
+    if installed:
+        _stopper.install()
     try:
+        args_list = _dispatch_argv(list(sys.argv[1:] if argv is None else argv))
         args = build_parser().parse_args(args_list)
         handler: Callable[[argparse.Namespace], int] = {
             "trace": run_trace, "top": run_top, "send": run_send, "selftest": run_selftest,
         }[args.command]
         return handler(args)
-    except UsageError as err:
-        print(f"{err}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt:  # only when main() was called with the default handler
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         _quiet_stdout()
         return 0
     except Exception as err:  # noqa: BLE001 — the user sees one line, never a traceback
+        if _stopper.requested is not None and isinstance(err, SigscopeError):
+            # A signal during start-up makes the verifier give up (-EAGAIN) or a syscall fail
+            # (-EINTR): that is the stop the user asked for, not an error to report.
+            return EXIT_INTERRUPTED
         return _report(err)
 
 
@@ -213,67 +397,121 @@ def _quiet_stdout() -> None:
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-    except OSError:
+    except (OSError, AttributeError, ValueError):
         pass
 
 
-def _report(err: BaseException) -> int:
-    from sigscope.bpf.privileges import PrivilegeError
+def _print_err(text: str) -> None:
+    """A line on stderr that never raises (the terminal may be gone: SIGHUP)."""
+    try:
+        if sys.stderr is not None:
+            print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
+
+REPORT_HINT = ("this is a bug in sigscope: please report it, with the output of the same "
+               "command run with SIGSCOPE_DEBUG=1")
+
+
+def _report(err: BaseException) -> int:
+    """One line for any error, and its exit status by class (sigscope.errors)."""
     if os.environ.get("SIGSCOPE_DEBUG"):
-        raise err
+        import traceback
+
+        traceback.print_exception(err)
+    if isinstance(err, ArgumentError):
+        _print_err(str(err))
+        return err.exit_code
     message = str(err) or type(err).__name__
-    print(f"sigscope: error: {message}", file=sys.stderr)
-    return EXIT_USAGE if isinstance(err, (PrivilegeError, ValueError)) else EXIT_ERROR
+    if isinstance(err, UsageError):
+        _print_err(f"sigscope: error: {err.for_cli(API_FLAGS)}")
+        return err.exit_code
+    if isinstance(err, InternalError) or not isinstance(err, (SigscopeError, OSError)):
+        # OSError that is no SigscopeError: the environment (EIO, ENOSPC on stdout...), not a
+        # bug. Anything else unexpected is one.
+        _print_err(f"sigscope: internal error: {type(err).__name__}: {message} ({REPORT_HINT})")
+        return EXIT_ERROR
+    _print_err(f"sigscope: error: {message}")
+    return err.exit_code if isinstance(err, SigscopeError) else EXIT_ERROR
 
 
 def filters_from_args(args: argparse.Namespace):
+    """The Filters of the command line (raises UsageError in the API's words)."""
     from sigscope.model.filters import Filters
     from sigscope.model.signals import parse_signal_list
     from sigscope.tracer import make_filters
 
-    vias = None
-    if args.via:
-        vias = [v.strip() for v in args.via.split(",") if v.strip()]
+    def signals(specs: list[str] | None) -> frozenset[int] | None:
+        if specs is None:
+            return None
+        return frozenset().union(*(parse_signal_list(spec) for spec in specs))
+
+    comms = args.comm or []
+    if len(set(comms)) > 1:
+        raise ArgumentError(f"sigscope {args.command}: argument -c/--comm: given "
+                            f"{len(set(comms))} different names; a sender has one command name")
     filters: Filters = make_filters(
-        signals=parse_signal_list(args.signal) if args.signal else None,
-        exclude_signals=parse_signal_list(args.exclude_signal) if args.exclude_signal else None,
-        pids=args.pid, target_ids=args.tpid, comm=args.comm, vias=vias,
+        signals=signals(args.signal), exclude_signals=signals(args.exclude_signal),
+        pids=args.pid, target_ids=args.tpid, comm=comms[0] if comms else None, vias=args.via,
         failed_only=args.failed, kill_only=args.kill_only,
     )
     return filters
 
 
-def _install_stop_handlers(stop: Callable[[], None]) -> None:
-    def handler(signum: int, frame: object) -> None:
-        stop()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+def _stdout() -> TextIO:
+    """stdout, able to print anything: characters its encoding lacks (PYTHONIOENCODING=ascii,
+    a C locale) are written as backslash escapes instead of ending the trace."""
+    out = sys.stdout
+    if out is None:
+        raise ArgumentError("sigscope: standard output is closed: redirect it, e.g. to "
+                            "/dev/null or a file")
+    reconfigure = getattr(out, "reconfigure", None)
+    if reconfigure is not None:
+        try:
+            reconfigure(errors="backslashreplace")
+        except (ValueError, OSError):
+            pass
+    return out
 
 
 def run_trace(args: argparse.Namespace) -> int:
+    import time
+
     from sigscope.outputs.trace import JsonWriter, TextWriter
     from sigscope.tracer import Tracer
 
     filters = filters_from_args(args)
     tracer = Tracer(filters, buffer=args.buffer, buffer_size=args.buffer_size,
                     duration=args.duration, fate=args.fate)
+    out = _stdout()
     if args.ebpf:
         return _print_programs(tracer)
-    writer = (JsonWriter(sys.stdout) if args.json
-              else TextWriter(sys.stdout, args.timestamp, fate=args.fate))
-    _install_stop_handlers(tracer.stop)
+    writer = (JsonWriter(out) if args.json
+              else TextWriter(out, args.timestamp, fate=args.fate))
+    if _stopper.requested is not None:
+        return EXIT_INTERRUPTED
+    _stopper.on_stop(tracer.stop)
     tracer.start()
     try:
-        print(f"Tracing signals ({tracer.buffer_kind} buffer)... Hit Ctrl-C to end.",
-              file=sys.stderr, flush=True)
+        _print_err(f"Tracing signals ({tracer.buffer_kind} buffer)... Hit Ctrl-C to end.")
         if tracer.fate_exit_codes is False:
-            print("sigscope: no kernel BTF: the effect of fatal signals is reported as unknown",
-                  file=sys.stderr, flush=True)
+            _print_err("sigscope: no kernel BTF: the effect of fatal signals is reported as "
+                       "unknown")
         writer.header()
-        reported_lost = 0
+        reported_lost = reported_skipped = 0
         next_lost_check = 0.0
+
+        def report_losses() -> None:
+            nonlocal reported_lost, reported_skipped
+            lost, skipped = tracer.lost, tracer.skipped
+            if lost > reported_lost:
+                writer.lost(lost - reported_lost, lost)
+                reported_lost = lost
+            if skipped > reported_skipped:
+                writer.skipped(skipped - reported_skipped, skipped)
+                reported_skipped = skipped
+
         # Records straight to lines where the output allows it (Decoder.render).
         as_lines = writer.renders_lines and not args.fate
         while not tracer.expired():
@@ -284,20 +522,18 @@ def run_trace(args: argparse.Namespace) -> int:
             now = time.monotonic()
             if now >= next_lost_check:  # reading the counters costs ~15 syscalls: not per batch
                 next_lost_check = now + LOST_CHECK_INTERVAL_S
-                lost = tracer.lost
-                if lost > reported_lost:
-                    writer.lost(lost - reported_lost, lost)
-                    reported_lost = lost
+                report_losses()
             writer.flush()
         for batch in tracer.drain():
             writer.events(batch)
-        lost = tracer.lost
-        if lost > reported_lost:
-            writer.lost(lost - reported_lost, lost)
+        report_losses()
         writer.flush()
     finally:
         tracer.close()
-    print(f"sigscope: {tracer.records} records, {tracer.lost} lost", file=sys.stderr)
+    _print_err(f"sigscope: {tracer.records} records, {tracer.lost} lost after matching the "
+               f"filters, {tracer.skipped} probe runs skipped by the kernel (unknown whether "
+               "they matched)" if tracer.skipped else
+               f"sigscope: {tracer.records} records, {tracer.lost} lost")
     return 0
 
 
@@ -310,16 +546,17 @@ def _print_programs(tracer) -> int:
     return 0
 
 
-def add_top_parser(sub) -> None:
+def add_top_parser(sub, raw) -> None:
     from sigscope.top_settings import DEFAULT_MAX_KEYS, MAP_KINDS, SORT_KEYS
 
     top = sub.add_parser("top", help="count signals in the kernel: who signals whom, how often",
-                         epilog=TOP_EXAMPLES, formatter_class=_RAW,
+                         epilog=TOP_EXAMPLES, formatter_class=raw,
                          description="Count signals in the kernel, by sender, target, signal, "
                          "via, result and outcome, and print them every interval.")
     add_filter_options(top)
-    top.add_argument("-i", "--interval", type=_duration, default=1.0, metavar="SECONDS",
-                     help="seconds between updates (default 1)")
+    top.add_argument("-i", "--interval", type=_interval, default=1.0, metavar="SECONDS",
+                     help=f"seconds between updates (default 1; {MIN_INTERVAL_S:g} to "
+                          f"{MAX_INTERVAL_S:g})")
     top.add_argument("--sort", choices=SORT_KEYS, default="count", help="row order")
     top.add_argument("-n", "--rows", type=_positive_int, metavar="N",
                      help="show the top N rows (default: 20 in the table, all with --json)")
@@ -345,19 +582,24 @@ def run_top(args: argparse.Namespace) -> int:
     import time
 
     from sigscope.outputs.prometheus import DEFAULT_LABELS, parse_labels, parse_listen_address
-    from sigscope.top import MAX_MAX_KEYS, Counter, IntervalTracker, IntervalWriter
+    from sigscope.top import MAX_MAX_KEYS, Counter, IntervalTracker, IntervalWriter, key_fields
 
     if args.max_keys > MAX_MAX_KEYS:
-        raise UsageError(f"sigscope top: --max-keys is at most {MAX_MAX_KEYS}")
+        raise ArgumentError(f"sigscope top: argument --max-keys: at most {MAX_MAX_KEYS}")
     if args.labels is not None and not args.prometheus:
-        raise UsageError("sigscope top: --labels needs --prometheus")
+        raise ArgumentError("sigscope top: --labels needs --prometheus")
     if args.table and not args.prometheus:
-        raise UsageError("sigscope top: --table needs --prometheus")
+        raise ArgumentError("sigscope top: --table needs --prometheus")
     labels = parse_labels(args.labels) if args.labels is not None else DEFAULT_LABELS
     if args.prometheus:
         parse_listen_address(args.prometheus)  # a bad address fails before anything is loaded
     filters = filters_from_args(args)
-    counter = Counter(filters, max_keys=args.max_keys, map_kind=args.map_kind)
+    show = not args.prometheus or args.table or args.json
+    out = _stdout() if show else sys.stdout
+    # The exporter alone needs only its labels: the kernel keys the counts by them, so a
+    # node's churn of short-lived processes cannot fill the map (top.key_fields).
+    counter = Counter(filters, max_keys=args.max_keys, map_kind=args.map_kind,
+                      keep=None if show else key_fields(labels))
 
     # A signal handler only sets a flag and writes to a pipe; the loop sleeps in select().
     wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -370,9 +612,11 @@ def run_top(args: argparse.Namespace) -> int:
         except OSError:
             pass
 
-    _install_stop_handlers(stop)
+    if _stopper.requested is not None:
+        return EXIT_INTERRUPTED
+    _stopper.on_stop(stop)
     server = None
-    show = not args.prometheus or args.table or args.json
+    final = None
     try:
         counter.start()
         started = time.monotonic()
@@ -382,9 +626,9 @@ def run_top(args: argparse.Namespace) -> int:
 
             server = serve(args.prometheus, SignalCollector(counter.exporter_snapshot, labels))
             where = f", metrics at {server.url}"
-        print(f"Tracing signals (counting in the kernel, up to {args.max_keys} keys{where})... "
-              "Hit Ctrl-C to end.", file=sys.stderr, flush=True)
-        writer = IntervalWriter(sys.stdout, json_output=args.json, sort=args.sort,
+        _print_err(f"Tracing signals (counting in the kernel, up to {args.max_keys} keys"
+                   f"{where})... Hit Ctrl-C to end.")
+        writer = IntervalWriter(out, json_output=args.json, sort=args.sort,
                                 limit=args.rows, append=args.no_clear, max_keys=args.max_keys)
         tracker = IntervalTracker(start_monotonic=started)
         deadline = started + args.duration if args.duration else None
@@ -411,9 +655,13 @@ def run_top(args: argparse.Namespace) -> int:
         counter.close()
         os.close(wake_read)
         os.close(wake_write)
-    total = final.total if final is not None else 0
-    print(f"sigscope: {total} signals counted, {final.other if final else 0} in other, "
-          f"{final.lost if final else 0} lost", file=sys.stderr)
+    if final is None:
+        _print_err("sigscope: 0 signals counted")
+        return 0
+    skipped = (f", {final.skipped} probe runs skipped by the kernel (unknown whether they "
+               "matched)") if final.skipped else ""
+    _print_err(f"sigscope: {final.total} signals counted, {final.other} in other, "
+               f"{final.lost} lost{skipped}")
     return 0
 
 
@@ -421,12 +669,16 @@ def run_send(args: argparse.Namespace) -> int:
     from sigscope.model.signals import parse_signal
     from sigscope.send import send_signal
 
+    _stopper.interruptible = True
     sig = parse_signal(args.signal)
     if args.via in ("kill", "rt_sigqueueinfo", "tgkill", "rt_tgsigqueueinfo",
                     "pidfd_send_signal") and args.pid is None:
-        raise UsageError(f"sigscope send: --via {args.via} needs a target PID")
+        raise ArgumentError(f"sigscope send: --via {args.via} needs a target PID")
     if args.via in ("tkill", "tgkill", "rt_tgsigqueueinfo") and args.tid is None:
-        raise UsageError(f"sigscope send: --via {args.via} needs --tid")
+        raise ArgumentError(f"sigscope send: --via {args.via} needs --tid")
+    if args.value is not None and args.via not in VALUE_VIAS:
+        raise ArgumentError(f"sigscope send: --via {args.via} carries no value: --value needs "
+                            f"--via {', '.join(VALUE_VIAS)}")
     send_signal(args.via, sig, pid=args.pid, tid=args.tid, value=args.value)
     return 0
 
@@ -434,7 +686,10 @@ def run_send(args: argparse.Namespace) -> int:
 def run_selftest(args: argparse.Namespace) -> int:
     from sigscope.cli.selftest import selftest
 
-    return selftest(sys.stdout)
+    _stopper.interruptible = True
+    if _stopper.requested is not None:
+        return EXIT_INTERRUPTED
+    return selftest(_stdout())
 
 
 if __name__ == "__main__":

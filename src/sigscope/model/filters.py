@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from sigscope.errors import UsageError
 from sigscope.model.record import VIA_NAMES
 
 MAX_IN_KERNEL_IDS = 16  # each pid/tid compared costs an instruction per event
+# include/linux/threads.h: PID_MAX_LIMIT of 64-bit kernels, above any pid_max.
+PID_MAX_LIMIT = 4 * 1024 * 1024
 
 
-class FilterError(ValueError):
+class FilterError(UsageError):
     """A filter the user gave that cannot be honoured (one line)."""
 
 
@@ -32,15 +35,22 @@ class Filters(_FilterValues):
         unknown = set(self.vias) - set(VIA_NAMES)
         if unknown:
             raise FilterError(
-                f"unknown via {', '.join(sorted(unknown))!s}: choose from {', '.join(VIA_NAMES)}"
+                f"vias= has unknown {', '.join(sorted(map(repr, unknown)))}: choose from "
+                f"{', '.join(VIA_NAMES)}"
             )
-        for what, ids in (("--pid", self.sender_pids), ("--tpid", self.target_ids)):
+        if not self.vias:
+            raise FilterError("vias= is empty: name at least one send path")
+        if self.signals is not None and not self.signals:
+            raise FilterError("signals= is empty: name at least one signal")
+        # The API's names (trace(pids=...)): the command line turns them into its flags.
+        for what, ids in (("pids", self.sender_pids), ("target_ids", self.target_ids)):
             if len(ids) > MAX_IN_KERNEL_IDS:
-                raise FilterError(f"{what} takes at most {MAX_IN_KERNEL_IDS} ids")
-            if any(i <= 0 for i in ids):
-                raise FilterError(f"{what} ids must be positive")
+                raise FilterError(f"{what}= takes at most {MAX_IN_KERNEL_IDS} ids")
+            if any(not isinstance(i, int) or not 0 < i <= PID_MAX_LIMIT for i in ids):
+                raise FilterError(f"{what}= ids must be from 1 to {PID_MAX_LIMIT} "
+                                  "(PID_MAX_LIMIT: no process or thread id is larger)")
         if self.comm is not None and not self.comm:
-            raise FilterError("--comm needs a command name")
+            raise FilterError("comm= needs a command name")
         return self
 
     @property

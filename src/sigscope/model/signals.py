@@ -12,6 +12,8 @@ import errno as _errno
 import re
 from typing import Dict, FrozenSet, Mapping, Tuple
 
+from sigscope.errors import UsageError
+
 __all__ = [
     "CODE_NAMES",
     "GENERATE_RESULTS",
@@ -84,7 +86,7 @@ _NAME_BY_NUMBER: Dict[int, str] = {number: name for name, number in SIGNALS.item
 _SPEC_HELP = "use a name like SIGUSR1 or USR1, a number 1-64, or SIGRTMIN+N/SIGRTMAX-N"
 
 
-class SignalSpecError(ValueError):
+class SignalSpecError(UsageError):
     """A signal spec given by the user could not be parsed (one-line message)."""
 
 

@@ -18,6 +18,7 @@ import threading
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from sigscope import __version__
+from sigscope.errors import SetupError, UsageError
 
 METRICS_PATH = "/metrics"
 # The port deploy/ and the docs use; nothing in this module depends on it.
@@ -42,7 +43,7 @@ MISSING_DEPENDENCY = (
 )
 
 
-class ExporterError(RuntimeError):
+class ExporterError(SetupError, RuntimeError):
     """A one-line, user-facing failure of the exporter (missing dependency, cannot listen)."""
 
 
@@ -69,18 +70,27 @@ class CountRow(NamedTuple):
 
 
 class Health(NamedTuple):
-    """Cumulative health counters of the counting side, all since start.
+    """Health of the counting side; counters are cumulative since start.
 
-    lost_events: signal events seen by the kernel but not counted (e.g. program recursion misses).
-    map_full:    times a new key did not fit the kernel map and was counted in the "other" bucket.
-    other:       signals counted in the "other" bucket (their key was not kept).
+    lost_events: signals that matched the filters but could not be counted (the in-flight map
+                 was full, a call was still in flight when the programs were detached).
+    map_full:    1 while the kernel map holds max_keys keys (new label sets then go to the
+                 "other" bucket), else 0.
+    other:       signals counted in the "other" bucket (their key did not fit the map).
     records:     signals counted in total, keyed and "other" alike.
+    keys:        keys held in the kernel map now.
+    max_keys:    keys the kernel map can hold (0: not known).
+    skipped:     probe runs the kernel skipped (another BPF program was running on that CPU,
+                 bpf_prog_info.recursion_misses): unknown whether they matched the filters.
     """
 
     lost_events: int
     map_full: int
     other: int
     records: int
+    keys: int = 0
+    max_keys: int = 0
+    skipped: int = 0
 
 
 Snapshot = Callable[[], Tuple[List[CountRow], Health]]
@@ -98,7 +108,7 @@ def parse_labels(spec: str) -> Tuple[str, ...]:
         if not name:
             continue
         if name not in LABEL_NAMES:
-            raise ValueError(
+            raise UsageError(
                 f"unknown label {name!r} in --labels (valid: {', '.join(LABEL_NAMES)})"
             )
         if name not in labels:
@@ -156,7 +166,7 @@ class SignalCollector:
         _require_prometheus_client()
         unknown = [name for name in labels if name not in LABEL_NAMES]
         if unknown:
-            raise ValueError(f"unknown label {unknown[0]!r} (valid: {', '.join(LABEL_NAMES)})")
+            raise UsageError(f"unknown label {unknown[0]!r} (valid: {', '.join(LABEL_NAMES)})")
         self.labels: Tuple[str, ...] = tuple(dict.fromkeys(labels))
         self._snapshot = snapshot
         self._kernel_release = os.uname().release
@@ -182,9 +192,9 @@ class SignalCollector:
             health_values = self._health.update(
                 {
                     ("lost_events",): health.lost_events,
-                    ("map_full",): health.map_full,
                     ("other",): health.other,
                     ("records",): health.records,
+                    ("skipped",): health.skipped,
                 }
             )
 
@@ -200,11 +210,7 @@ class SignalCollector:
         health_help = {
             "lost_events": (
                 "sigscope_lost_events_total",
-                "Signal events the kernel saw but sigscope could not count.",
-            ),
-            "map_full": (
-                "sigscope_map_full_total",
-                "New keys that did not fit the kernel count map and went to the other bucket.",
+                "Signals that matched the filters but could not be counted (in-flight map full).",
             ),
             "other": (
                 "sigscope_other_signals_total",
@@ -214,15 +220,31 @@ class SignalCollector:
                 "sigscope_records_total",
                 "Signals counted in total, keyed and other bucket alike.",
             ),
+            "skipped": (
+                "sigscope_skipped_probe_runs_total",
+                "Probe runs the kernel skipped while another BPF program ran on the CPU; "
+                "unknown whether they matched the filters.",
+            ),
         }
         for field, (name, documentation) in health_help.items():
             yield CounterMetricFamily(name, documentation, value=health_values[(field,)])
 
         yield GaugeMetricFamily(
-            "sigscope_tracked_keys",
-            "Distinct keys currently held in the kernel count map.",
-            value=len(rows),
+            "sigscope_map_full",
+            "1 while the kernel count map is full (new label sets go to the other bucket).",
+            value=health.map_full,
         )
+        yield GaugeMetricFamily(
+            "sigscope_tracked_keys",
+            "Keys currently held in the kernel count map.",
+            value=health.keys,
+        )
+        if health.max_keys:
+            yield GaugeMetricFamily(
+                "sigscope_max_keys",
+                "Keys the kernel count map can hold (--max-keys).",
+                value=health.max_keys,
+            )
         build = GaugeMetricFamily(
             "sigscope_build_info",
             "Always 1; the sigscope version and the kernel release it runs on.",
@@ -242,14 +264,14 @@ def parse_listen_address(spec: str) -> Tuple[str, int]:
     """Parse ``HOST:PORT``, ``:PORT`` (all IPv4 interfaces) or ``[IPV6]:PORT``."""
     match = _ADDR_RE.match(spec.strip())
     if match is None:
-        raise ValueError(f"bad listen address {spec!r}: expected HOST:PORT, :PORT or [IPV6]:PORT")
+        raise UsageError(f"bad listen address {spec!r}: expected HOST:PORT, :PORT or [IPV6]:PORT")
     port = int(match.group("port"))
     if port > 65535:
-        raise ValueError(f"bad listen address {spec!r}: port {port} is out of range 0-65535")
+        raise UsageError(f"bad listen address {spec!r}: port {port} is out of range 0-65535")
     if match.group("v6") is not None:
         host = match.group("v6")
         if not host:
-            raise ValueError(f"bad listen address {spec!r}: empty IPv6 address")
+            raise UsageError(f"bad listen address {spec!r}: empty IPv6 address")
     else:
         host = match.group("host") or "0.0.0.0"
     return host, port

@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, TextIO
 
 from sigscope.model.event import Event
+from sigscope.outputs.escape import printable
 
 if TYPE_CHECKING:
     from sigscope.fate import Fate
@@ -24,6 +25,11 @@ _FATE_TEXT_FORMAT = ("{:<15} {:<9} {:>7} {:>7} {:<16} {:<17} {:<12} {:>7} {:>7} 
 
 def _dash(value: object) -> str:
     return "-" if value is None else str(value)
+
+
+def _comm(value: str | None) -> str:
+    """A command name from the kernel or /proc: another process chose it (escape.py)."""
+    return "-" if value is None else printable(value)
 
 
 def result_text(event: Event) -> str:
@@ -74,17 +80,18 @@ class TextWriter:
     def template(self, e: Event) -> str:
         """The line of `e` with holes for (id, second, microseconds, ktime): id and ktime are
         not shown (`%.0s` prints nothing)."""
+        # Escaped here, once per shape: the storm path pays nothing per record (escape.py).
         rest = _TEXT_FORMAT.format(
-            "\0", e.sender_pid, e.sender_tid, e.sender_comm, e.via, e.signal,
-            _dash(e.target_pid), _dash(e.target_tid), _dash(e.target_comm), result_text(e),
+            "\0", e.sender_pid, e.sender_tid, _comm(e.sender_comm), e.via, e.signal,
+            _dash(e.target_pid), _dash(e.target_tid), _comm(e.target_comm), result_text(e),
             _dash(e.outcome)).replace("%", "%%")
         # The time column: "%s.%06d" is always 15 characters, as the column is wide.
         return "%.0s" + rest.replace("\0" + " " * 14, "%s.%06d", 1) + "%.0s"
 
     def line(self, e: Event) -> str:
         return _TEXT_FORMAT.format(
-            self._time(e), e.sender_pid, e.sender_tid, e.sender_comm, e.via, e.signal,
-            _dash(e.target_pid), _dash(e.target_tid), _dash(e.target_comm), result_text(e),
+            self._time(e), e.sender_pid, e.sender_tid, _comm(e.sender_comm), e.via, e.signal,
+            _dash(e.target_pid), _dash(e.target_tid), _comm(e.target_comm), result_text(e),
             _dash(e.outcome))
 
     def lines(self, lines: list[str]) -> None:
@@ -110,7 +117,7 @@ class TextWriter:
         for e in items:
             if not isinstance(e, Event):  # a Fate
                 lines.append(fmt(self._time(e), f"->#{e.id}", _dash(e.pid), _dash(e.tid),
-                                 _dash(e.comm), "", e.signal, "", "", "", "", "",
+                                 _comm(e.comm), "", e.signal, "", "", "", "", "",
                                  format_latency(e.latency_ns), e.summary()))
             else:
                 # A fate follows for a queued signal, and for a SIGCONT ignored once it had
@@ -118,14 +125,21 @@ class TextWriter:
                 later = "..." if e.outcome in QUEUED_OUTCOMES or (
                     e.sig == SIGCONT and e.outcome == "ignored") else "-"
                 lines.append(fmt(self._time(e), f"#{e.id}", e.sender_pid, e.sender_tid,
-                                 e.sender_comm, e.via, e.signal, _dash(e.target_pid),
-                                 _dash(e.target_tid), _dash(e.target_comm), result_text(e),
+                                 _comm(e.sender_comm), e.via, e.signal, _dash(e.target_pid),
+                                 _dash(e.target_tid), _comm(e.target_comm), result_text(e),
                                  _dash(e.outcome), "-", later if e.outcome else "-"))
         if lines:
             self.out.write("\n".join(lines) + "\n")
 
     def lost(self, count: int, total: int) -> None:
-        self.out.write(f"# LOST {count} records (total {total})\n")
+        """Records that matched the filters and were lost (buffer or in-flight map full)."""
+        self.out.write(f"# LOST {count} records after matching the filters (total {total})\n")
+
+    def skipped(self, count: int, total: int) -> None:
+        """Probe runs the kernel skipped: unknown whether they would have matched."""
+        self.out.write(f"# SKIPPED {count} probe runs: the kernel skipped them while another "
+                       f"BPF program ran on the CPU; unknown whether they matched "
+                       f"(total {total})\n")
 
     def flush(self) -> None:
         self.out.flush()
@@ -158,8 +172,11 @@ class JsonWriter:
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
-        # Compact separators: a storm writes hundreds of MB of these.
-        self._dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+        # Compact separators: a storm writes hundreds of MB of these. Non-ASCII characters as
+        # themselves where the output is UTF-8, else as \uNNNN: valid JSON either way.
+        encoding = (getattr(out, "encoding", None) or "utf-8").lower().replace("_", "-")
+        self._dumps = json.JSONEncoder(separators=(",", ":"),
+                                       ensure_ascii=encoding not in ("utf-8", "utf8")).encode
         self._second = -1
         self._second_text = ""
 
@@ -234,10 +251,18 @@ class JsonWriter:
         _write_lines(self.out, lines)
 
     def lost(self, count: int, total: int) -> None:
+        """{"type": "lost"}: records that matched the filters and were lost."""
+        self._count_record("lost", count)
+
+    def skipped(self, count: int, total: int) -> None:
+        """{"type": "skipped"}: probe runs the kernel skipped (unknown whether they matched)."""
+        self._count_record("skipped", count)
+
+    def _count_record(self, kind: str, count: int) -> None:
         now = time.time_ns()
         seconds, nanos = divmod(now, 1_000_000_000)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos // 1000:06d}Z"
-        self.out.write(self._dumps({"type": "lost", "time": stamp, "count": count}) + "\n")
+        self.out.write(self._dumps({"type": kind, "time": stamp, "count": count}) + "\n")
 
     def flush(self) -> None:
         self.out.flush()

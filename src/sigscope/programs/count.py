@@ -18,6 +18,10 @@ process); else the pid argument (a thread id for tkill, the pidfd for pidfd_send
 
 When the map is full a new key cannot be added: the signal is counted in the per-CPU
 ``COUNTER_OTHER`` slot instead, never dropped.
+
+``keep`` (a set of KEY_FIELDS names; None: all) folds keys: every field not kept is stored as 0,
+so signals that differ only in those fields count under one key. The exporter keeps only what its
+labels show, and its map then holds one key per label set, however many processes come and go.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ KEY_FIELDS = (
     ("target_comm", "16s"),
 )
 KEY_STRUCT = struct.Struct("<" + "".join(fmt for _, fmt in KEY_FIELDS))
+KEY_FIELD_NAMES = tuple(name for name, _ in KEY_FIELDS if name != "reserved")
 KEY_SIZE = KEY_STRUCT.size
 VALUE_SIZE = 8  # u64 count
 _KEY_OFFSETS: dict[str, int] = {}
@@ -81,18 +86,31 @@ def _k(name: str) -> int:
     return _STACK_COUNT_KEY + _KEY_OFFSETS[name]
 
 
-def _build_key(src: int, labels: _Labels) -> list:
-    """The count key on the stack from the record at src. Uses r1."""
+def _build_key(src: int, labels: _Labels, keep: frozenset[str] | None = None) -> list:
+    """The count key on the stack from the record at src; fields not in `keep` (None: all are
+    kept) are 0. Uses r1."""
     f = rec.offset
+
+    def kept(name: str) -> bool:
+        return keep is None or name in keep
+
     prog: list = []
     for key_name, rec_name in (("sender_tgid", "sender_tgid"), ("sig", "sig"), ("via", "via"),
                                ("outcome", "gen_result"), ("result", "ret")):
         # ret is a little-endian s64 holding 0 or -errno: its low word is the s32 result.
-        prog += [asm.ldx(W, R1, src, f(rec_name)), asm.stx(W, R10, R1, _k(key_name))]
+        if kept(key_name):
+            prog += [asm.ldx(W, R1, src, f(rec_name)), asm.stx(W, R10, R1, _k(key_name))]
+        else:
+            prog.append(asm.st(W, R10, _k(key_name), 0))
     prog.append(asm.st(DW, R10, _k("reserved"), 0))
     for name in ("sender_comm", "target_comm"):
         for i in (0, 8):
-            prog += [asm.ldx(DW, R1, src, f(name) + i), asm.stx(DW, R10, R1, _k(name) + i)]
+            if kept(name):
+                prog += [asm.ldx(DW, R1, src, f(name) + i), asm.stx(DW, R10, R1, _k(name) + i)]
+            else:
+                prog.append(asm.st(DW, R10, _k(name) + i, 0))
+    if not kept("target_pid"):
+        return [*prog, asm.st(W, R10, _k("target_pid"), 0)]
     generated, arg_pid, pidfd, store = (labels("generated"), labels("arg_pid"), labels("pidfd"),
                                         labels("store_target"))
     prog += [
@@ -153,13 +171,14 @@ def _bump_other(fds: CountMapFds, labels: _Labels) -> list:
 
 def emit_count(
     cfg: probes.ProbeConfig, data_reg: int, labels: _Labels, on_success: list | None,
-    fds: CountMapFds,
+    fds: CountMapFds, keep: frozenset[str] | None = None,
 ) -> list:
-    """The ProbeConfig.emit hook: count the record at data_reg under its key."""
+    """The ProbeConfig.emit hook: count the record at data_reg under its key (module
+    docstring: `keep`)."""
     insert, retry, other, done = (labels("insert"), labels("retry"), labels("other"),
                                   labels("count_done"))
     return [
-        *_build_key(data_reg, labels),
+        *_build_key(data_reg, labels, keep),
         *_add_one(fds, insert),
         asm.ja(done),
         asm.label(insert),
@@ -185,12 +204,14 @@ def emit_count(
     ]
 
 
-def probe_config(filters: Filters, fds: CountMapFds) -> probes.ProbeConfig:
-    """signal.py's configuration with the counting output."""
+def probe_config(filters: Filters, fds: CountMapFds,
+                 keep: frozenset[str] | None = None) -> probes.ProbeConfig:
+    """signal.py's configuration with the counting output; `keep`: the key fields counted by
+    (None: all)."""
     return probes.ProbeConfig(
         filters, probes.OUTPUT_RINGBUF,
         probes.MapFds(inflight=fds.inflight, events=fds.counts, counters=fds.counters),
-        emit=partial(emit_count, fds=fds),
+        emit=partial(emit_count, fds=fds, keep=keep),
     )
 
 

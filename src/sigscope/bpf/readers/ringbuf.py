@@ -27,6 +27,7 @@ import struct
 from typing import TYPE_CHECKING, NamedTuple, Protocol, Union
 
 from sigscope.bpf.uapi import BPF_RINGBUF_BUSY_BIT, BPF_RINGBUF_DISCARD_BIT, BPF_RINGBUF_HDR_SZ
+from sigscope.errors import KernelError
 
 if TYPE_CHECKING:
     from sigscope.bpf.maps import RingBufMap
@@ -40,7 +41,7 @@ _U32 = struct.Struct("<I")
 Records = Union["list[bytes]", bytes]
 
 
-class ReaderError(OSError):
+class ReaderError(KernelError, OSError):
     """A ring or perf buffer could not be set up (mmap, epoll); one-line message."""
 
 
