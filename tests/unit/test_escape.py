@@ -1,0 +1,120 @@
+"""Strings from other processes reach no terminal raw: escape.printable() and every text writer
+(the trace table on both of its paths, --fate lines, the top table); JSON stays exact."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from test_decode import call, fake_proc, recipient
+
+from sigscope import top
+from sigscope.decode import Decoder, ProcResolver
+from sigscope.outputs.escape import printable
+from sigscope.outputs.trace import JsonWriter, TextWriter
+
+EVIL = "\x1b[31mRED\n\x1b[0m"
+
+
+@pytest.mark.parametrize(("raw", "shown"), [
+    ("bash", "bash"),
+    ("café", "café"),                      # printable non-ASCII stays
+    ("a b", "a b"),
+    ("", ""),
+    (EVIL, "\\x1b[31mRED\\n\\x1b[0m"),
+    ("tab\there\rcr", "tab\\there\\rcr"),
+    ("back\\slash", "back\\\\slash"),      # unambiguous: a name that spells an escape
+    ("\x00\x7f\x9b", "\\x00\\x7f\\x9b"),   # NUL, DEL, C1 CSI
+    ("\u202eevil", "\\u202eevil"),         # right-to-left override
+    ("\ufffd", "\ufffd"),                  # what non-UTF-8 bytes decode to: printable
+    ("\U000e0001", "\\U000e0001"),         # a tag character (format, not printable)
+])
+def test_printable(raw: str, shown: str) -> None:
+    assert printable(raw) == shown
+    assert "\x1b" not in printable(raw) and "\n" not in printable(raw)
+
+
+def test_printable_returns_the_same_object_when_nothing_to_escape() -> None:
+    name = "ora_pmon_orcl"
+    assert printable(name) is name
+
+
+def _evil_batch() -> bytes:
+    evil = EVIL.encode()
+    records = [call(call_id=1000 + i, ret=0, via="tgkill", arg_pid=700, arg_tid=701,
+                    sender_comm=evil, **recipient(701, group=0, comm=evil)) for i in range(20)]
+    records.append(call(call_id=3000, ret=-3, arg_pid=999999, sender_comm=b"\xff\xfe%s"))
+    return b"".join(records)
+
+
+def test_text_table_escapes_on_both_paths(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path / "proc", {700: (700, "leader"), 701: (700, "x\ny")})
+    batch = _evil_batch()
+    by_events, by_lines = io.StringIO(), io.StringIO()
+    TextWriter(by_events).events(Decoder(ProcResolver(str(proc)), wall_offset_ns=7).decode(batch))
+    writer = TextWriter(by_lines)
+    writer.lines(Decoder(ProcResolver(str(proc)), wall_offset_ns=7).render(batch, writer))
+    assert by_lines.getvalue() == by_events.getvalue()  # the storm path equals the Event path
+    text = by_lines.getvalue()
+    assert "\x1b" not in text
+    lines = text.splitlines()
+    assert len(lines) == 21  # no forged line
+    assert lines[0].split()[3] == "\\x1b[31mRED\\n\\x1b[0m"
+    assert "\ufffd\ufffd%s" in lines[-1]
+
+
+def test_json_keeps_the_exact_name() -> None:
+    events = Decoder(wall_offset_ns=7).decode(_evil_batch())
+    out = io.StringIO()
+    JsonWriter(out).events(events)
+    first = json.loads(out.getvalue().splitlines()[0])
+    assert first["sender"]["comm"] == EVIL and first["target"]["comm"] == EVIL
+    assert "\x1b" not in out.getvalue()  # JSON escapes it itself (\u001b)
+
+
+def test_json_is_valid_on_an_ascii_stream() -> None:
+    class AsciiStream(io.StringIO):
+        encoding = "ascii"
+
+    events = Decoder(wall_offset_ns=7).decode(_evil_batch())
+    out = AsciiStream()
+    JsonWriter(out).events(events)
+    out.getvalue().encode("ascii")  # no character the stream cannot take
+    last = json.loads(out.getvalue().splitlines()[-1])
+    assert last["sender"]["comm"] == "\ufffd\ufffd%s"
+
+
+def test_fate_lines_escape() -> None:
+    from sigscope.fate import Fate
+
+    events = Decoder(wall_offset_ns=7).decode(_evil_batch())[:1]
+    fate = Fate(id=events[0].id, event=events[0], ktime_ns=10, time_ns=17, effect="ignored",
+                pid=700, tid=701, comm=EVIL)
+    out = io.StringIO()
+    TextWriter(out, fate=True).events([*events, fate])
+    text = out.getvalue()
+    assert "\x1b" not in text and len(text.splitlines()) == 2
+    assert text.count("\\x1b[31mRED\\n\\x1b[0m") == 3  # sender, target, the fate's thread
+
+
+def test_top_table_escapes_and_keeps_the_last_table_on_ctrl_c() -> None:
+    key = top.RowKey(1, EVIL, 2, "t\x07bell", 10, "kill", 0, "delivered")
+    interval = top.Interval(time=0.0, interval_s=1.0, rows=[(key, 3)], keys=1)
+    text = top.render_table(interval)
+    assert "\x1b" not in text and "\x07" not in text
+    assert "\\x1b[31mRED\\n\\x1b[0m" in text and "t\\x07bell" in text
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Tty()
+    writer = top.IntervalWriter(tty)
+    writer.write(interval)
+    writer.write(interval._replace(final=True, interval_s=0.3))
+    screen = tty.getvalue()
+    # The final partial interval goes below the last full table: no clear before it.
+    assert screen.count(top.CLEAR_SCREEN) == 1 and screen.startswith(top.CLEAR_SCREEN)
+    assert screen.index("(final, partial)") > screen.index("interval 1.00s")
