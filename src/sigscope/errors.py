@@ -25,8 +25,6 @@ rewrites those names into its flags (``-s/--signal``) through ``UsageError.for_c
 
 from __future__ import annotations
 
-import re
-
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -45,13 +43,12 @@ class UsageError(SigscopeError, ValueError):
 
     exit_code = EXIT_USAGE
 
-    # `name=` in a library message, as written by the API's error messages.
-    _PARAM = re.compile(r"\b([a-z_]+)=")
-
     def for_cli(self, flags: dict[str, str]) -> str:
         """The message with the API's parameter names (``signals=``) replaced by the command
         line's flags (``flags["signals"] == "-s/--signal"``); unknown names are kept."""
-        return self._PARAM.sub(lambda m: flags.get(m.group(1), m.group(0)), str(self))
+        import re  # not at import time: the command line imports this module first thing
+
+        return re.sub(r"\b([a-z_]+)=", lambda m: flags.get(m.group(1), m.group(0)), str(self))
 
 
 class SetupError(SigscopeError):

@@ -13,10 +13,12 @@ command line (argparse included) is imported once the handlers are in place.
 
 from __future__ import annotations
 
+# Before main() installs its handlers a Ctrl-C is a KeyboardInterrupt traceback: import only
+# what is built in or already loaded by the interpreter (_signal, not signal: that imports enum;
+# no typing: mypy reads TYPE_CHECKING by its name).
+import _signal  # type: ignore[import-not-found]  # no stub: the C half of signal
 import os
-import signal
 import sys
-from typing import TYPE_CHECKING
 
 from sigscope import __version__
 from sigscope.errors import (
@@ -29,6 +31,7 @@ from sigscope.errors import (
     UsageError,
 )
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable, Sequence
@@ -321,7 +324,7 @@ class _Stopper:
     function, if one is registered yet. A command checks `requested` before it loads anything.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP)
 
     def __init__(self) -> None:
         self.requested: int | None = None
@@ -331,10 +334,10 @@ class _Stopper:
 
     def install(self) -> None:
         for signum in self.SIGNALS:
-            signal.signal(signum, self._handle)
+            _signal.signal(signum, self._handle)
         # A parent that left them blocked (or a test holding them pending until now) must not
         # make us unstoppable: from here on each of them is handled.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, self.SIGNALS)
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.requested is None:
