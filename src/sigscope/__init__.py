@@ -20,6 +20,10 @@ _LAZY = {
     "Event": ("sigscope.model.event", "Event"),
     "Filters": ("sigscope.model.filters", "Filters"),
     "send_signal": ("sigscope.send", "send_signal"),
+    "SigscopeError": ("sigscope.errors", "SigscopeError"),
+    "UsageError": ("sigscope.errors", "UsageError"),
+    "SetupError": ("sigscope.errors", "SetupError"),
+    "KernelError": ("sigscope.errors", "KernelError"),
 }
 
 __all__ = ["__version__", *_LAZY]

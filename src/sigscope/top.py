@@ -349,7 +349,7 @@ def count(
     pids: Iterable[int] = (),
     target_ids: Iterable[int] = (),
     comm: str | None = None,
-    vias: Iterable[str] | None = None,
+    vias: Iterable[str] | str | None = None,
     failed_only: bool = False,
     kill_only: bool = False,
     max_keys: int = DEFAULT_MAX_KEYS,

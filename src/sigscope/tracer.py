@@ -384,7 +384,7 @@ def trace(
     pids: Iterable[int] = (),
     target_ids: Iterable[int] = (),
     comm: str | None = None,
-    vias: Iterable[str] | None = None,
+    vias: Iterable[str] | str | None = None,
     failed_only: bool = False,
     kill_only: bool = False,
     buffer: str = "auto",
@@ -396,7 +396,10 @@ def trace(
 
     ``signals``/``exclude_signals`` take numbers or a spec like "USR1,SIGRTMIN+3";
     ``vias`` names send paths (kill, tkill, tgkill, rt_sigqueueinfo, rt_tgsigqueueinfo,
-    pidfd_send_signal, kernel); ``kill_only`` drops kernel-generated signals.
+    pidfd_send_signal, kernel), as names or one comma list; ``kill_only`` drops
+    kernel-generated signals. Filters that cannot match anything, and bad values (a
+    non-finite ``duration``, a ``buffer_size`` above 1G), raise ``sigscope.errors.UsageError``
+    naming the parameter.
     With ``fate=True`` (``--fate``) iteration also yields a ``sigscope.fate.Fate`` for each
     queued signal once its end is known (and sets ``event.fate``); see fate.py.
     """

@@ -241,3 +241,34 @@ def test_top_is_a_command_of_the_real_entry_point() -> None:
                           env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"}, timeout=30)
     assert done.returncode == 0
     assert "--prometheus" in done.stdout and "--max-keys" in done.stdout
+
+
+def test_exporter_keys_fold_to_the_labels() -> None:
+    from sigscope.outputs.prometheus import DEFAULT_LABELS
+
+    keep = top.key_fields(DEFAULT_LABELS)
+    assert keep == {"sig", "via", "outcome", "sender_comm", "target_comm"}  # no pid at all
+    assert {"target_pid", "via", "outcome", "sender_tgid"} <= top.key_fields(["target_pid"])
+    with pytest.raises(UsageError, match="labels= has unknown 'pod'"):
+        top.key_fields(["pod"])
+    # What the programs store for such a key: pids and the result zeroed.
+    resolve = top.KeyResolver(FakeProc(), keep=keep)  # type: ignore[arg-type]
+    folded = resolve(raw_key(sender=0, target=0, result=0, outcome=0))
+    assert (folded.sender_pid, folded.target_pid, folded.result) == (0, None, None)
+    assert (folded.sender_comm, folded.target_comm, folded.signal, folded.outcome) == (
+        "snd", "tgt", "SIGUSR1", "delivered")
+    failed = resolve(raw_key(sender=0, target=0, result=0, outcome=rec.GEN_NONE,
+                             target_comm=b""))
+    assert failed.target_comm is None and failed.outcome is None
+    with pytest.raises(UsageError, match="keep= has unknown"):
+        top.Counter(keep=["pid"])
+
+
+def test_count_programs_zero_the_fields_not_kept() -> None:
+    from sigscope.programs import common
+
+    labels = common._Labels()
+    full = asm.dump(top_probes._build_key(6, labels))
+    folded = asm.dump(top_probes._build_key(6, labels, frozenset({"sig", "via"})))
+    assert len(folded.splitlines()) < len(full.splitlines())
+    assert folded.count("= 0") >= 6  # sender, target, outcome, result, both comms' halves
