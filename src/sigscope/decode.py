@@ -353,16 +353,23 @@ class Decoder:
         if kind == KIND_KERNEL:
             return (sig, via, sender_tgid, sender_tid, self._comm(sender_comm), sender_uid,
                     t_pid, t_tid, t_comm, None, None, None, code, None, outcome, group)
-        tg = via_code in _TG_VIAS
-        pidfd_call = via_code == _VIA_PIDFD
+        # The arguments as the call's man page names them: tkill(tid, sig) takes a thread id
+        # (the record keeps every call's first argument in arg_pid).
+        e_pid: int | None = arg_pid
+        e_tid: int | None = arg_tid if via_code in _TG_VIAS else None
+        e_pidfd: int | None = None
+        if via_code == _VIA_PIDFD:
+            e_pid, e_pidfd = None, arg_pidfd
+        elif via_code == _VIA_TKILL:
+            e_pid, e_tid = None, arg_pid
         return (sig, via, sender_tgid, sender_tid, self._comm(sender_comm), sender_uid,
-                t_pid, t_tid, t_comm, None if pidfd_call else arg_pid, arg_tid if tg else None,
-                arg_pidfd if pidfd_call else None, code, ret, outcome, group)
+                t_pid, t_tid, t_comm, e_pid, e_tid, e_pidfd, code, ret, outcome, group)
 
 
 _VIA_NAMES = rec.VIA_NAMES
 _TG_VIAS = frozenset({rec.VIA_CODES["tgkill"], rec.VIA_CODES["rt_tgsigqueueinfo"]})
 _VIA_PIDFD = rec.VIA_CODES["pidfd_send_signal"]
+_VIA_TKILL = rec.VIA_CODES["tkill"]
 KIND_KERNEL = rec.KIND_KERNEL
 KIND_CALL = rec.KIND_CALL
 KIND_FANOUT = rec.KIND_FANOUT
@@ -377,10 +384,6 @@ _IDX = {name: i for i, name in enumerate(rec.FIELD_NAMES)}
 
 def _latest_ktime(events: list[Event]) -> int | None:
     return events[-1].ktime_ns if events else None
-
-
-def _arg_pid(via: str, arg_pid: int) -> int | None:
-    return None if via == "pidfd_send_signal" else arg_pid
 
 
 def _target_from_args(via: str, arg_pid: int, arg_tid: int) -> tuple[int | None, int | None]:

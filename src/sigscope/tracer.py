@@ -387,14 +387,21 @@ def make_filters(
         return parse_signal_list(value) if isinstance(value, str) else frozenset(value)
 
     wanted: frozenset[int] | None = None
+    excluded: frozenset[int] = frozenset()
     if signals is not None:
         wanted = as_set(signals)
     if exclude_signals is not None:
-        wanted = (wanted if wanted is not None else frozenset(range(65))) - as_set(exclude_signals)
+        # With -s, -e narrows the wanted set; alone it stays an exclusion (numbers no signal
+        # has, sent by mistake, still show).
+        if wanted is not None:
+            wanted -= as_set(exclude_signals)
+        else:
+            excluded = as_set(exclude_signals)
     via_set = frozenset(vias) if vias is not None else frozenset(rec.VIA_NAMES)
     if kill_only:
         via_set -= {"kernel"}
     return Filters(
         sender_pids=frozenset(pids), target_ids=frozenset(target_ids), signals=wanted,
+        excluded_signals=excluded,
         comm=comm, vias=via_set, failed_only=failed_only,
     )

@@ -57,7 +57,7 @@ def test_time_is_utc_iso_with_microseconds() -> None:
 
 
 @pytest.mark.parametrize(("sig", "name"), [
-    (0, "0"), (10, "SIGUSR1"), (12, "SIGUSR2"), (32, "SIGRTMIN"), (35, "SIGRTMIN+3"),
+    (0, "0"), (10, "SIGUSR1"), (12, "SIGUSR2"), (32, "SIG32"), (34, "SIGRTMIN"), (37, "SIGRTMIN+3"),
     (64, "SIGRTMAX"), (62, "SIGRTMAX-2"), (99, "SIG#99"),
 ])
 def test_signal_names(sig: int, name: str) -> None:
