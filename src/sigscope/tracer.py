@@ -24,10 +24,12 @@ from sigscope.bpf.readers.perfbuf import PerfBufReader
 from sigscope.bpf.readers.ringbuf import RingBufReader
 from sigscope.bpf.tracefs import event_format
 from sigscope.decode import Decoder, LineRenderer
+from sigscope.kstack import KernelStacks
 from sigscope.model import record as rec
 from sigscope.model.event import Event
 from sigscope.model.filters import Filters
 from sigscope.programs import signal as probes
+from sigscope.programs.origin import make_stack_map
 from sigscope.session import ProbeSession
 
 if TYPE_CHECKING:
@@ -124,8 +126,12 @@ class Tracer(ProbeSession):
         else:
             events = self._own(PerfEventArrayMap(name="sigscope_events"))
             output = probes.OUTPUT_PERF
+        stacks = self._own(make_stack_map()) if self._wants_kill_origins() else None
+        if stacks is not None:
+            self.decoder.stacks = KernelStacks(stacks)
         cfg = probes.ProbeConfig(self.filters, output,
-                                 probes.MapFds(inflight.fd, events.fd, counters.fd))
+                                 probes.MapFds(inflight.fd, events.fd, counters.fd,
+                                               stacks.fd if stacks is not None else -1))
         # The reader first: a perf buffer's per-CPU events must be in the map before any
         # program writes to it.
         if kind == "ringbuf":
@@ -137,12 +143,17 @@ class Tracer(ProbeSession):
         plans = list(self._fate_plans(cfg)) if self.fate else []  # first: no delivery missed
         self._load_and_attach(itertools.chain(plans, probes.signal_probe_plans(cfg, prefix="s")))
 
+    def _wants_kill_origins(self) -> bool:
+        """Kernel-generated SIGKILLs are traced: take their kernel stacks (their origin)."""
+        return self.filters.include_kernel and self.filters.wants_signal(9)
+
     def programs_text(self) -> list[tuple[str, list]]:
         """(name, instructions) of every probe, for `--ebpf` (built with placeholder map fds,
         nothing is loaded)."""
         kind = self.buffer_kind if self.buffer_kind != "auto" else "ringbuf"
         output = probes.OUTPUT_RINGBUF if kind == "ringbuf" else probes.OUTPUT_PERF
-        cfg = probes.ProbeConfig(self.filters, output, probes.MapFds(-1, -2, -3))
+        cfg = probes.ProbeConfig(self.filters, output, probes.MapFds(
+            -1, -2, -3, -4 if self._wants_kill_origins() else -1))
         plans = itertools.chain(self._fate_plans(cfg) if self.fate else [],
                                 probes.signal_probe_plans(cfg))
         return [(", ".join(event for _, event in tracepoints), insns)

@@ -10,7 +10,10 @@ One record is one send attempt and recipient:
   the first recipient (if the call generated any signal; ``gen_result == GEN_NONE`` otherwise).
 * ``KIND_FANOUT`` — a further recipient of the same call (kill(-pgid), kill(-1)); joined in user
   space with its ``KIND_CALL`` record through ``call_id`` to learn the return value.
-* ``KIND_KERNEL`` — a signal the kernel generated outside any signal syscall.
+* ``KIND_KERNEL`` — a signal the kernel generated outside any signal syscall. For a SIGKILL,
+  ``kstack`` holds the id of its kernel stack in the stack map, plus one (0: none taken;
+  negative: bpf_get_stackid's -errno), from which user space reads why it was sent
+  (model/origins.py).
 
 With ``--fate`` (programs/fate.py) further kinds follow a signal to its end. They reuse the same
 layout; the ``sender_*`` fields then name the thread the record happened in:
@@ -112,7 +115,7 @@ _SPEC = [
     ("gen_group", "i"),     # signal_generate: group (process-directed) signal
     ("gen_result", "i"),    # signal_generate: TRACE_SIGNAL_* result, GEN_NONE if none
     ("flags", "I"),         # FLAG_* bits
-    ("reserved", "I"),
+    ("kstack", "i"),        # KERNEL SIGKILL: its kernel stack's id in the stack map + 1; 0 none
     ("sender_comm", "16s"),
     ("target_comm", "16s"),
 ]

@@ -32,6 +32,7 @@ from sigscope.bpf.uapi import BPF_F_CURRENT_CPU, BPF_RB_NO_WAKEUP
 from sigscope.model import record as rec
 from sigscope.model.filters import Filters
 from sigscope.programs.common import _STACK_KEY, _STACK_RECORD, _f, _Labels
+from sigscope.programs.origin import kernel_sigkill_stack
 from sigscope.programs.task import (
     TaskLayout,
     _task_prologue,
@@ -102,6 +103,7 @@ class MapFds(NamedTuple):
     inflight: int
     events: int
     counters: int
+    stacks: int = -1  # kernel stacks of kernel SIGKILLs (programs/origin.py); -1: none taken
 
 
 class ProbeConfig(NamedTuple):
@@ -561,6 +563,7 @@ def build_signal_generate(cfg: ProbeConfig, gen: EventFormat) -> list:
         prog += _comm_filter(R10, _STACK_RECORD + _f("sender_comm"), f.comm_bytes(), out)
         prog += _fill_sender_into_stack()
         prog += _copy_generate_fields(R10, _STACK_RECORD, gen)
+        prog += kernel_sigkill_stack(cfg.maps.stacks, labels)  # why the kernel killed
         prog += [
             asm.stx(W, R10, R9, _STACK_RECORD + _f("sig")),
             asm.st(W, R10, _STACK_RECORD + _f("kind"), rec.KIND_KERNEL),
