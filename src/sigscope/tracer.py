@@ -142,6 +142,33 @@ class Tracer(ProbeSession):
             self._reader = PerfBufReader(events, pages_per_cpu=pages)  # type: ignore[arg-type]
         plans = list(self._fate_plans(cfg)) if self.fate else []  # first: no delivery missed
         self._load_and_attach(itertools.chain(plans, probes.signal_probe_plans(cfg, prefix="s")))
+        if self.fate_tracker is not None:
+            self.fate_tracker.sigcont_states = self._attach_sigcont_state(cfg)
+
+    def _attach_sigcont_state(self, cfg: probes.ProbeConfig) -> bool:
+        """--fate: the raw signal_generate program telling whether a SIGCONT resumed a
+        stopped process (programs/fate_cont.py). False without BTF or raw tracepoints: the
+        effect of an ignored SIGCONT is then "unknown"."""
+        from sigscope.bpf.attach import attach_raw_tracepoint
+        from sigscope.bpf.program import Program
+        from sigscope.bpf.syscall import BPFError
+        from sigscope.bpf.uapi import BPF_PROG_TYPE_RAW_TRACEPOINT
+        from sigscope.programs import fate_cont
+
+        layout = fate_cont.cont_layout()
+        if layout is None:
+            return False
+        try:
+            prog = Program.load(fate_cont.build_sigcont_state(cfg, layout),
+                                prog_type=BPF_PROG_TYPE_RAW_TRACEPOINT, name="fate_sigcont")
+        except BPFError:
+            return False
+        self._programs.append(prog)
+        try:
+            self._attachments.append(attach_raw_tracepoint(prog, fate_cont.RAW_TRACEPOINT))
+        except BPFError:
+            return False
+        return True
 
     def _wants_kill_origins(self) -> bool:
         """Kernel-generated SIGKILLs are traced: take their kernel stacks (their origin)."""

@@ -28,6 +28,10 @@ layout; the ``sender_*`` fields then name the thread the record happened in:
   was dequeued without signal_deliver.
 * ``KIND_SIGACTION`` — rt_sigaction is about to set ``sig``'s handler to ``ret`` (only SIG_DFL or
   SIG_IGN are reported): the kernel flushes a pending signal that becomes ignored.
+* ``KIND_SIGCONT``   — a SIGCONT was generated (raw signal_generate, programs/fate_cont.py):
+  ``target_tid``/``arg_pid`` = the target's tid/tgid, ``arg_tid`` = its ``signal_struct.flags``
+  just after prepare_signal() (a SIGNAL_CLD_* bit: a stopped process was resumed),
+  ``gen_result`` = the generation's result.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ KIND_DELIVER = 4
 KIND_EXIT = 5
 KIND_CONSUMED = 6
 KIND_SIGACTION = 7
-FATE_KINDS = frozenset({KIND_DELIVER, KIND_EXIT, KIND_CONSUMED, KIND_SIGACTION})
+KIND_SIGCONT = 8
+FATE_KINDS = frozenset({KIND_DELIVER, KIND_EXIT, KIND_CONSUMED, KIND_SIGACTION, KIND_SIGCONT})
 
 # States of an in-flight record (the kernel's per-thread map; never written out): the thread is
 # not inside a signal syscall, or is inside one whose `via` the filters leave out.
