@@ -66,7 +66,7 @@ class KernelStacks:
             raw = self.map.lookup(struct.pack("<I", stack_id))
         except OSError:
             return []
-        if raw is None:
+        if not isinstance(raw, bytes):  # none, or a per-CPU value list (not a stack map)
             return []
         names = []
         for (address,) in struct.iter_unpack("<Q", raw):
