@@ -41,6 +41,12 @@ class LineRenderer(Protocol):
     def line(self, event: Event) -> str: ...
 
 
+class StackOrigins(Protocol):
+    """What a kernel stack id says about why a SIGKILL was sent (kstack.KernelStacks)."""
+
+    def origin(self, stack_id: int) -> str | None: ...
+
+
 class ProcResolver:
     """What /proc says about a task now: its thread-group id, its command, a pidfd's pid."""
 
@@ -105,8 +111,11 @@ class Decoder:
         resolver: ProcResolver | None = None,
         wall_offset_ns: int | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        stacks: StackOrigins | None = None,
     ) -> None:
         self.resolver = resolver or ProcResolver()
+        # Reads the kernel stacks of kernel-generated SIGKILLs (kstack.KernelStacks).
+        self.stacks = stacks
         if wall_offset_ns is None:
             wall_offset_ns = time.time_ns() - time.monotonic_ns()
         self.wall_offset_ns = wall_offset_ns
@@ -322,7 +331,7 @@ class Decoder:
         """Every Event field after id, ktime_ns and time_ns."""
         (_ktime, _call_id, kind, _nemitted, _ret, arg_pid, arg_tid, via_code, sender_tgid,
          sender_tid, sender_uid, sig, arg_pidfd, _ngen, gen_code, _gen_errno, target_tid,
-         gen_group, gen_result, _flags, _reserved, sender_comm, target_comm) = row
+         gen_group, gen_result, _flags, kstack, sender_comm, target_comm) = row
         via = _VIA_NAMES[via_code] if via_code < len(_VIA_NAMES) else str(via_code)
         t_pid: int | None
         t_tid: int | None
@@ -351,18 +360,29 @@ class Decoder:
                 t_pid = resolver.tgid(t_tid, now)
             t_comm = resolver.comm(t_pid, now) if t_pid is not None else None
         if kind == KIND_KERNEL:
+            stack_origin = None
+            if kstack > 0 and self.stacks is not None:
+                stack_origin = self.stacks.origin(kstack - 1)
             return (sig, via, sender_tgid, sender_tid, self._comm(sender_comm), sender_uid,
-                    t_pid, t_tid, t_comm, None, None, None, code, None, outcome, group)
-        tg = via_code in _TG_VIAS
-        pidfd_call = via_code == _VIA_PIDFD
+                    t_pid, t_tid, t_comm, None, None, None, code, None, outcome, group,
+                    stack_origin)
+        # The arguments as the call's man page names them: tkill(tid, sig) takes a thread id
+        # (the record keeps every call's first argument in arg_pid).
+        e_pid: int | None = arg_pid
+        e_tid: int | None = arg_tid if via_code in _TG_VIAS else None
+        e_pidfd: int | None = None
+        if via_code == _VIA_PIDFD:
+            e_pid, e_pidfd = None, arg_pidfd
+        elif via_code == _VIA_TKILL:
+            e_pid, e_tid = None, arg_pid
         return (sig, via, sender_tgid, sender_tid, self._comm(sender_comm), sender_uid,
-                t_pid, t_tid, t_comm, None if pidfd_call else arg_pid, arg_tid if tg else None,
-                arg_pidfd if pidfd_call else None, code, ret, outcome, group)
+                t_pid, t_tid, t_comm, e_pid, e_tid, e_pidfd, code, ret, outcome, group, None)
 
 
 _VIA_NAMES = rec.VIA_NAMES
 _TG_VIAS = frozenset({rec.VIA_CODES["tgkill"], rec.VIA_CODES["rt_tgsigqueueinfo"]})
 _VIA_PIDFD = rec.VIA_CODES["pidfd_send_signal"]
+_VIA_TKILL = rec.VIA_CODES["tkill"]
 KIND_KERNEL = rec.KIND_KERNEL
 KIND_CALL = rec.KIND_CALL
 KIND_FANOUT = rec.KIND_FANOUT
@@ -377,10 +397,6 @@ _IDX = {name: i for i, name in enumerate(rec.FIELD_NAMES)}
 
 def _latest_ktime(events: list[Event]) -> int | None:
     return events[-1].ktime_ns if events else None
-
-
-def _arg_pid(via: str, arg_pid: int) -> int | None:
-    return None if via == "pidfd_send_signal" else arg_pid
 
 
 def _target_from_args(via: str, arg_pid: int, arg_tid: int) -> tuple[int | None, int | None]:

@@ -3,8 +3,11 @@
 ``FateTracker`` is fed the decoded signal Events and the fate records (programs/fate.py) and
 produces one ``Fate`` per signal that was queued (outcome ``delivered`` or ``lose_info``);
 signals the kernel coalesced (``already_pending``), could not queue (``overflow``) or ignored
-at generation never get one, except SIGCONT, which continues a stopped process even when the
-kernel then drops it as ignored.
+at generation never get one, except a SIGCONT that resumed a stopped process, which did so even
+though the kernel then dropped it as ignored: ``continued`` when the target's signal flags at
+its generation (programs/fate_cont.py) carry the SIGNAL_CLD_* note prepare_signal() leaves on
+resuming a stop, nothing when they carry none (it resumed nothing), ``unknown`` when the note
+may be an earlier SIGCONT's that no thread has taken yet, or without that evidence.
 
 Matching. A queued signal waits in a queue: the target thread's private queue for
 tkill/tgkill/rt_tgsigqueueinfo and the process's shared queue for group signals. A delivery
@@ -45,7 +48,10 @@ EFFECTS = ("handled", "ignored", "stopped", "continued", "terminated", "core_dum
 DISPOSITIONS = ("default", "ignore", "handler")
 
 SIG_DFL, SIG_IGN = 0, 1
-SIGKILL, SIGCONT, SIGSTOP = 9, 18, 19
+SIGKILL, SIGCHLD, SIGCONT, SIGSTOP = 9, 17, 18, 19
+CLD_JOB_CONTROL = frozenset({5, 6})                    # CLD_STOPPED, CLD_CONTINUED
+# include/linux/sched/signal.h: the parent notes prepare_signal(SIGCONT) leaves.
+SIGNAL_CLD_MASK = 0x10 | 0x20                          # SIGNAL_CLD_STOPPED | _CONTINUED
 STOP_SIGNALS = frozenset({19, 20, 21, 22})             # SIGSTOP SIGTSTP SIGTTIN SIGTTOU
 DEFAULT_IGNORE_SIGNALS = frozenset({17, 23, 28})       # SIGCHLD SIGURG SIGWINCH
 CORE_SIGNALS = frozenset({3, 4, 5, 6, 7, 8, 11, 24, 25, 31})
@@ -130,6 +136,8 @@ class FateRecord:
     flags: int = 0
     exit_code: int | None = None
     group_dead: bool = False
+    target_pid: int = 0  # KIND_SIGCONT: the process and thread the SIGCONT was generated for
+    target_tid: int = 0
 
     @classmethod
     def from_row(cls, row: tuple) -> FateRecord:
@@ -142,7 +150,8 @@ class FateRecord:
         return cls(kind=kind, ktime_ns=get("ktime_ns"), pid=get("sender_tgid"),
                    tid=get("sender_tid"), comm=comm, sig=get("sig"), code=get("gen_code"),
                    handler=get("ret") & 0xFFFFFFFFFFFFFFFF, flags=get("arg_tid") & 0xFFFFFFFF,
-                   exit_code=exit_code, group_dead=bool(get("gen_group")))
+                   exit_code=exit_code, group_dead=bool(get("gen_group")),
+                   target_pid=get("arg_pid"), target_tid=get("target_tid"))
 
 
 @dataclass(slots=True)
@@ -150,7 +159,9 @@ class Fate:
     """What became of one signal (the Event with the same ``id``).
 
     ``pid``/``tid``/``comm`` is the thread that took it (delivery or consumption), or the one
-    whose exit or sigaction decided it; ``latency_ns`` runs from generation to delivery or
+    whose exit or sigaction decided it; for a ``pending`` signal, where it is pending (the
+    process, and the thread for a thread-directed signal; ``tid`` None for a process's shared
+    queue); ``latency_ns`` runs from generation to delivery or
     consumption (None when it was never dequeued). ``cause`` is the signal a process died of
     (effects terminated/core_dumped): for a converted fatal signal it is read from the exit
     code, so it is the signal sent, not the SIGKILL the kernel turned it into.
@@ -252,6 +263,13 @@ class FateTracker:
         self._npending = 0
         self._awaiting_exit: dict[int, list[_Delivered]] = {}  # tid -> fatal deliveries
         self._dying: dict[int, FateRecord] = {}  # tgid -> first SIGKILL delivery of a group exit
+        # SIGCONT evidence (programs/fate_cont.py): set by the tracer when the raw
+        # signal_generate program is attached; without it an ignored SIGCONT is "unknown".
+        self.sigcont_states = False
+        self._cont_waiting: dict[int, Event] = {}  # target tid -> ignored SIGCONT, undecided
+        # tgid -> a SIGNAL_CLD_* note was seen set and nothing since shows it taken (a thread
+        # of the process running get_signal(), which takes it before any delivery).
+        self._cld_noted: dict[int, bool] = {}
         self.untracked = 0   # queued signals not followed (table full)
         self.unmatched = 0   # deliveries/consumptions of signals we did not see generated
 
@@ -283,9 +301,13 @@ class FateTracker:
         signal still queued is ``pending`` and a fatal delivery whose exit was not seen is
         ``unknown``."""
         fates = self.advance(1 << 64)
-        for queue in self._queues.values():
+        for (scope, owner, _sig), queue in self._queues.items():
             for event in queue:
                 fate = self._fate(event, None, "pending")
+                # Where it is pending: its process's shared queue, or one thread's own.
+                fate.pid = event.target_pid if scope == "thread" else owner
+                fate.tid = owner if scope == "thread" else None
+                fate.comm = event.target_comm
                 if end_ktime_ns is not None:
                     fate.ktime_ns = end_ktime_ns
                     fate.time_ns = end_ktime_ns + self.wall_offset_ns
@@ -298,6 +320,9 @@ class FateTracker:
             for d in waiting:
                 fates.append(self._from_delivery(d.event, d.record, "unknown"))
         self._awaiting_exit.clear()
+        for event in self._cont_waiting.values():  # its flags record never came (lost)
+            fates.append(self._continued(event, "unknown"))
+        self._cont_waiting.clear()
         return fates
 
     @property
@@ -324,11 +349,46 @@ class FateTracker:
         if event.outcome in QUEUED_OUTCOMES:
             self._enqueue(event, process, fates)
         elif event.sig == SIGCONT and event.outcome == "ignored":
-            # Ignored (default action or SIG_IGN) only after it had resumed the process.
-            fate = self._fate(event, None, "continued")
-            fate.pid, fate.tid, fate.comm = event.target_pid, event.target_tid, event.target_comm
-            fate.latency_ns = 0
-            fates.append(fate)
+            # Ignored (default action or SIG_IGN), after it resumed the process if it was
+            # stopped: its KIND_SIGCONT record (the target's job-control flags) decides.
+            if not self.sigcont_states or event.target_tid is None:
+                fates.append(self._continued(event, "unknown"))
+            else:
+                if len(self._cont_waiting) >= self.max_pending:
+                    self._cont_waiting.clear()
+                    self.untracked += 1
+                self._cont_waiting[event.target_tid] = event
+        if event.sig == SIGCHLD and event.via == "kernel" and event.code in CLD_JOB_CONTROL:
+            # A thread of the sender's process took its CLD note (do_notify_parent_cldstop).
+            self._cld_noted.pop(event.sender_pid, None)
+
+    def _continued(self, event: Event, effect: str) -> Fate:
+        """The fate of an ignored SIGCONT: what it did when it was generated, to its target."""
+        fate = self._fate(event, None, effect)
+        fate.pid, fate.tid, fate.comm = event.target_pid, event.target_tid, event.target_comm
+        fate.latency_ns = 0 if effect == "continued" else None
+        return fate
+
+    def _on_sigcont_state(self, record: FateRecord, fates: list[Fate]) -> None:
+        """A SIGCONT's generation seen with the target's signal flags (programs/fate_cont.py).
+        The record comes right after the signal's own (same generation, same lock; the raw
+        program is attached after the signal probes)."""
+        noted = bool(record.flags & SIGNAL_CLD_MASK)
+        earlier_note = self._cld_noted.get(record.target_pid, False)
+        if noted:
+            if len(self._cld_noted) >= self.max_pending:
+                self._cld_noted.clear()
+            self._cld_noted[record.target_pid] = True
+        else:
+            self._cld_noted.pop(record.target_pid, None)
+        event = self._cont_waiting.pop(record.target_tid, None)
+        if event is None:
+            return
+        if not noted:
+            return  # nothing was stopped: it continued nothing (and was dropped as ignored)
+        # A note set: this SIGCONT resumed a stop, unless the note is an earlier SIGCONT's
+        # that no thread has taken yet; then the kernel does not say which.
+        fates.append(self._continued(event, "unknown" if earlier_note else "continued"))
 
     def _enqueue(self, event: Event, process: int | None, fates: list[Fate]) -> None:
         if event.target_tid is None:
@@ -366,6 +426,8 @@ class FateTracker:
                 fates.append(self._from_delivery(event, record, "consumed", disposition=False))
         elif kind == rec.KIND_EXIT:
             self._on_exit(record, fates)
+        elif kind == rec.KIND_SIGCONT:
+            self._on_sigcont_state(record, fates)
         elif kind == rec.KIND_SIGACTION:
             ignored = record.handler == SIG_IGN or (
                 record.handler == SIG_DFL and record.sig in DEFAULT_IGNORE_SIGNALS | {SIGCONT})
@@ -393,6 +455,8 @@ class FateTracker:
             del self._queues_of_process[owner]
 
     def _on_deliver(self, record: FateRecord, fates: list[Fate]) -> None:
+        # get_signal() takes the process's CLD note before it dequeues anything.
+        self._cld_noted.pop(record.pid, None)
         event = self._dequeue(record)
         if event is None:
             if record.sig == SIGKILL:
@@ -450,6 +514,7 @@ class FateTracker:
                     fates.append(fate)
             self._queues_of_process.pop(record.pid, None)
             self._dying.pop(record.pid, None)
+            self._cld_noted.pop(record.pid, None)
 
     def _oldest_queued(self, process: int, sig: int) -> Event | None:
         """Remove and return the oldest queued `sig` of a process (any of its queues)."""

@@ -28,10 +28,12 @@ from sigscope.bpf.readers.ringbuf import RingBufReader
 from sigscope.bpf.tracefs import event_format
 from sigscope.decode import Decoder, LineRenderer
 from sigscope.errors import KernelError, SigscopeError, UsageError
+from sigscope.kstack import KernelStacks
 from sigscope.model import record as rec
 from sigscope.model.event import Event
 from sigscope.model.filters import Filters
 from sigscope.programs import signal as probes
+from sigscope.programs.origin import make_stack_map
 from sigscope.session import ProbeSession
 
 if TYPE_CHECKING:
@@ -81,8 +83,12 @@ class Tracer(ProbeSession):
         duration: float | None = None,
         poll_interval_ms: int = DEFAULT_POLL_INTERVAL_MS,
         fate: bool = False,
+        follow_signalfd: bool = True,
     ) -> None:
         super().__init__()
+        # --fate: follow signalfd reads (programs/fate_signalfd.py). Costs every read(2) on
+        # the system ~1.7 us while tracing (measured here): two more syscall tracepoints.
+        self.follow_signalfd = follow_signalfd
         if buffer not in BUFFER_KINDS:
             choices = ", ".join(BUFFER_KINDS)
             raise UsageError(f"buffer={buffer!r} is unknown: choose from {choices}")
@@ -146,8 +152,12 @@ class Tracer(ProbeSession):
         else:
             events = self._own(PerfEventArrayMap(name="sigscope_events"))
             output = probes.OUTPUT_PERF
+        stacks = self._own(make_stack_map()) if self._wants_kill_origins() else None
+        if stacks is not None:
+            self.decoder.stacks = KernelStacks(stacks)
         cfg = probes.ProbeConfig(self.filters, output,
-                                 probes.MapFds(inflight.fd, events.fd, counters.fd))
+                                 probes.MapFds(inflight.fd, events.fd, counters.fd,
+                                               stacks.fd if stacks is not None else -1))
         # The reader first: a perf buffer's per-CPU events must be in the map before any
         # program writes to it.
         if kind == "ringbuf":
@@ -158,13 +168,45 @@ class Tracer(ProbeSession):
             self._reader = PerfBufReader(events, pages_per_cpu=pages)  # type: ignore[arg-type]
         plans = list(self._fate_plans(cfg)) if self.fate else []  # first: no delivery missed
         self._load_and_attach(itertools.chain(plans, probes.signal_probe_plans(cfg, prefix="s")))
+        if self.fate_tracker is not None:
+            self.fate_tracker.sigcont_states = self._attach_sigcont_state(cfg)
+
+    def _attach_sigcont_state(self, cfg: probes.ProbeConfig) -> bool:
+        """--fate: the raw signal_generate program telling whether a SIGCONT resumed a
+        stopped process (programs/fate_cont.py). False without BTF or raw tracepoints: the
+        effect of an ignored SIGCONT is then "unknown"."""
+        from sigscope.bpf.attach import attach_raw_tracepoint
+        from sigscope.bpf.program import Program
+        from sigscope.bpf.syscall import BPFError
+        from sigscope.bpf.uapi import BPF_PROG_TYPE_RAW_TRACEPOINT
+        from sigscope.programs import fate_cont
+
+        layout = fate_cont.cont_layout()
+        if layout is None:
+            return False
+        try:
+            prog = Program.load(fate_cont.build_sigcont_state(cfg, layout),
+                                prog_type=BPF_PROG_TYPE_RAW_TRACEPOINT, name="fate_sigcont")
+        except BPFError:
+            return False
+        self._programs.append(prog)
+        try:
+            self._attachments.append(attach_raw_tracepoint(prog, fate_cont.RAW_TRACEPOINT))
+        except BPFError:
+            return False
+        return True
+
+    def _wants_kill_origins(self) -> bool:
+        """Kernel-generated SIGKILLs are traced: take their kernel stacks (their origin)."""
+        return self.filters.include_kernel and self.filters.wants_signal(9)
 
     def programs_text(self) -> list[tuple[str, list]]:
         """(name, instructions) of every probe, for `--ebpf` (built with placeholder map fds,
         nothing is loaded)."""
         kind = self.buffer_kind if self.buffer_kind != "auto" else "ringbuf"
         output = probes.OUTPUT_RINGBUF if kind == "ringbuf" else probes.OUTPUT_PERF
-        cfg = probes.ProbeConfig(self.filters, output, probes.MapFds(-1, -2, -3))
+        cfg = probes.ProbeConfig(self.filters, output, probes.MapFds(
+            -1, -2, -3, -4 if self._wants_kill_origins() else -1))
         plans = itertools.chain(self._fate_plans(cfg) if self.fate else [],
                                 probes.signal_probe_plans(cfg))
         return [(", ".join(event for _, event in tracepoints), insns)
@@ -183,8 +225,39 @@ class Tracer(ProbeSession):
         self.fate_exit_codes = exit_code_offset is not None
         formats = {event: event_format(system, event)
                    for _, system, event in fate_probes.FATE_TRACEPOINTS}
-        return [(name, ((system, event),), insns) for name, system, event, insns in
-                fate_probes.build_fate_programs(cfg, formats, exit_code_offset)]
+        plans = [(name, ((system, event),), insns) for name, system, event, insns in
+                 fate_probes.build_fate_programs(cfg, formats, exit_code_offset)]
+        return plans + self._signalfd_plans(cfg)
+
+    def _signalfd_plans(self, cfg: probes.ProbeConfig) -> list[tuple[str, tuple, list]]:
+        """--fate: the programs following signalfd reads (programs/fate_signalfd.py); none
+        without BTF, kallsyms or the tracepoints (signalfd reads then stay unfollowed)."""
+        from sigscope.bpf.tracefs import available
+        from sigscope.programs import fate_signalfd as sfd
+
+        if not self.follow_signalfd:
+            return []
+        layout = sfd.signalfd_layout()
+        if layout is None or cfg.maps.inflight < 0:  # (--ebpf dumps show the other programs)
+            return []
+        present = [(name, system, event) for name, system, event in sfd.TRACEPOINTS
+                   if available(system, event)]
+        if not any(event == "sys_enter_read" for _, _, event in present):
+            return []
+        maps = sfd.make_maps()
+        self._own(maps.sfds)
+        self._own(maps.reads)
+        plans = []
+        for name, system, event in present:
+            fmt = event_format(system, event)
+            if event == "sys_enter_read":
+                insns = sfd.build_read_enter(maps, fmt, layout)
+            elif event == "sys_exit_read":
+                insns = sfd.build_read_exit(cfg, maps, fmt)
+            else:
+                insns = sfd.build_signalfd_exit(maps, fmt)
+            plans.append((name, ((system, event),), insns))
+        return plans
 
     def stop(self) -> None:
         """Ask the iteration to end (safe from a signal handler); pending events still drain."""
@@ -391,6 +464,7 @@ def trace(
     buffer_size: int = DEFAULT_BUFFER_SIZE,
     duration: float | None = None,
     fate: bool = False,
+    follow_signalfd: bool = True,
 ) -> Tracer:
     """A Tracer with the same filters as the ``sigscope trace`` command line.
 
@@ -402,11 +476,15 @@ def trace(
     naming the parameter.
     With ``fate=True`` (``--fate``) iteration also yields a ``sigscope.fate.Fate`` for each
     queued signal once its end is known (and sets ``event.fate``); see fate.py.
+    ``follow_signalfd=False`` leaves signalfd reads unfollowed (their signals' fates are then
+    ``unknown`` or ``discarded``) and spares every read(2) on the system the ~1.7 us the two
+    read tracepoints cost while tracing.
     """
     return Tracer(
         make_filters(signals, exclude_signals, pids, target_ids, comm, vias, failed_only,
                      kill_only),
         buffer=buffer, buffer_size=buffer_size, duration=duration, fate=fate,
+        follow_signalfd=follow_signalfd,
     )
 
 
@@ -430,6 +508,7 @@ def make_filters(
         return parse_signal_list(value) if isinstance(value, str) else frozenset(value)
 
     wanted: frozenset[int] | None = None
+    excluded: frozenset[int] = frozenset()
     if signals is not None:
         wanted = as_set(signals)
         if not wanted:
@@ -438,10 +517,14 @@ def make_filters(
         excluded = as_set(exclude_signals)
         if not excluded:
             raise UsageError("exclude_signals= is empty: name at least one signal")
-        wanted = (wanted if wanted is not None else frozenset(range(65))) - excluded
-        if not wanted:
-            raise UsageError("exclude_signals= leaves out every signal of signals=: nothing "
-                             "to trace")
+        # With signals=, the exclusion narrows the wanted set; alone it stays an exclusion
+        # (numbers no signal has, sent by mistake, still show).
+        if wanted is not None:
+            wanted -= excluded
+            excluded = frozenset()
+            if not wanted:
+                raise UsageError("exclude_signals= leaves out every signal of signals=: "
+                                 "nothing to trace")
     if isinstance(vias, str):
         vias = [v.strip() for v in vias.split(",") if v.strip()]
     via_set = frozenset(vias) if vias is not None else frozenset(rec.VIA_NAMES)
@@ -457,5 +540,6 @@ def make_filters(
                          "(the kernel's own signals never fail): nothing to trace")
     return Filters(
         sender_pids=frozenset(pids), target_ids=frozenset(target_ids), signals=wanted,
+        excluded_signals=excluded,
         comm=comm, vias=via_set, failed_only=failed_only,
     )

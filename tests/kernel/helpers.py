@@ -25,7 +25,7 @@ from sigscope.tracer import Tracer
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 TARGET_COMM = "sigscope-tgt"
-HANDLED = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, 40)  # 40 = SIGRTMIN+8
+HANDLED = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, 40)  # 40: SIGRTMIN+6 with glibc
 DEFAULT_TIMEOUT = 10.0
 
 TARGET_PROGRAM = r"""

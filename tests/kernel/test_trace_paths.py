@@ -8,6 +8,7 @@ waits for the events that must be there, then checks them field by field.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 
 import pytest
@@ -84,7 +85,9 @@ def test_tkill(mine: Collector, target: Target) -> None:
     assert_sender_is_me(e)
     assert_delivered_to(e, target)
     assert (e.sig, e.signal, e.code_name) == (SIGUSR2, "SIGUSR2", "SI_TKILL")
-    assert (e.arg_pid, e.arg_tid, e.arg_pidfd) == (target.pid, None, None)
+    # tkill(tid, sig): its argument is a thread id (man 2 tkill).
+    assert (e.arg_pid, e.arg_tid, e.arg_pidfd) == (None, target.pid, None)
+    assert e.to_dict()["args"] == {"pid": None, "tid": target.pid, "pidfd": None}
 
 
 def test_tgkill(mine: Collector, target: Target) -> None:
@@ -101,7 +104,8 @@ def test_rt_sigqueueinfo(mine: Collector, target: Target) -> None:
     (e,) = mine.wait_count(sent_to(target.pid, "rt_sigqueueinfo"))
     assert_sender_is_me(e)
     assert_delivered_to(e, target)
-    assert (e.sig, e.signal, e.code, e.code_name) == (SIGRT8, "SIGRTMIN+8", SI_QUEUE, "SI_QUEUE")
+    assert (e.sig, e.signal, e.code, e.code_name) == (
+        SIGRT8, f"SIGRTMIN+{SIGRT8 - signal.SIGRTMIN}", SI_QUEUE, "SI_QUEUE")
     assert (e.arg_pid, e.arg_tid, e.arg_pidfd) == (target.pid, None, None)
 
 
@@ -246,6 +250,6 @@ def test_thread_directed_signal_to_a_non_main_thread(mine: Collector, via: str) 
     assert_delivered_to(e, target, tid=thread)
     assert e.group is False
     if via == "tkill":
-        assert (e.arg_pid, e.arg_tid) == (thread, None)
+        assert (e.arg_pid, e.arg_tid) == (None, thread)  # tkill(tid, sig)
     else:
         assert (e.arg_pid, e.arg_tid) == (target.pid, thread)

@@ -222,6 +222,7 @@ def test_signal_to_self_needs_no_proc_lookup(tmp_path: Path) -> None:
     decoder = Decoder(resolver=ProcResolver(str(tmp_path / "empty")), wall_offset_ns=0)
     (e,) = decoder.decode(call(via="tkill", arg_pid=SENDER_TID, **recipient(SENDER_TID, group=0)))
     assert (e.target_pid, e.target_tid) == (SENDER_TGID, SENDER_TID)
+    assert (e.arg_pid, e.arg_tid) == (None, SENDER_TID)  # tkill's argument is a thread id
 
 
 def test_outcomes_and_sig_zero(decoder: Decoder) -> None:

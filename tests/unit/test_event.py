@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
 from sigscope.model.event import ORIGINS, OUTCOMES, Event, kernel_origin, outcome_name
+from sigscope.model.origins import KILLERS, ORIGIN_MEANINGS, origin_from_stack
 
 EXAMPLE_TIME_NS = int(datetime(2026, 11, 25, 14, 51, 23, tzinfo=timezone.utc).timestamp()) \
     * 1_000_000_000 + 123_456_789
@@ -57,7 +59,7 @@ def test_time_is_utc_iso_with_microseconds() -> None:
 
 
 @pytest.mark.parametrize(("sig", "name"), [
-    (0, "0"), (10, "SIGUSR1"), (12, "SIGUSR2"), (32, "SIGRTMIN"), (35, "SIGRTMIN+3"),
+    (0, "0"), (10, "SIGUSR1"), (12, "SIGUSR2"), (32, "SIG32"), (34, "SIGRTMIN"), (37, "SIGRTMIN+3"),
     (64, "SIGRTMAX"), (62, "SIGRTMAX-2"), (99, "SIG#99"),
 ])
 def test_signal_names(sig: int, name: str) -> None:
@@ -105,7 +107,9 @@ SI_USER, SI_KERNEL, SI_TIMER, SI_QUEUE = 0, 0x80, -2, -1
     (31, 1, "seccomp"),        # SIGSYS SYS_SECCOMP
     (29, 1, "io"),             # SIGIO POLL_IN
     (10, 1, "io"),             # F_SETSIG with SIGUSR1
-    (9, SI_KERNEL, "oom"),
+    (9, SI_KERNEL, "other"),   # a SIGKILL without a stack that names its sender
+    (9, SI_USER, "other"),
+    (9, SI_TIMER, "timer"),    # a POSIX timer may send SIGKILL too
     (10, SI_USER, "other"),
     (15, SI_KERNEL, "other"),
 ])
@@ -114,6 +118,37 @@ def test_kernel_origin(sig: int, code: int, origin: str) -> None:
     assert origin in ORIGINS
     e = make_event(via="kernel", sig=sig, code=code, result=None, arg_pid=None, arg_tid=None)
     assert e.to_dict()["origin"] == origin
+
+
+@pytest.mark.parametrize(("stack", "origin"), [
+    (["trace_event_raw_event_signal_generate", "__send_signal_locked", "do_send_sig_info",
+      "__oom_kill_process", "oom_kill_process", "out_of_memory"], "oom"),
+    (["perf_trace_signal_generate", "__send_signal_locked", "posix_cpu_timers_work.cold",
+      "task_work_run"], "rlimit"),
+    (["__send_signal_locked", "do_send_sig_info", "zap_pid_ns_processes", "do_exit"],
+     "pid_namespace"),
+    (["__send_signal_locked", "do_send_sig_info", "__cgroup_kill", "cgroup_kill_write"],
+     "cgroup_kill"),
+    (["__send_signal_locked", "do_send_sig_info", "do_exit", "do_group_exit"], "parent_death"),
+    (["__send_signal_locked", "do_send_sig_info", "ptrace_request", "arch_ptrace"], "ptrace"),
+    (["__send_signal_locked", "do_send_sig_info", "sysrq_handle_kill"], None),
+    (["__send_signal_locked", "do_send_sig_info"], None),
+    ([], None),
+])
+def test_origin_from_a_sigkill_stack(stack: list[str], origin: str | None) -> None:
+    assert origin_from_stack(stack) == origin
+    e = make_event(via="kernel", sig=9, code=SI_KERNEL, result=None, arg_pid=None,
+                   arg_tid=None, stack_origin=origin_from_stack(stack))
+    assert e.origin == (origin or "other")
+
+
+def test_every_origin_is_defined_once_with_its_meaning() -> None:
+    assert ORIGINS == tuple(ORIGIN_MEANINGS) and len(set(ORIGINS)) == len(ORIGINS)
+    assert set(KILLERS.values()) <= set(ORIGINS)
+    assert all(meaning for meaning in ORIGIN_MEANINGS.values())
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for origin in ORIGINS:
+        assert f"`{origin}`" in readme, origin
 
 
 def test_origin_is_null_for_syscalls() -> None:

@@ -124,19 +124,68 @@ def test_fatal_delivery_without_exit_is_unknown_at_the_end() -> None:
     assert run(sent(SIGTERM, 1000), deliver(SIGTERM, 1100), end=False) == []
 
 
+def cont_state(ktime: int, flags: int, tid: int = PID, pid: int = PID) -> FateRecord:
+    """The KIND_SIGCONT record of a SIGCONT generation: the target's signal_struct flags."""
+    return FateRecord(kind=rec.KIND_SIGCONT, ktime_ns=ktime, pid=1, tid=1, comm="sender",
+                      sig=SIGCONT, flags=flags, target_pid=pid, target_tid=tid)
+
+
+CLD_CONTINUED_NOTE, STOP_CONTINUED = 0x20 | 0x2, 0x2
+
+
+def run_with_states(*items: Event | FateRecord) -> list[Fate]:
+    tracker = FateTracker()
+    tracker.sigcont_states = True
+    tracker.add_events(i for i in items if isinstance(i, Event))
+    tracker.add_records(i for i in items if isinstance(i, FateRecord))
+    return tracker.finish(END)
+
+
 def test_stop_and_continue() -> None:
     stop = sent(SIGSTOP, 1000)
     cont = sent(SIGCONT, 3000, outcome="ignored")  # default action: ignored at generation
-    fates = run(stop, deliver(SIGSTOP, 1100), cont)
+    fates = run_with_states(stop, deliver(SIGSTOP, 1100), cont,
+                            cont_state(3001, CLD_CONTINUED_NOTE))
     assert [(f.id, f.effect) for f in fates] == [(stop.id, "stopped"), (cont.id, "continued")]
+    assert (fates[1].pid, fates[1].tid, fates[1].latency_ns) == (PID, PID, 0)
     cont = sent(SIGCONT, 1000)
     assert run(cont, deliver(SIGCONT, 1200))[0].effect == "continued"
+
+
+def test_sigcont_that_resumed_nothing_has_no_fate() -> None:
+    cont = sent(SIGCONT, 3000, outcome="ignored")
+    assert run_with_states(cont, cont_state(3001, 0)) == []
+    assert run_with_states(cont, cont_state(3001, STOP_CONTINUED)) == []  # an old resume
+
+
+def test_second_sigcont_before_the_note_is_taken_is_unknown() -> None:
+    first = sent(SIGCONT, 3000, outcome="ignored")
+    second = sent(SIGCONT, 4000, outcome="ignored")
+    fates = run_with_states(first, cont_state(3001, CLD_CONTINUED_NOTE),
+                            second, cont_state(4001, CLD_CONTINUED_NOTE))
+    assert [(f.id, f.effect) for f in fates] == [(first.id, "continued"), (second.id, "unknown")]
+    # A delivery in the process in between: get_signal() took the note, so a note seen
+    # again is the second SIGCONT's own.
+    first = sent(SIGCONT, 3000, outcome="ignored")
+    second = sent(SIGCONT, 5000, outcome="ignored")
+    fates = run_with_states(first, cont_state(3001, CLD_CONTINUED_NOTE),
+                            sent(SIGSTOP, 3500), deliver(SIGSTOP, 3600),
+                            second, cont_state(5001, CLD_CONTINUED_NOTE))
+    assert [f.effect for f in fates if f.sig == SIGCONT] == ["continued", "continued"]
+
+
+def test_ignored_sigcont_without_state_evidence_is_unknown() -> None:
+    [fate] = run(sent(SIGCONT, 3000, outcome="ignored"))
+    assert fate.effect == "unknown"
+    # Evidence expected but its record lost: unknown at the end.
+    [fate] = run_with_states(sent(SIGCONT, 3000, outcome="ignored"))
+    assert fate.effect == "unknown"
 
 
 def test_sigcont_flushes_a_queued_stop_signal() -> None:
     tstp = sent(SIGTSTP, 1000)
     cont = sent(SIGCONT, 2000, outcome="ignored")
-    fates = run(tstp, cont)
+    fates = run_with_states(tstp, cont, cont_state(2001, 0x10))  # SIGNAL_CLD_STOPPED
     assert [(f.id, f.effect) for f in fates] == [(tstp.id, "flushed"), (cont.id, "continued")]
 
 
@@ -166,6 +215,10 @@ def test_still_queued_is_pending_at_the_end_and_discarded_at_exit() -> None:
     event = sent(SIGUSR1, 1000)
     [fate] = run(event)
     assert (fate.effect, fate.ktime_ns) == ("pending", END)
+    # Pending on the process (its shared queue): the process, no thread.
+    assert fate.to_dict()["thread"] == {"pid": PID, "tid": None, "comm": "target"}
+    [fate] = run(sent(SIGUSR1, 1000, tid=WORKER, group=False, via="tgkill"))
+    assert fate.to_dict()["thread"] == {"pid": PID, "tid": WORKER, "comm": "target"}
     event = sent(SIGUSR1, 1000)
     [fate] = run(event, exited(2000, 0))
     assert (fate.effect, fate.exit_code) == ("discarded", 0)

@@ -7,18 +7,35 @@ import signal
 
 import pytest
 
+from sigscope.model import signals as signals_module
 from sigscope.model.signals import (
+    GLIBC_SIGRTMIN,
+    KERNEL_SIGRTMIN,
     SIGNALS,
     SIGRTMAX,
-    SIGRTMIN,
     SignalSpecError,
     code_name,
     errno_name,
     generate_result_name,
     parse_signal,
     parse_signal_list,
+    rt_range,
+    set_rt_range,
     signal_name,
 )
+
+
+@pytest.fixture
+def libc_range():
+    """Name real-time signals as a given C library would; restored afterwards."""
+    saved = signals_module._rt_range
+    yield set_rt_range
+    signals_module._rt_range = saved
+
+
+@pytest.fixture(autouse=True)
+def glibc(libc_range):
+    libc_range(GLIBC_SIGRTMIN)
 
 
 def test_numbers_match_the_generic_uapi_numbering():
@@ -31,7 +48,33 @@ def test_numbers_match_the_generic_uapi_numbering():
         "SIGIO": 29, "SIGPWR": 30, "SIGSYS": 31,
     }
     assert dict(SIGNALS) == expected
-    assert (SIGRTMIN, SIGRTMAX) == (32, 64)
+    assert (KERNEL_SIGRTMIN, SIGRTMAX) == (32, 64)
+
+
+def test_the_real_time_range_is_this_c_librarys(libc_range):
+    signals_module._rt_range = None
+    assert rt_range() == (signal.SIGRTMIN, signal.SIGRTMAX)  # Python asked the same libc
+    assert signal_name(signal.SIGRTMIN + 1) == "SIGRTMIN+1"
+    assert parse_signal("RTMIN+1") == signal.SIGRTMIN + 1
+
+
+def test_without_an_answer_from_the_c_library_glibcs_values(monkeypatch):
+    import ctypes
+
+    def no_libc(name):
+        raise OSError("no libc")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    assert signals_module._ask_libc() == (34, 64)
+
+
+def test_another_c_librarys_range(libc_range):
+    libc_range(35)  # musl also keeps 34
+    assert [signal_name(n) for n in (32, 34, 35, 36, 64)] == [
+        "SIG32", "SIG34", "SIGRTMIN", "SIGRTMIN+1", "SIGRTMAX"]
+    assert parse_signal("RTMIN+1") == 36
+    with pytest.raises(ValueError):
+        libc_range(31)
 
 
 def test_numbers_agree_with_this_hosts_signal_module():
@@ -43,9 +86,9 @@ def test_numbers_agree_with_this_hosts_signal_module():
     ("number", "name"),
     [
         (0, "0"), (1, "SIGHUP"), (6, "SIGABRT"), (10, "SIGUSR1"), (17, "SIGCHLD"), (29, "SIGIO"),
-        (31, "SIGSYS"), (32, "SIGRTMIN"), (33, "SIGRTMIN+1"), (35, "SIGRTMIN+3"),
-        (48, "SIGRTMIN+16"), (49, "SIGRTMAX-15"), (62, "SIGRTMAX-2"), (63, "SIGRTMAX-1"),
-        (64, "SIGRTMAX"), (65, "SIG#65"), (-1, "SIG#-1"),
+        (31, "SIGSYS"), (32, "SIG32"), (33, "SIG33"), (34, "SIGRTMIN"), (35, "SIGRTMIN+1"),
+        (37, "SIGRTMIN+3"), (49, "SIGRTMIN+15"), (50, "SIGRTMAX-14"), (62, "SIGRTMAX-2"),
+        (63, "SIGRTMAX-1"), (64, "SIGRTMAX"), (65, "SIG#65"), (-1, "SIG#-1"),
     ],
 )
 def test_signal_name(number, name):
@@ -61,8 +104,9 @@ def test_every_number_round_trips_through_its_name():
     ("spec", "number"),
     [
         ("USR2", 12), ("SIGUSR2", 12), ("sigusr2", 12), ("usr2", 12), (" 12 ", 12), ("0", 0),
-        ("64", 64), ("SIGRTMIN+3", 35), ("RTMIN+3", 35), ("rtmin", 32), ("SIGRTMAX-2", 62),
-        ("RTMAX", 64), ("SIGRTMIN-0", 32), ("IOT", 6), ("SIGPOLL", 29), ("CLD", 17),
+        ("64", 64), ("SIGRTMIN+3", 37), ("RTMIN+3", 37), ("rtmin", 34), ("SIGRTMAX-2", 62),
+        ("RTMAX", 64), ("SIGRTMIN-0", 34), ("IOT", 6), ("SIGPOLL", 29), ("CLD", 17),
+        ("SIG32", 32), ("sig33", 33), ("32", 32), ("SIGRTMIN+30", 64),
     ],
 )
 def test_parse_signal(spec, number):
@@ -70,7 +114,8 @@ def test_parse_signal(spec, number):
 
 
 @pytest.mark.parametrize(
-    "spec", ["FOO", "", "SIG", "65", "-1", "SIGRTMIN+33", "SIGRTMAX-33", "RTMIN-1", "USR1x", "1.5"]
+    "spec", ["FOO", "", "SIG", "65", "-1", "SIGRTMIN+31", "SIGRTMAX-31", "RTMIN-1",
+     "SIG65", "SIG#32", "USR1x", "1.5"]
 )
 def test_parse_signal_rejects(spec):
     with pytest.raises(SignalSpecError) as info:
@@ -91,7 +136,7 @@ def test_unknown_signal_message():
 
 def test_parse_signal_list():
     assert parse_signal_list("USR1,TERM,12") == frozenset({10, 15, 12})
-    assert parse_signal_list(" usr1 , SIGRTMIN+1,") == frozenset({10, 33})
+    assert parse_signal_list(" usr1 , SIGRTMIN+1,") == frozenset({10, 35})
     with pytest.raises(SignalSpecError, match="unknown signal 'BOGUS'"):
         parse_signal_list("USR1,BOGUS")
     with pytest.raises(SignalSpecError, match="empty signal list"):

@@ -80,4 +80,9 @@ def test_make_filters() -> None:
                      comm="x", vias=["kill", "kernel"], kill_only=True)
     assert (f.signals, f.sender_pids, f.target_ids, f.comm, f.vias) == (
         frozenset({10}), frozenset({3}), frozenset({4}), "x", frozenset({"kill"}))
-    assert make_filters(exclude_signals="CHLD").signals == frozenset(range(65)) - {17}
+    excluding = make_filters(exclude_signals="CHLD")
+    assert (excluding.signals, excluding.excluded_signals) == (None, frozenset({17}))
+    # An exclusion excludes: numbers no signal has (65, -1) still pass.
+    assert [excluding.wants_signal(n) for n in (17, 10, 0, 65, -1)] == [
+        False, True, True, True, True]
+    assert not make_filters(signals="USR1", exclude_signals="CHLD").wants_signal(65)

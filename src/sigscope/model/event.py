@@ -5,14 +5,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from sigscope.model.origins import ORIGINS
 from sigscope.model.signals import code_name, errno_name, signal_name
 
 # What signal_generate's `result` says became of the signal (enum TRACE_SIGNAL_*), in the
 # names sigscope reports.
 OUTCOMES = ("delivered", "ignored", "already_pending", "overflow", "lose_info")
 
-# Where a kernel-generated signal came from (via == "kernel").
-ORIGINS = ("fault", "child", "timer", "pipe", "tty", "rlimit", "oom", "seccomp", "io", "other")
+__all__ = ["ORIGINS", "OUTCOMES", "VALUE_FIELDS", "Event", "Shape", "kernel_origin",
+           "outcome_name"]
 
 _SIGNUM = {
     "SIGHUP": 1, "SIGINT": 2, "SIGQUIT": 3, "SIGILL": 4, "SIGTRAP": 5, "SIGABRT": 6, "SIGBUS": 7,
@@ -28,12 +29,17 @@ _TTY_SIGNALS = {_SIGNUM[n] for n in ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTSTP", "
                                      "SIGTTOU", "SIGWINCH", "SIGCONT")}
 _IO_SIGNALS = {_SIGNUM[n] for n in ("SIGIO", "SIGURG")}
 _RLIMIT_SIGNALS = {_SIGNUM[n] for n in ("SIGXCPU", "SIGXFSZ")}
+_SIGKILL = _SIGNUM["SIGKILL"]
 
 
-def kernel_origin(sig: int, code: int) -> str:
-    """Why the kernel generated a signal, from the signal and its si_code."""
+def kernel_origin(sig: int, code: int, stack_origin: str | None = None) -> str:
+    """Why the kernel generated a signal (one of ORIGINS, defined in model/origins.py), from
+    the signal, its si_code and, for a SIGKILL, the origin its kernel stack names
+    (``stack_origin``; None: no stack, or a path that names none)."""
     if code == SI_TIMER or (sig in _TIMER_SIGNALS and code in (SI_KERNEL, SI_USER)):
         return "timer"
+    if sig == _SIGKILL:
+        return stack_origin if stack_origin is not None else "other"
     if sig == _SIGNUM["SIGCHLD"]:
         return "child"
     if sig in _FAULT_SIGNALS and (code > 0 or code == SI_KERNEL):
@@ -49,8 +55,6 @@ def kernel_origin(sig: int, code: int) -> str:
         return "io"
     if sig in _TTY_SIGNALS and code == SI_KERNEL:
         return "tty"
-    if sig == _SIGNUM["SIGKILL"] and code == SI_KERNEL:
-        return "oom"
     return "other"
 
 
@@ -64,7 +68,7 @@ def outcome_name(result: int | None) -> str | None:
 VALUE_FIELDS = (
     "id", "ktime_ns", "time_ns", "sig", "via", "sender_pid", "sender_tid", "sender_comm",
     "sender_uid", "target_pid", "target_tid", "target_comm", "arg_pid", "arg_tid", "arg_pidfd",
-    "code", "result", "outcome", "group",
+    "code", "result", "outcome", "group", "stack_origin",
 )
 
 
@@ -86,6 +90,9 @@ class Event:
     on the wall clock (UTC). Target fields are None when neither the kernel nor /proc could tell.
     ``result``/``error`` are the syscall's return and errno name (None for via == "kernel");
     ``outcome`` is what the kernel did with the signal (None when nothing was generated).
+    ``stack_origin`` is, for a kernel-generated SIGKILL, the origin its kernel stack names
+    (model/origins.py; None when no stack was taken or the path names none); ``origin``
+    combines it with the signal and si_code.
 
     ``shape`` is shared with events that differ only in id and time (set by the decoder), so
     outputs can reuse what they rendered for the previous one; ``fate`` is, with --fate, the
@@ -101,8 +108,8 @@ class Event:
         sender_tid: int, sender_comm: str, sender_uid: int, target_pid: int | None,
         target_tid: int | None, target_comm: str | None, arg_pid: int | None,
         arg_tid: int | None, arg_pidfd: int | None, code: int | None, result: int | None,
-        outcome: str | None, group: bool | None = None, shape: Shape | None = None,
-        fate: Any = None,
+        outcome: str | None, group: bool | None = None, stack_origin: str | None = None,
+        shape: Shape | None = None, fate: Any = None,
     ) -> None:
         self.id = id
         self.ktime_ns = ktime_ns
@@ -123,6 +130,7 @@ class Event:
         self.result = result
         self.outcome = outcome
         self.group = group
+        self.stack_origin = stack_origin
         self.shape = shape
         self.fate = fate
 
@@ -148,7 +156,8 @@ class Event:
     def origin(self) -> str | None:
         if self.via != "kernel":
             return None
-        return kernel_origin(self.sig, self.code if self.code is not None else SI_KERNEL)
+        return kernel_origin(self.sig, self.code if self.code is not None else SI_KERNEL,
+                             self.stack_origin)
 
     @property
     def error(self) -> str | None:

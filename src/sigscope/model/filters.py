@@ -20,6 +20,9 @@ class _FilterValues(NamedTuple):
     sender_pids: frozenset[int] = frozenset()   # -p: sender thread-group ids
     target_ids: frozenset[int] = frozenset()    # -T: target process or thread ids
     signals: frozenset[int] | None = None       # -s minus -e; None = every signal (0 included)
+    # -e without -s: these are left out and every other number passes, invalid ones (65, -1)
+    # included: excluding SIGCHLD must not hide a send of signal 65 (EINVAL).
+    excluded_signals: frozenset[int] = frozenset()
     comm: str | None = None                     # -c: sender command (exact, first 15 bytes)
     vias: frozenset[str] = frozenset(VIA_NAMES)  # --via, -k
     failed_only: bool = False                   # -x: only sends that failed
@@ -49,9 +52,17 @@ class Filters(_FilterValues):
             if any(not isinstance(i, int) or not 0 < i <= PID_MAX_LIMIT for i in ids):
                 raise FilterError(f"{what}= ids must be from 1 to {PID_MAX_LIMIT} "
                                   "(PID_MAX_LIMIT: no process or thread id is larger)")
+        if self.signals is not None and self.excluded_signals:
+            raise FilterError("give wanted signals minus excluded ones, or excluded ones alone")
         if self.comm is not None and not self.comm:
             raise FilterError("comm= needs a command name")
         return self
+
+    def wants_signal(self, sig: int) -> bool:
+        """Whether the signal filters (-s, -e) keep signal number `sig` (any int)."""
+        if self.signals is not None:
+            return sig in self.signals
+        return sig not in self.excluded_signals
 
     @property
     def include_kernel(self) -> bool:

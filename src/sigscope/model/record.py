@@ -10,7 +10,10 @@ One record is one send attempt and recipient:
   the first recipient (if the call generated any signal; ``gen_result == GEN_NONE`` otherwise).
 * ``KIND_FANOUT`` — a further recipient of the same call (kill(-pgid), kill(-1)); joined in user
   space with its ``KIND_CALL`` record through ``call_id`` to learn the return value.
-* ``KIND_KERNEL`` — a signal the kernel generated outside any signal syscall.
+* ``KIND_KERNEL`` — a signal the kernel generated outside any signal syscall. For a SIGKILL,
+  ``kstack`` holds the id of its kernel stack in the stack map, plus one (0: none taken;
+  negative: bpf_get_stackid's -errno), from which user space reads why it was sent
+  (model/origins.py).
 
 With ``--fate`` (programs/fate.py) further kinds follow a signal to its end. They reuse the same
 layout; the ``sender_*`` fields then name the thread the record happened in:
@@ -25,6 +28,10 @@ layout; the ``sender_*`` fields then name the thread the record happened in:
   was dequeued without signal_deliver.
 * ``KIND_SIGACTION`` — rt_sigaction is about to set ``sig``'s handler to ``ret`` (only SIG_DFL or
   SIG_IGN are reported): the kernel flushes a pending signal that becomes ignored.
+* ``KIND_SIGCONT``   — a SIGCONT was generated (raw signal_generate, programs/fate_cont.py):
+  ``target_tid``/``arg_pid`` = the target's tid/tgid, ``arg_tid`` = its ``signal_struct.flags``
+  just after prepare_signal() (a SIGNAL_CLD_* bit: a stopped process was resumed),
+  ``gen_result`` = the generation's result.
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ KIND_DELIVER = 4
 KIND_EXIT = 5
 KIND_CONSUMED = 6
 KIND_SIGACTION = 7
-FATE_KINDS = frozenset({KIND_DELIVER, KIND_EXIT, KIND_CONSUMED, KIND_SIGACTION})
+KIND_SIGCONT = 8
+FATE_KINDS = frozenset({KIND_DELIVER, KIND_EXIT, KIND_CONSUMED, KIND_SIGACTION, KIND_SIGCONT})
 
 # States of an in-flight record (the kernel's per-thread map; never written out): the thread is
 # not inside a signal syscall, or is inside one whose `via` the filters leave out.
@@ -112,7 +120,7 @@ _SPEC = [
     ("gen_group", "i"),     # signal_generate: group (process-directed) signal
     ("gen_result", "i"),    # signal_generate: TRACE_SIGNAL_* result, GEN_NONE if none
     ("flags", "I"),         # FLAG_* bits
-    ("reserved", "I"),
+    ("kstack", "i"),        # KERNEL SIGKILL: its kernel stack's id in the stack map + 1; 0 none
     ("sender_comm", "16s"),
     ("target_comm", "16s"),
 ]

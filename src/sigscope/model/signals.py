@@ -1,9 +1,14 @@
 """Linux signal numbers and names, si_code and errno names, and parsing of user signal specs.
 
 Numbers are the kernel's, as seen in tracepoints: x86_64 and aarch64 both use the generic numbering
-of include/uapi/asm-generic/signal.h. Real-time signals run from the kernel's SIGRTMIN = 32 to
-SIGRTMAX = 64; glibc reserves 32 and 33 for itself and calls 34 "SIGRTMIN", but a tracer must show
-what the kernel sees, so "SIGRTMIN" here always means 32.
+of include/uapi/asm-generic/signal.h. The kernel's real-time signals run from 32 to 64 (_NSIG),
+but the C library reserves the lowest for itself (glibc: 32 and 33, for thread cancellation and
+setxid; musl: 32 to 34) and its SIGRTMIN is the first one left to applications. The names people
+use (bash's ``kill -l``, Python's ``signal.SIGRTMIN``, strace, ``sigqueue(pid, SIGRTMIN+1, ...)``
+in C) count from the C library's SIGRTMIN, so sigscope names and parses real-time signals the
+same way: ``rt_range()`` asks this process's C library once, when a name is first needed.
+Signals between 32 and the C library's SIGRTMIN have no portable name and print as ``SIG32``,
+``SIG33``; numbers are accepted everywhere.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ __all__ = [
     "GENERATE_RESULTS",
     "GENERIC_CODES",
     "SIGNALS",
+    "KERNEL_SIGRTMIN",
     "SIGRTMAX",
-    "SIGRTMIN",
     "SI_QUEUE",
     "SI_TKILL",
     "SI_USER",
@@ -31,6 +36,8 @@ __all__ = [
     "generate_result_name",
     "parse_signal",
     "parse_signal_list",
+    "rt_range",
+    "set_rt_range",
     "signal_name",
 ]
 
@@ -75,58 +82,108 @@ _ALIASES: Mapping[str, int] = {
     "SIGPOLL": 29,
     "SIGUNUSED": 31,
 }
-SIGRTMIN = 32
-SIGRTMAX = 64  # _NSIG
-# Like bash and strace: the lower half of the RT range is named from SIGRTMIN, the upper half
-# from SIGRTMAX.
-_RT_SPLIT = 48
+KERNEL_SIGRTMIN = 32  # include/uapi/asm-generic/signal.h: the kernel's first real-time signal
+SIGRTMAX = 64  # _NSIG: the last signal, for the kernel and every C library on Linux
+# glibc's values (nptl/pthreadP.h reserves SIGCANCEL = 32 and SIGSETXID = 33): used when the C
+# library cannot be asked.
+GLIBC_SIGRTMIN = 34
 
 _NAME_BY_NUMBER: Dict[int, str] = {number: name for name, number in SIGNALS.items()}
 
 _SPEC_HELP = "use a name like SIGUSR1 or USR1, a number 1-64, or SIGRTMIN+N/SIGRTMAX-N"
+
+_rt_range: Tuple[int, int] | None = None
 
 
 class SignalSpecError(UsageError):
     """A signal spec given by the user could not be parsed (one-line message)."""
 
 
+def _ask_libc() -> Tuple[int, int]:
+    """(SIGRTMIN, SIGRTMAX) from the C library this process runs with. glibc and musl both
+    export __libc_current_sigrtmin/__libc_current_sigrtmax (their SIGRTMIN/SIGRTMAX macros
+    call them); a value outside the kernel's 32..64 is not believed."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        low, high = libc.__libc_current_sigrtmin(), libc.__libc_current_sigrtmax()
+    except (OSError, AttributeError, TypeError):
+        return GLIBC_SIGRTMIN, SIGRTMAX
+    if KERNEL_SIGRTMIN <= low < high <= SIGRTMAX:
+        return low, high
+    return GLIBC_SIGRTMIN, SIGRTMAX
+
+
+def rt_range() -> Tuple[int, int]:
+    """(SIGRTMIN, SIGRTMAX) as this system's C library numbers them: (34, 64) with glibc.
+    Asked once (a dlsym and two calls, ~0.2 ms), when a real-time signal is first named or
+    parsed; glibc's values when the C library does not say."""
+    global _rt_range
+    if _rt_range is None:
+        _rt_range = _ask_libc()
+    return _rt_range
+
+
+def set_rt_range(low: int, high: int = SIGRTMAX) -> None:
+    """Name real-time signals from another C library's SIGRTMIN/SIGRTMAX (tests; a tool
+    reporting for processes linked against another libc)."""
+    global _rt_range
+    if not KERNEL_SIGRTMIN <= low < high <= SIGRTMAX:
+        raise ValueError(f"real-time range {low}..{high} is outside the kernel's 32..64")
+    _rt_range = (low, high)
+
+
 def signal_name(number: int) -> str:
-    """SIGUSR1, SIGRTMIN+3, SIGRTMAX-2; "0" for the null signal; "SIG#<n>" when unknown."""
+    """SIGUSR1; SIGRTMIN, SIGRTMIN+3, SIGRTMAX-2, SIGRTMAX counted from the C library's
+    SIGRTMIN (rt_range(); with glibc 35 is SIGRTMIN+1), the lower half of the range from
+    SIGRTMIN and the upper half from SIGRTMAX as bash's `kill -l` does; "SIG32"/"SIG33" for
+    the signals the C library keeps for itself; "0" for the null signal; "SIG#<n>" for a
+    number no signal has (65, -1)."""
     if number == 0:
         return "0"
     name = _NAME_BY_NUMBER.get(number)
     if name is not None:
         return name
-    if number == SIGRTMIN:
+    if not KERNEL_SIGRTMIN <= number <= SIGRTMAX:
+        return f"SIG#{number}"
+    low, high = rt_range()
+    if number < low or number > high:
+        return f"SIG{number}"
+    if number == low:
         return "SIGRTMIN"
-    if number == SIGRTMAX:
+    if number == high:
         return "SIGRTMAX"
-    if SIGRTMIN < number <= _RT_SPLIT:
-        return f"SIGRTMIN+{number - SIGRTMIN}"
-    if _RT_SPLIT < number < SIGRTMAX:
-        return f"SIGRTMAX-{SIGRTMAX - number}"
-    return f"SIG#{number}"
+    if number - low <= (high - low) // 2:
+        return f"SIGRTMIN+{number - low}"
+    return f"SIGRTMAX-{high - number}"
 
 
 _RT_SPEC = re.compile(r"^(?:SIG)?RT(?P<base>MIN|MAX)(?:(?P<sign>[+-])(?P<offset>\d+))?$")
+_NUMBERED = re.compile(r"^(?:SIG)?(?P<number>\d+)$")
 
 
 def parse_signal(spec: str) -> int:
-    """Parse "USR2", "SIGUSR2", "sigusr2", "12", "SIGRTMIN+3", "RTMIN+3", "SIGRTMAX-2" or "0"."""
+    """Parse "USR2", "SIGUSR2", "sigusr2", "12", "SIG32", "SIGRTMIN+3", "RTMIN+3",
+    "SIGRTMAX-2" or "0" into a signal number (0-64). SIGRTMIN/SIGRTMAX are the C library's
+    (rt_range()): with glibc "RTMIN+1" is 35. Raises SignalSpecError (one line)."""
     text = spec.strip().upper()
-    if text.isdigit():
-        number = int(text)
+    numbered = _NUMBERED.match(text)
+    if numbered is not None:
+        number = int(numbered.group("number"))
         if number > SIGRTMAX:
             raise SignalSpecError(f"signal number {number} is out of range: {_SPEC_HELP}")
         return number
     rt = _RT_SPEC.match(text)
     if rt is not None:
-        base = SIGRTMIN if rt.group("base") == "MIN" else SIGRTMAX
+        low, high = rt_range()
+        base = low if rt.group("base") == "MIN" else high
         offset = int(rt.group("offset") or 0)
         number = base + offset if rt.group("sign") == "+" else base - offset
-        if not SIGRTMIN <= number <= SIGRTMAX:
+        if not low <= number <= high:
             raise SignalSpecError(
-                f"signal {spec.strip()!r} is outside SIGRTMIN..SIGRTMAX (32-64): {_SPEC_HELP}"
+                f"signal {spec.strip()!r} is outside SIGRTMIN..SIGRTMAX ({low}-{high} with "
+                f"this C library): {_SPEC_HELP}"
             )
         return number
     name = text if text.startswith("SIG") else "SIG" + text

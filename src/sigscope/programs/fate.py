@@ -93,16 +93,20 @@ def _write_record(cfg: ProbeConfig, labels: _Labels) -> list:
     ]
 
 
-def _wanted_signals(cfg: ProbeConfig) -> frozenset[int] | None:
+def _wanted_signals(cfg: ProbeConfig) -> tuple[frozenset[int] | None, frozenset[int]]:
+    """(wanted, excluded) signals for deliveries: SIGKILL always passes."""
     signals = cfg.filters.signals
-    return None if signals is None else signals | {SIGKILL}
+    if signals is None:
+        return None, cfg.filters.excluded_signals - {SIGKILL}
+    return signals | {SIGKILL}, frozenset()
 
 
 def build_signal_deliver(cfg: ProbeConfig, fmt: EventFormat) -> list:
     """signal:signal_deliver: which thread took which signal, and its disposition then."""
     labels, out = _Labels(), "out"
     prog = [*_prologue(), asm.ldx(W, R9, R6, fmt.field("sig").offset)]
-    prog += _signal_filter(R9, _wanted_signals(cfg), out, labels)
+    wanted, excluded = _wanted_signals(cfg)
+    prog += _signal_filter(R9, wanted, out, labels, excluded)
     prog += _thread_filter(cfg, out, labels)
     prog += _record_header(rec.KIND_DELIVER)
     prog += [asm.stx(W, R10, R9, _STACK_RECORD + _f("sig"))]
@@ -162,7 +166,8 @@ def build_sigtimedwait_exit(cfg: ProbeConfig, fmt: EventFormat) -> list:
     labels, out = _Labels(), "out"
     prog = [*_prologue(), asm.ldx(DW, R9, R6, fmt.field("ret").offset),
             asm.jmp_imm("JSLE", R9, 0, out)]
-    prog += _signal_filter(R9, cfg.filters.signals, out, labels)
+    prog += _signal_filter(R9, cfg.filters.signals, out, labels,
+                           cfg.filters.excluded_signals)
     prog += _thread_filter(cfg, out, labels)
     prog += _record_header(rec.KIND_CONSUMED)
     prog += [asm.stx(W, R10, R9, _STACK_RECORD + _f("sig"))]
@@ -177,7 +182,8 @@ def build_sigaction_enter(cfg: ProbeConfig, fmt: EventFormat) -> list:
     sig, act = fmt.field("sig"), fmt.field("act")
     prog = [*_prologue(), asm.ldx(DW, R9, R6, sig.offset)]
     prog += [asm.jmp_imm("JGT", R9, 64, out)]  # unsigned: negative numbers leave too
-    prog += _signal_filter(R9, cfg.filters.signals, out, labels)
+    prog += _signal_filter(R9, cfg.filters.signals, out, labels,
+                           cfg.filters.excluded_signals)
     prog += _thread_filter(cfg, out, labels)
     prog += [
         asm.ldx(DW, R3, R6, act.offset),

@@ -32,6 +32,7 @@ from sigscope.bpf.uapi import BPF_F_CURRENT_CPU, BPF_RB_NO_WAKEUP
 from sigscope.model import record as rec
 from sigscope.model.filters import Filters
 from sigscope.programs.common import _STACK_KEY, _STACK_RECORD, _f, _Labels
+from sigscope.programs.origin import kernel_sigkill_stack
 from sigscope.programs.task import (
     TaskLayout,
     _task_prologue,
@@ -102,6 +103,7 @@ class MapFds(NamedTuple):
     inflight: int
     events: int
     counters: int
+    stacks: int = -1  # kernel stacks of kernel SIGKILLs (programs/origin.py); -1: none taken
 
 
 class ProbeConfig(NamedTuple):
@@ -201,11 +203,13 @@ def _ids_filter(reg: int, ids: frozenset[int], fail: str, labels: _Labels) -> li
 
 
 def _signal_filter(
-    sig_reg: int, signals: frozenset[int] | None, fail: str, labels: _Labels
+    sig_reg: int, signals: frozenset[int] | None, fail: str, labels: _Labels,
+    excluded: frozenset[int] = frozenset(),
 ) -> list:
-    """Fall through when the signal in sig_reg is wanted. Uses r1 and r2."""
+    """Fall through when the signal in sig_reg is wanted: one of `signals`, or (signals None)
+    any value not in `excluded`, numbers outside 0..64 included. Uses r1 and r2."""
     if signals is None:
-        return []
+        return _excluded_signal_filter(sig_reg, excluded, fail, labels)
     ok = labels("sig_ok")
     mask = sum(1 << s for s in signals if 0 <= s < 64)
     out: list = []
@@ -218,6 +222,30 @@ def _signal_filter(
         asm.alu64_reg("RSH", R1, R2),
         asm.alu64_imm("AND", R1, 1),
         asm.jmp_imm("JEQ", R1, 0, fail),
+        asm.label(ok),
+    ]
+    return out
+
+
+def _excluded_signal_filter(
+    sig_reg: int, excluded: frozenset[int], fail: str, labels: _Labels
+) -> list:
+    """Jump to fail when the signal in sig_reg is one of `excluded`; every other value falls
+    through (65 and -1 too: an exclusion hides nothing else). Uses r1 and r2."""
+    if not excluded:
+        return []
+    ok = labels("sig_not_excluded")
+    mask = sum(1 << s for s in excluded if 0 <= s < 64)
+    out: list = []
+    if 64 in excluded:
+        out.append(asm.jmp_imm("JEQ", sig_reg, 64, fail))
+    out += [
+        asm.jmp_imm("JGT", sig_reg, 63, ok),  # unsigned: 64 and above, and negative values
+        *asm.ld_imm64(R1, mask),
+        asm.mov64_reg(R2, sig_reg),
+        asm.alu64_reg("RSH", R1, R2),
+        asm.alu64_imm("AND", R1, 1),
+        asm.jmp_imm("JNE", R1, 0, fail),
         asm.label(ok),
     ]
     return out
@@ -459,7 +487,8 @@ def build_sys_enter(cfg: ProbeConfig, call: str, enter: EventFormat) -> list:
         return _build_sys_enter_task(cfg, call, enter, layout, suppressed)
     prog = [*_prologue(), *_sender_filters(cfg, out, labels)]
     prog += [*_load_s32(R9, R6, sig.offset, sig.size),
-             *_signal_filter(R9, cfg.filters.signals, out, labels)]
+             *_signal_filter(R9, cfg.filters.signals, out, labels,
+                             cfg.filters.excluded_signals)]
     prog += _current_comm_into_stack()
     prog += _comm_filter(R10, _STACK_RECORD + _f("sender_comm"), comm, out)
     prog += _claim_inflight(cfg, full, labels)
@@ -490,7 +519,8 @@ def _build_sys_enter_task(cfg: ProbeConfig, call: str, enter: EventFormat, layou
     sig = enter.field("sig")
     prog = [*_task_prologue(layout), *_sender_filters(cfg, out, labels)]
     prog += [*_load_s32(R9, R6, sig.offset, sig.size),
-             *_signal_filter(R9, cfg.filters.signals, out, labels)]
+             *_signal_filter(R9, cfg.filters.signals, out, labels,
+                             cfg.filters.excluded_signals)]
     prog += _task_sender_to_stack(layout, cfg.filters.comm_bytes(), out, labels)
     prog += _claim_inflight(cfg, full, labels)
     prog += [*_copy_sender_comm(),
@@ -526,13 +556,14 @@ def build_signal_generate(cfg: ProbeConfig, gen: EventFormat) -> list:
     else:
         prog += _sender_filters(cfg, out, labels)
         prog += [asm.ldx(W, R9, R6, sig.offset)]
-        prog += _signal_filter(R9, f.signals, out, labels)
+        prog += _signal_filter(R9, f.signals, out, labels, f.excluded_signals)
         prog += _target_filter(cfg, gen, out, labels)
         prog += _zero_stack_record()
         prog += _current_comm_into_stack()
         prog += _comm_filter(R10, _STACK_RECORD + _f("sender_comm"), f.comm_bytes(), out)
         prog += _fill_sender_into_stack()
         prog += _copy_generate_fields(R10, _STACK_RECORD, gen)
+        prog += kernel_sigkill_stack(cfg.maps.stacks, labels)  # why the kernel killed
         prog += [
             asm.stx(W, R10, R9, _STACK_RECORD + _f("sig")),
             asm.st(W, R10, _STACK_RECORD + _f("kind"), rec.KIND_KERNEL),
