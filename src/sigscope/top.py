@@ -30,7 +30,7 @@ from sigscope.bpf.maps import HashMap, Map, PerCPUArrayMap, PerCPUHashMap
 from sigscope.decode import ProcResolver
 from sigscope.model import record as rec
 from sigscope.model.event import outcome_name
-from sigscope.model.filters import Filters
+from sigscope.model.filters import Filters, make_filters
 from sigscope.model.signals import errno_name, signal_name
 from sigscope.outputs.prometheus import CountRow, Health
 from sigscope.programs import count as top_probes
@@ -45,7 +45,6 @@ from sigscope.top_settings import (  # noqa: F401 (re-exported: the API's names)
     PERCPU_MAX_CPUS,
     SORT_KEYS,
 )
-from sigscope.tracer import make_filters
 
 
 class TopError(RuntimeError):

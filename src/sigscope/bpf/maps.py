@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import re
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from collections.abc import Iterator, Sequence
 
 from sigscope.bpf import kernel, uapi
 from sigscope.bpf.kernel import possible_cpus
@@ -40,7 +40,7 @@ __all__ = [
     "validate_object_name",
 ]
 
-Value = Union[bytes, List[bytes]]
+Value = bytes | list[bytes]
 
 _OBJECT_NAME = re.compile(r"[A-Za-z0-9_.]*")
 # Errors meaning "this kernel or this map type has no batch operations".
@@ -96,7 +96,7 @@ class Map(FdOwner):
                 f"value_size={value_size} max_entries={max_entries}"
             )
             raise
-        self._fd: Optional[int] = fd
+        self._fd: int | None = fd
         self.map_type = map_type
         self.key_size = key_size
         self.value_size = value_size
@@ -158,7 +158,7 @@ class Map(FdOwner):
 
     # --- element operations ------------------------------------------------------------------
 
-    def lookup(self, key: bytes) -> Optional[Value]:
+    def lookup(self, key: bytes) -> Value | None:
         """The value stored under `key`, or None when there is none."""
         key_buf = self._key_buffer(key, "BPF_MAP_LOOKUP_ELEM")
         value_buf = ctypes.create_string_buffer(max(self._raw_value_size, 1))
@@ -199,7 +199,7 @@ class Map(FdOwner):
 
     def keys(self) -> Iterator[bytes]:
         """Iterate the keys (BPF_MAP_GET_NEXT_KEY). Safe against concurrent deletion."""
-        current: Optional[ctypes.Array] = None
+        current: ctypes.Array | None = None
         next_buf = ctypes.create_string_buffer(max(self.key_size, 1))
         while True:
             attr = MapGetNextKeyAttr(
@@ -217,7 +217,7 @@ class Map(FdOwner):
             yield key
             current = ctypes.create_string_buffer(key, max(self.key_size, 1))
 
-    def items(self) -> List[Tuple[bytes, Value]]:
+    def items(self) -> list[tuple[bytes, Value]]:
         """(key, value) pairs, one lookup per key; keys deleted meanwhile are skipped."""
         pairs = []
         for key in self.keys():
@@ -226,7 +226,7 @@ class Map(FdOwner):
                 pairs.append((key, value))
         return pairs
 
-    def lookup_batch(self, batch_size: int = 256) -> List[Tuple[bytes, Value]]:
+    def lookup_batch(self, batch_size: int = 256) -> list[tuple[bytes, Value]]:
         """All (key, value) pairs via BPF_MAP_LOOKUP_BATCH, or by iteration when the kernel or
         the map type has no batch operations."""
         if not kernel.has_map_batch():
@@ -238,13 +238,13 @@ class Map(FdOwner):
                 return self.items()
             raise
 
-    def _lookup_batch(self, batch_size: int) -> List[Tuple[bytes, Value]]:
+    def _lookup_batch(self, batch_size: int) -> list[tuple[bytes, Value]]:
         count = max(1, min(batch_size, self.max_entries))
         # The batch token is opaque; hash maps use a u32 bucket, arrays a key.
         token_size = max(self.key_size, 8)
         in_token = ctypes.create_string_buffer(token_size)
         out_token = ctypes.create_string_buffer(token_size)
-        pairs: List[Tuple[bytes, Value]] = []
+        pairs: list[tuple[bytes, Value]] = []
         first = True
         while True:
             keys = ctypes.create_string_buffer(max(self.key_size * count, 1))
@@ -394,7 +394,7 @@ class RingBufMap(Map):
 class PerfEventArrayMap(Map):
     """BPF_MAP_TYPE_PERF_EVENT_ARRAY indexed by CPU id; values are perf event fds (u32)."""
 
-    def __init__(self, name: str = "", max_entries: Optional[int] = None) -> None:
+    def __init__(self, name: str = "", max_entries: int | None = None) -> None:
         if max_entries is None:
             max_entries = max(kernel.possible_cpu_ids()) + 1
         super().__init__(uapi.BPF_MAP_TYPE_PERF_EVENT_ARRAY, 4, 4, max_entries, name)

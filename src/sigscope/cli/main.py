@@ -228,9 +228,8 @@ def _report(err: BaseException) -> int:
 
 
 def filters_from_args(args: argparse.Namespace):
-    from sigscope.model.filters import Filters
+    from sigscope.model.filters import Filters, make_filters
     from sigscope.model.signals import parse_signal_list
-    from sigscope.tracer import make_filters
 
     vias = None
     if args.via:
@@ -278,7 +277,7 @@ def run_trace(args: argparse.Namespace) -> int:
         as_lines = writer.renders_lines and not args.fate
         while not tracer.expired():
             if as_lines:
-                writer.lines(tracer.poll_lines(writer))
+                writer.runs(tracer.poll_runs())
             else:
                 writer.events(tracer.poll())
             now = time.monotonic()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from sigscope.model.record import VIA_NAMES
+from sigscope.model.signals import SIGRTMAX, parse_signal_list
 
 MAX_IN_KERNEL_IDS = 16  # each pid/tid compared costs an instruction per event
 
@@ -56,3 +58,37 @@ class Filters(_FilterValues):
         if self.comm is None:
             return None
         return self.comm.encode()[:15].ljust(16, b"\0")
+
+
+def make_filters(
+    signals: Iterable[int] | str | None = None,
+    exclude_signals: Iterable[int] | str | None = None,
+    pids: Iterable[int] = (),
+    target_ids: Iterable[int] = (),
+    comm: str | None = None,
+    vias: Iterable[str] | None = None,
+    failed_only: bool = False,
+    kill_only: bool = False,
+) -> Filters:
+    """Filters from the options of ``sigscope trace``/``top`` (and their Python API).
+
+    ``signals``/``exclude_signals`` take numbers or a spec like "USR1,SIGRTMIN+3" (raises
+    signals.SignalSpecError); ``vias`` names send paths (record.VIA_NAMES; default all);
+    ``kill_only`` drops kernel-generated signals. Raises FilterError for a filter that cannot
+    be honoured."""
+    def as_set(value: Iterable[int] | str) -> frozenset[int]:
+        return parse_signal_list(value) if isinstance(value, str) else frozenset(value)
+
+    wanted: frozenset[int] | None = None
+    if signals is not None:
+        wanted = as_set(signals)
+    if exclude_signals is not None:
+        every = frozenset(range(SIGRTMAX + 1))  # 0 (the null signal) to SIGRTMAX
+        wanted = (wanted if wanted is not None else every) - as_set(exclude_signals)
+    via_set = frozenset(vias) if vias is not None else frozenset(VIA_NAMES)
+    if kill_only:
+        via_set -= {"kernel"}
+    return Filters(
+        sender_pids=frozenset(pids), target_ids=frozenset(target_ids), signals=wanted,
+        comm=comm, vias=via_set, failed_only=failed_only,
+    )

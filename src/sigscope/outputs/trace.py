@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
-from sigscope.model.event import Event
+from sigscope.model.event import Event, Run
 
 if TYPE_CHECKING:
     from sigscope.fate import Fate
@@ -64,8 +65,8 @@ class TextWriter:
         seconds, nanos = divmod(event.time_ns, 1_000_000_000)
         return self.stamp(seconds) + f".{nanos // 1000:06d}"
 
-    # The LineRenderer protocol of decode.py (the storm path: records straight to lines); used
-    # for the plain live table (not with -t or --fate).
+    # The storm path (runs of one shape straight to lines, render_runs): used for the plain
+    # live table (not with -t or --fate).
     name = "text"
 
     def stamp(self, seconds: int) -> str:
@@ -88,21 +89,29 @@ class TextWriter:
             _dash(e.outcome))
 
     def lines(self, lines: list[str]) -> None:
-        """Lines rendered by Decoder.render()."""
+        """Lines rendered already (render())."""
         _write_lines(self.out, lines)
+
+    def render(self, items: Sequence[Run | Event]) -> list[str]:
+        """The lines of Decoder.runs() output: exactly line() of each record's Event."""
+        return render_runs(items, self.name, self.template, self.stamp, self.line)
+
+    def runs(self, items: Sequence[Run | Event]) -> None:
+        """Write Decoder.runs() output (only when renders_lines)."""
+        _write_lines(self.out, self.render(items))
 
     @property
     def renders_lines(self) -> bool:
-        """Whether Decoder.render() can produce this output (the plain table)."""
+        """Whether runs() can produce this output (the plain table)."""
         return not (self.relative or self.fate)
 
-    def events(self, events: list[Event]) -> None:
+    def events(self, events: Sequence[Event | Fate]) -> None:
         if self.fate:
             self._fate_events(events)
             return
-        _write_lines(self.out, [self.line(e) for e in events])
+        _write_lines(self.out, [self.line(e) for e in events if isinstance(e, Event)])
 
-    def _fate_events(self, items: list[Event | Fate]) -> None:
+    def _fate_events(self, items: Sequence[Event | Fate]) -> None:
         from sigscope.fate import QUEUED_OUTCOMES, SIGCONT, format_latency  # only with --fate
 
         fmt = _FATE_TEXT_FORMAT.format
@@ -143,6 +152,42 @@ def _write_lines(out: TextIO, lines: list[str]) -> None:
         write("\n".join(lines[start:start + _WRITE_CHUNK_LINES]) + "\n")
 
 
+def render_runs(
+    items: Sequence[Run | Event],
+    name: str,
+    template: Callable[[Event], str],
+    stamp: Callable[[int], str],
+    line: Callable[[Event], str],
+) -> list[str]:
+    """Lines of Decoder.runs() output, in order: the storm path of an output.
+
+    Each shape is rendered once, by ``template(event)``, to a %-format string whose holes are,
+    in order: the event id (%d), the wall-clock second as ``stamp(seconds)`` renders it (%s),
+    the microseconds within it (%06d), and ktime_ns (%d); it is kept in ``shape.rendered[name]``.
+    Then each record of a run costs one % and one append. Events (records off the hot path)
+    are rendered by ``line(event)``."""
+    lines: list[str] = []
+    append = lines.append
+    second, second_text = -1, ""
+    for item in items:
+        if isinstance(item, Event):
+            append(line(item))
+            continue
+        shape, event_id, ktimes, offset = item
+        text = shape.rendered.get(name)
+        if text is None:
+            ktime = ktimes[0]
+            text = shape.rendered[name] = template(Event(event_id, ktime, ktime + offset, shape))
+        for ktime in ktimes:
+            wall = ktime + offset
+            seconds = wall // 1_000_000_000
+            if seconds != second:
+                second, second_text = seconds, stamp(seconds)
+            append(text % (event_id, second_text, wall % 1_000_000_000 // 1000, ktime))
+            event_id += 1
+    return lines
+
+
 # Placeholders that JSON-encode to text no real value can produce.
 _HOLE_ID, _HOLE_TIME, _HOLE_KTIME = "\0id\0", "\0time\0", "\0ktime\0"
 
@@ -166,7 +211,7 @@ class JsonWriter:
     def header(self) -> None:
         pass
 
-    # The LineRenderer protocol of decode.py (the storm path: records straight to lines).
+    # The storm path (runs of one shape straight to lines, render_runs).
     name = "json"
     renders_lines = True
 
@@ -181,23 +226,26 @@ class JsonWriter:
         if not isinstance(e, Event):  # a Fate
             return self._dumps(e.to_dict())
         shape = e.shape
-        if shape is None:
-            template = self._template(e)
-        else:
-            template = shape.rendered.get("json")  # type: ignore[assignment]
-            if template is None:
-                template = shape.rendered["json"] = self._template(e)
+        template = shape.rendered.get("json")
+        if template is None:
+            template = shape.rendered["json"] = self._template(e)
         seconds, nanos = divmod(e.time_ns, 1_000_000_000)
         if seconds != self._second:
             self._second = seconds
             self._second_text = self.stamp(seconds)
         return template % (e.id, self._second_text, nanos // 1000, e.ktime_ns)
 
-    event_json = line
-
     def lines(self, lines: list[str]) -> None:
-        """Lines rendered by Decoder.render()."""
+        """Lines rendered already (render())."""
         _write_lines(self.out, lines)
+
+    def render(self, items: Sequence[Run | Event]) -> list[str]:
+        """The lines of Decoder.runs() output: exactly line() of each record's Event."""
+        return render_runs(items, self.name, self.template, self.stamp, self.line)
+
+    def runs(self, items: Sequence[Run | Event]) -> None:
+        """Write Decoder.runs() output."""
+        _write_lines(self.out, self.render(items))
 
     def _template(self, e: Event) -> str:
         d = e.to_dict()
@@ -207,7 +255,7 @@ class JsonWriter:
                 .replace(self._dumps(_HOLE_TIME), '"%s.%06dZ"')
                 .replace(self._dumps(_HOLE_KTIME), "%d"))
 
-    def events(self, events: list[Event]) -> None:
+    def events(self, events: Sequence[Event | Fate]) -> None:
         """Signal records; with --fate also {"type": "fate"} records (Fate.to_dict())."""
         if not events:
             return
@@ -216,15 +264,13 @@ class JsonWriter:
         append = lines.append
         second, second_text = self._second, self._second_text
         for e in events:
+            if not isinstance(e, Event):  # a Fate
+                append(self._dumps(e.to_dict()))
+                continue
             try:
                 template = e.shape.rendered["json"]
-            except (AttributeError, KeyError):  # a Fate, an Event without shape, a new shape
-                if not isinstance(e, Event):  # a Fate
-                    append(self._dumps(e.to_dict()))
-                    continue
-                template = self._template(e)
-                if e.shape is not None:
-                    e.shape.rendered["json"] = template
+            except KeyError:  # a new shape
+                template = e.shape.rendered["json"] = self._template(e)
             seconds, nanos = divmod(e.time_ns, 1_000_000_000)
             if seconds != second:
                 second = seconds
