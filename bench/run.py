@@ -40,9 +40,17 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 OUT_DIR = BENCH_DIR / "out"
 
+# The vocabulary (send paths, signal numbers) of this checkout: pure standard library, so it
+# imports even where sigscope is not installed.
+sys.path.insert(0, str(REPO_DIR / "src"))
+from sigscope.model.record import SYSCALL_VIAS  # noqa: E402
+from sigscope.model.signals import SIGNALS  # noqa: E402
+
+del sys.path[0]
+
 LOADGEN_COMM = "loadgen"  # the binary is named so; tracers filter on this sender comm
-BENCH_SIGNAL = 10  # SIGUSR1, loadgen's default
-VIAS = ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_send_signal")
+BENCH_SIGNAL = SIGNALS["SIGUSR1"]  # loadgen's default
+VIAS = SYSCALL_VIAS
 CONFIGS = ("untraced", "sigscope-trace", "sigscope-top", "bpftrace-stream", "bpftrace-count")
 STREAMING_CONFIGS = ("sigscope-trace", "bpftrace-stream")
 

@@ -13,18 +13,13 @@ import os
 import struct
 
 from sigscope.bpf.kernel import UnsupportedArchError, syscall_numbers
+from sigscope.model.record import SYSCALL_VIAS
 from sigscope.model.signals import SI_QUEUE, errno_name, signal_name
 
 __all__ = ["SIGINFO_SIZE", "VIAS", "SendError", "build_siginfo", "pidfd_open", "send_signal"]
 
-VIAS: tuple[str, ...] = (
-    "kill",
-    "tkill",
-    "tgkill",
-    "rt_sigqueueinfo",
-    "rt_tgsigqueueinfo",
-    "pidfd_send_signal",
-)
+# The six send paths, in record.VIA_NAMES order.
+VIAS: tuple[str, ...] = SYSCALL_VIAS
 
 # Kernel siginfo_t (include/uapi/asm-generic/siginfo.h) on 64-bit ABIs: si_signo, si_errno,
 # si_code, then the _sifields union, which holds pointers and so starts 8-aligned at 16. Its _rt

@@ -29,6 +29,7 @@ from sigscope.model.event import Event, Run
 from sigscope.model.filters import Filters, make_filters
 from sigscope.programs import signal as probes
 from sigscope.session import ProbeSession
+from sigscope.trace_settings import BUFFER_KINDS, DEFAULT_BUFFER_SIZE, DEFAULT_POLL_INTERVAL_MS
 
 if TYPE_CHECKING:
     from sigscope.fate import Fate, FateTracker
@@ -40,13 +41,10 @@ __all__ = ["BUFFER_KINDS", "DEFAULT_BUFFER_SIZE", "TraceError", "TraceItem", "Tr
 # their Event). One declared type whatever the flag: callers tell them apart by isinstance.
 TraceItem: TypeAlias = "Event | Fate"
 
-DEFAULT_BUFFER_SIZE = 16 << 20
-DEFAULT_POLL_INTERVAL_MS = 10
 # At most this much of the ring buffer is decoded per poll: in a storm the ring is always full,
 # and decoding it whole would hold ~100k Events and their JSON in memory at once. Kept below
 # glibc's mmap threshold, so the batch's buffer is reused rather than faulted in afresh.
 BATCH_BYTES = 96 << 10
-BUFFER_KINDS = ("auto", "ringbuf", "perf")
 _PAGE_SIZE = 4096
 # --fate: a fate record is matched once every signal generated before it has been read. Records
 # of the last FATE_SLACK_NS may still be in flight; a call parked longer than FATE_MAX_HOLD_NS
@@ -157,13 +155,16 @@ class Tracer(ProbeSession):
     def _fate_plans(self, cfg: probes.ProbeConfig) -> list[tuple[str, tuple, list]]:
         """The --fate programs. The exit code's offset in task_struct comes from the kernel's
         BTF; without it deaths are reported as "unknown" (fate_exit_codes is False)."""
-        from sigscope.bpf.btf import Btf, BtfError
+        from sigscope.bpf import btf_scan
         from sigscope.programs import fate as fate_probes
 
+        exit_code_offset: int | None = None
         try:
-            exit_code_offset: int | None = Btf.load().member_offset("task_struct", "exit_code")
-        except (BtfError, OSError):
-            exit_code_offset = None
+            member = btf_scan.vmlinux_struct_members("task_struct")["task_struct"]["exit_code"]
+            if member.span >= 4:  # int exit_code
+                exit_code_offset = member.offset
+        except (btf_scan.BtfScanError, KeyError, OSError):
+            pass
         self.fate_exit_codes = exit_code_offset is not None
         formats = {event: event_format(system, event)
                    for _, system, event in fate_probes.FATE_TRACEPOINTS}

@@ -29,7 +29,6 @@ from sigscope.bpf.syscall import (
 __all__ = [
     "ArrayMap",
     "HashMap",
-    "LRUHashMap",
     "Map",
     "PerCPUArrayMap",
     "PerCPUHashMap",
@@ -292,15 +291,6 @@ class HashMap(Map):
         self, key_size: int, value_size: int, max_entries: int, name: str = "", flags: int = 0
     ) -> None:
         super().__init__(uapi.BPF_MAP_TYPE_HASH, key_size, value_size, max_entries, name, flags)
-
-
-class LRUHashMap(Map):
-    """A hash map that evicts its least recently used entry when full, instead of failing."""
-
-    def __init__(
-        self, key_size: int, value_size: int, max_entries: int, name: str = "", flags: int = 0
-    ) -> None:
-        super().__init__(uapi.BPF_MAP_TYPE_LRU_HASH, key_size, value_size, max_entries, name, flags)
 
 
 class ArrayMap(Map):

@@ -139,6 +139,9 @@ def add_filter_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sigscope.model.record import SYSCALL_VIAS
+    from sigscope.trace_settings import BUFFER_KINDS, DEFAULT_BUFFER_SIZE
+
     # `sigscope` alone is `sigscope trace`, so its help shows the trace examples too.
     parser = _Parser(prog="sigscope", description="Every signal on the system: who sent it, by "
                      "which path, to which process and thread,\nand what became of it.",
@@ -152,9 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "arguments and return value) and kernel-generated signals, one record "
                            "per send attempt and recipient.")
     add_filter_options(trace)
-    trace.add_argument("--buffer", choices=("auto", "ringbuf", "perf"), default="auto",
+    trace.add_argument("--buffer", choices=BUFFER_KINDS, default=BUFFER_KINDS[0],
                        help="event transport (default: ring buffer when the kernel has it)")
-    trace.add_argument("--buffer-size", type=_size, default=16 << 20, metavar="SIZE",
+    trace.add_argument("--buffer-size", type=_size, default=DEFAULT_BUFFER_SIZE, metavar="SIZE",
                        help="kernel buffer size (default 16M)")
     trace.add_argument("-j", "--json", action="store_true", help="JSON Lines output")
     trace.add_argument("-t", "--timestamp", action="store_true",
@@ -166,9 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     send = sub.add_parser("send", help="send a signal through any of the six syscalls",
                           epilog=SEND_EXAMPLES, formatter_class=_RAW)
-    send.add_argument("--via", default="kill",
-                      choices=("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo",
-                               "pidfd_send_signal"))
+    send.add_argument("--via", default="kill", choices=SYSCALL_VIAS)
     send.add_argument("--tid", type=_positive_int, help="target thread (tkill, tgkill, "
                       "rt_tgsigqueueinfo)")
     send.add_argument("--value", type=lambda s: int(s, 0), help="sigval for the sigqueue variants "
@@ -310,15 +311,15 @@ def _print_programs(tracer) -> int:
 
 
 def add_top_parser(sub) -> None:
-    from sigscope.top_settings import DEFAULT_MAX_KEYS, MAP_KINDS, SORT_KEYS
+    from sigscope.top_settings import DEFAULT_INTERVAL_S, DEFAULT_MAX_KEYS, MAP_KINDS, SORT_KEYS
 
     top = sub.add_parser("top", help="count signals in the kernel: who signals whom, how often",
                          epilog=TOP_EXAMPLES, formatter_class=_RAW,
                          description="Count signals in the kernel, by sender, target, signal, "
                          "via, result and outcome, and print them every interval.")
     add_filter_options(top)
-    top.add_argument("-i", "--interval", type=_duration, default=1.0, metavar="SECONDS",
-                     help="seconds between updates (default 1)")
+    top.add_argument("-i", "--interval", type=_duration, default=DEFAULT_INTERVAL_S,
+                     metavar="SECONDS", help="seconds between updates (default 1)")
     top.add_argument("--sort", choices=SORT_KEYS, default="count", help="row order")
     top.add_argument("-n", "--rows", type=_positive_int, metavar="N",
                      help="show the top N rows (default: 20 in the table, all with --json)")
@@ -335,7 +336,7 @@ def add_top_parser(sub) -> None:
     top.add_argument("--max-keys", type=_positive_int, default=DEFAULT_MAX_KEYS, metavar="N",
                      help=f"keys the kernel map holds (default {DEFAULT_MAX_KEYS}); more go "
                           "to 'other'")
-    top.add_argument("--map-kind", choices=MAP_KINDS, default="auto",
+    top.add_argument("--map-kind", choices=MAP_KINDS, default=MAP_KINDS[0],
                      help="count map: per-CPU hash (auto) or one shared hash")
 
 

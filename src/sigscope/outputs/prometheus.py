@@ -20,9 +20,6 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Se
 from sigscope import __version__
 
 METRICS_PATH = "/metrics"
-# The port deploy/ and the docs use; nothing in this module depends on it.
-DEFAULT_PORT = 9567
-
 # Every label a user may keep, in the order they appear in the output when all are kept.
 LABEL_NAMES: Tuple[str, ...] = (
     "signal",
