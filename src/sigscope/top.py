@@ -190,7 +190,7 @@ class Counter(ProbeSession):
         kind = PerCPUHashMap if self.percpu else HashMap
         counts = self._own(kind(top_probes.KEY_SIZE, top_probes.VALUE_SIZE, self.max_keys,
                                 name="sigscope_top"))
-        self._counters, self._counts = counters, counts  # type: ignore[assignment]
+        self._counters, self._counts = counters, counts
         fds = top_probes.CountMapFds(inflight.fd, counts.fd, counters.fd, self.percpu)
         cfg = top_probes.probe_config(self.filters, fds)
         self._load_and_attach(probes.signal_probe_plans(cfg, prefix="t"))

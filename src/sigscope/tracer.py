@@ -256,9 +256,9 @@ class Tracer(ProbeSession):
             except OSError:
                 parked = []
             for _key, value in parked:
-                kind = int.from_bytes(value[kind_at:kind_at + 4], "little")  # type: ignore
+                kind = int.from_bytes(value[kind_at:kind_at + 4], "little")
                 if kind == rec.KIND_CALL:
-                    entered = int.from_bytes(value[call_at:call_at + 8], "little")  # type: ignore
+                    entered = int.from_bytes(value[call_at:call_at + 8], "little")
                     if entered > now - FATE_MAX_HOLD_NS:
                         horizon = min(horizon, entered)
         waiting = self.decoder.oldest_waiting_ktime()
@@ -279,7 +279,7 @@ class Tracer(ProbeSession):
         batch = self._reader.read(rec.RECORD_SIZE, BATCH_BYTES)
         if not batch:
             if self.fate_tracker is not None and horizon is not None:
-                return self.fate_tracker.advance(horizon)
+                return list(self.fate_tracker.advance(horizon))
             return []
         return self._decode(batch, horizon)
 

@@ -583,7 +583,7 @@ def _label_slots(flat: Sequence[Insn]) -> dict[str, int]:
     slots: dict[str, int] = {}
     slot = 0
     for insn in flat:
-        if insn.is_label:
+        if insn.label is not None:
             if insn.label in slots:
                 raise AsmError(f"duplicate label {insn.label!r}")
             slots[insn.label] = slot

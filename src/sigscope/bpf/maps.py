@@ -11,6 +11,7 @@ import ctypes
 import errno
 import re
 from collections.abc import Iterator, Sequence
+from typing import Generic, TypeVar
 
 from sigscope.bpf import kernel, uapi
 from sigscope.bpf.kernel import possible_cpus
@@ -40,6 +41,8 @@ __all__ = [
 ]
 
 Value = bytes | list[bytes]
+# A map's value as lookup() returns it: bytes, or for per-CPU maps one bytes per possible CPU.
+_V = TypeVar("_V", bytes, list[bytes])
 
 _OBJECT_NAME = re.compile(r"[A-Za-z0-9_.]*")
 # Errors meaning "this kernel or this map type has no batch operations".
@@ -64,8 +67,10 @@ def _round_up_8(size: int) -> int:
     return (size + 7) & ~7
 
 
-class Map(FdOwner):
-    """A BPF map; the object owns the fd (close() or use as a context manager)."""
+class Map(FdOwner, Generic[_V]):
+    """A BPF map; the object owns the fd (close() or use as a context manager). Its values are
+    bytes (``Map[bytes]``), or one bytes per possible CPU for per-CPU maps
+    (``Map[list[bytes]]``)."""
 
     kind = "map"
 
@@ -121,10 +126,10 @@ class Map(FdOwner):
     def _raw_value_size(self) -> int:
         return self.value_size
 
-    def _decode_value(self, raw: bytes) -> Value:
-        return raw
+    def _decode_value(self, raw: bytes) -> _V:
+        return raw  # type: ignore[return-value]  # per-CPU maps override
 
-    def _encode_value(self, value: Value, command: str) -> bytes:
+    def _encode_value(self, value: _V | bytes, command: str) -> bytes:
         if not isinstance(value, (bytes, bytearray)):
             raise self._size_error(command, "value must be bytes")
         if len(value) != self.value_size:
@@ -157,7 +162,7 @@ class Map(FdOwner):
 
     # --- element operations ------------------------------------------------------------------
 
-    def lookup(self, key: bytes) -> Value | None:
+    def lookup(self, key: bytes) -> _V | None:
         """The value stored under `key`, or None when there is none."""
         key_buf = self._key_buffer(key, "BPF_MAP_LOOKUP_ELEM")
         value_buf = ctypes.create_string_buffer(max(self._raw_value_size, 1))
@@ -172,7 +177,7 @@ class Map(FdOwner):
             raise
         return self._decode_value(value_buf.raw[: self._raw_value_size])
 
-    def update(self, key: bytes, value: Value, flags: int = uapi.BPF_ANY) -> None:
+    def update(self, key: bytes, value: _V | bytes, flags: int = uapi.BPF_ANY) -> None:
         key_buf = self._key_buffer(key, "BPF_MAP_UPDATE_ELEM")
         raw = self._encode_value(value, "BPF_MAP_UPDATE_ELEM")
         value_buf = ctypes.create_string_buffer(raw, max(len(raw), 1))
@@ -216,7 +221,7 @@ class Map(FdOwner):
             yield key
             current = ctypes.create_string_buffer(key, max(self.key_size, 1))
 
-    def items(self) -> list[tuple[bytes, Value]]:
+    def items(self) -> list[tuple[bytes, _V]]:
         """(key, value) pairs, one lookup per key; keys deleted meanwhile are skipped."""
         pairs = []
         for key in self.keys():
@@ -225,7 +230,7 @@ class Map(FdOwner):
                 pairs.append((key, value))
         return pairs
 
-    def lookup_batch(self, batch_size: int = 256) -> list[tuple[bytes, Value]]:
+    def lookup_batch(self, batch_size: int = 256) -> list[tuple[bytes, _V]]:
         """All (key, value) pairs via BPF_MAP_LOOKUP_BATCH, or by iteration when the kernel or
         the map type has no batch operations."""
         if not kernel.has_map_batch():
@@ -237,13 +242,13 @@ class Map(FdOwner):
                 return self.items()
             raise
 
-    def _lookup_batch(self, batch_size: int) -> list[tuple[bytes, Value]]:
+    def _lookup_batch(self, batch_size: int) -> list[tuple[bytes, _V]]:
         count = max(1, min(batch_size, self.max_entries))
         # The batch token is opaque; hash maps use a u32 bucket, arrays a key.
         token_size = max(self.key_size, 8)
         in_token = ctypes.create_string_buffer(token_size)
         out_token = ctypes.create_string_buffer(token_size)
-        pairs: list[tuple[bytes, Value]] = []
+        pairs: list[tuple[bytes, _V]] = []
         first = True
         while True:
             keys = ctypes.create_string_buffer(max(self.key_size * count, 1))
@@ -286,14 +291,14 @@ class Map(FdOwner):
             self.delete(key)
 
 
-class HashMap(Map):
+class HashMap(Map[bytes]):
     def __init__(
         self, key_size: int, value_size: int, max_entries: int, name: str = "", flags: int = 0
     ) -> None:
         super().__init__(uapi.BPF_MAP_TYPE_HASH, key_size, value_size, max_entries, name, flags)
 
 
-class ArrayMap(Map):
+class ArrayMap(Map[bytes]):
     """Keys are u32 indexes (4 bytes); entries always exist and start zeroed."""
 
     def __init__(self, value_size: int, max_entries: int, name: str = "", flags: int = 0) -> None:
@@ -304,24 +309,24 @@ class ArrayMap(Map):
         for key in list(self.keys()):
             self.update(key, zero)
 
-    def _zero_value(self) -> Value:
+    def _zero_value(self) -> bytes:
         return bytes(self.value_size)
 
 
-class _PerCPUValues(Map):
+class _PerCPUValues(Map[list[bytes]]):
     """Values are lists with one bytes value per possible CPU."""
 
     @property
     def _raw_value_size(self) -> int:
         return _round_up_8(self.value_size) * possible_cpus()
 
-    def _decode_value(self, raw: bytes) -> Value:
+    def _decode_value(self, raw: bytes) -> list[bytes]:
         stride = _round_up_8(self.value_size)
         return [
             raw[cpu * stride : cpu * stride + self.value_size] for cpu in range(possible_cpus())
         ]
 
-    def _encode_value(self, value: Value, command: str) -> bytes:
+    def _encode_value(self, value: list[bytes] | bytes, command: str) -> bytes:
         """A list gives each CPU its value; a single bytes value is written to every CPU."""
         cpus = possible_cpus()
         per_cpu: Sequence[bytes]
@@ -365,7 +370,7 @@ class PerCPUArrayMap(_PerCPUValues):
             self.update(key, zero)
 
 
-class RingBufMap(Map):
+class RingBufMap(Map[bytes]):
     """BPF_MAP_TYPE_RINGBUF; `size_bytes` must be a power of two and a multiple of the page
     size. Read it with ringbuf.RingBufReader; it has no keys."""
 
@@ -381,7 +386,7 @@ class RingBufMap(Map):
         return self.max_entries
 
 
-class PerfEventArrayMap(Map):
+class PerfEventArrayMap(Map[bytes]):
     """BPF_MAP_TYPE_PERF_EVENT_ARRAY indexed by CPU id; values are perf event fds (u32)."""
 
     def __init__(self, name: str = "", max_entries: int | None = None) -> None:
@@ -390,7 +395,7 @@ class PerfEventArrayMap(Map):
         super().__init__(uapi.BPF_MAP_TYPE_PERF_EVENT_ARRAY, 4, 4, max_entries, name)
 
 
-class StackTraceMap(Map):
+class StackTraceMap(Map[bytes]):
     """BPF_MAP_TYPE_STACK_TRACE: u32 stack ids to arrays of `max_depth` u64 addresses."""
 
     def __init__(

@@ -162,7 +162,7 @@ class Program(FdOwner):
                 fd = bpf(uapi.BPF_PROG_LOAD, attr)
                 err = 0
             except BPFError as error:
-                fd, err = -1, error.errno
+                fd, err = -1, error.errno or 0
             if log_buf is not None:
                 log_text = log_buf.value.decode("utf-8", "replace")
             return fd, err, log_text

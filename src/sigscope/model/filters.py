@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sigscope.model.record import VIA_NAMES
 from sigscope.model.signals import SIGRTMAX, parse_signal_list
@@ -29,7 +29,7 @@ class Filters(_FilterValues):
 
     __slots__ = ()
 
-    def __new__(cls, *args: object, **kwargs: object) -> Filters:
+    def __new__(cls, *args: Any, **kwargs: Any) -> Filters:
         self = super().__new__(cls, *args, **kwargs)
         unknown = set(self.vias) - set(VIA_NAMES)
         if unknown:

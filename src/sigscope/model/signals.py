@@ -137,10 +137,12 @@ def parse_signal(spec: str) -> int:
             )
         return number
     name = text if text.startswith("SIG") else "SIG" + text
-    number = SIGNALS.get(name, _ALIASES.get(name))
-    if number is None:
+    found = SIGNALS.get(name)
+    if found is None:
+        found = _ALIASES.get(name)
+    if found is None:
         raise SignalSpecError(f"unknown signal {spec.strip()!r}: {_SPEC_HELP}")
-    return number
+    return found
 
 
 def parse_signal_list(spec: str) -> frozenset[int]:

@@ -18,8 +18,11 @@ import threading
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from sigscope import __version__
+from sigscope.outputs.exporter_base import (  # noqa: F401 (METRICS_PATH: re-exported)
+    METRICS_PATH,
+    ExporterError,
+)
 
-METRICS_PATH = "/metrics"
 # Every label a user may keep, in the order they appear in the output when all are kept.
 LABEL_NAMES: Tuple[str, ...] = (
     "signal",
@@ -37,10 +40,6 @@ DEFAULT_LABELS: Tuple[str, ...] = ("signal", "via", "outcome", "sender_comm", "t
 MISSING_DEPENDENCY = (
     "the Prometheus exporter needs prometheus-client: pip install 'sigscope[prometheus]'"
 )
-
-
-class ExporterError(RuntimeError):
-    """A one-line, user-facing failure of the exporter (missing dependency, cannot listen)."""
 
 
 class CountRow(NamedTuple):
@@ -62,7 +61,7 @@ class CountRow(NamedTuple):
     result: Optional[int]
     error: Optional[str]
     outcome: Optional[str]
-    count: int
+    count: int  # type: ignore[assignment]  # a field named like tuple.count, by design
 
 
 class Health(NamedTuple):
