@@ -1,10 +1,12 @@
 """``sigscope top``: signals counted in the kernel, read every interval.
 
+    import time
     import sigscope.top
     with sigscope.top.count(signals="USR1") as counter:
-        ...
-        snapshot = counter.read()          # cumulative since start
-    for row in snapshot.rows: print(row.sender_comm, row.target_pid, row.count)
+        time.sleep(1)
+        snapshot = counter.read()          # cumulative since start: rows {RowKey: count}
+    for key, n in snapshot.rows.items():
+        print(key.sender_comm, key.target_pid, key.signal, n)
 
 The kernel side (programs/count.py) counts into a hash map keyed by sender, target, signal, via,
 result and outcome; nothing per signal crosses to user space. Here we read the whole map (one
@@ -29,10 +31,10 @@ from sigscope.bpf.kernel import possible_cpus
 from sigscope.bpf.maps import HashMap, Map, PerCPUArrayMap, PerCPUHashMap
 from sigscope.decode import ProcResolver
 from sigscope.model import record as rec
+from sigscope.model.counts import CountRow, Health
 from sigscope.model.event import outcome_name
 from sigscope.model.filters import Filters, make_filters
 from sigscope.model.signals import errno_name, signal_name
-from sigscope.outputs.prometheus import CountRow, Health
 from sigscope.programs import count as top_probes
 from sigscope.programs import signal as probes
 from sigscope.programs.signal import COUNTER_INFLIGHT_FULL

@@ -12,8 +12,8 @@ Only direct, non-bitfield members are reported, with the distance to the next me
 bound of the member's size). Anything malformed or missing raises ``BtfScanError``: callers
 fall back to a way that needs no offsets.
 
-    members = vmlinux_struct_members("task_struct")
-    members["comm"]      # ScannedMember(offset=1752, span=16)
+    members = vmlinux_struct_members("task_struct")["task_struct"]
+    members["comm"]      # ScannedMember(offset=..., span=16): offsets vary by kernel build
 """
 
 from __future__ import annotations

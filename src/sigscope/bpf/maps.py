@@ -40,7 +40,6 @@ __all__ = [
     "validate_object_name",
 ]
 
-Value = bytes | list[bytes]
 # A map's value as lookup() returns it: bytes, or for per-CPU maps one bytes per possible CPU.
 _V = TypeVar("_V", bytes, list[bytes])
 

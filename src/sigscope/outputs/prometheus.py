@@ -15,9 +15,10 @@ from __future__ import annotations
 import os
 import re
 import threading
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
 from sigscope import __version__
+from sigscope.model.counts import CountRow, Health
 from sigscope.outputs.exporter_base import (  # noqa: F401 (METRICS_PATH: re-exported)
     METRICS_PATH,
     ExporterError,
@@ -40,43 +41,6 @@ DEFAULT_LABELS: Tuple[str, ...] = ("signal", "via", "outcome", "sender_comm", "t
 MISSING_DEPENDENCY = (
     "the Prometheus exporter needs prometheus-client: pip install 'sigscope[prometheus]'"
 )
-
-
-class CountRow(NamedTuple):
-    """One aggregated key of the kernel count map and its cumulative count since start.
-
-    ``target_pid``/``target_comm`` are None when the signal had no single resolved target (e.g. a
-    process-group kill or a failed send to a pid that does not exist); ``result``/``error`` are
-    None when no sending syscall was involved (kernel-generated signals); ``outcome`` is None when
-    the fate of the signal is not known (yet).
-    """
-
-    sender_pid: int
-    sender_comm: str
-    target_pid: Optional[int]
-    target_comm: Optional[str]
-    sig: int
-    signal: str
-    via: str
-    result: Optional[int]
-    error: Optional[str]
-    outcome: Optional[str]
-    count: int  # type: ignore[assignment]  # a field named like tuple.count, by design
-
-
-class Health(NamedTuple):
-    """Cumulative health counters of the counting side, all since start.
-
-    lost_events: signal events seen by the kernel but not counted (e.g. program recursion misses).
-    map_full:    times a new key did not fit the kernel map and was counted in the "other" bucket.
-    other:       signals counted in the "other" bucket (their key was not kept).
-    records:     signals counted in total, keyed and "other" alike.
-    """
-
-    lost_events: int
-    map_full: int
-    other: int
-    records: int
 
 
 Snapshot = Callable[[], Tuple[List[CountRow], Health]]

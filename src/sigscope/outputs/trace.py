@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
@@ -202,6 +201,8 @@ class JsonWriter:
     """
 
     def __init__(self, out: TextIO) -> None:
+        import json  # here, not at the top: the text table's start-up does without it
+
         self.out = out
         # Compact separators: a storm writes hundreds of MB of these.
         self._dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
