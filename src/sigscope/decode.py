@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sigscope.model import record as rec
-from sigscope.model.event import Event, Run, Shape
+from sigscope.model.event import Event, Runs, Shape
 from sigscope.model.signals import OUTCOMES
 
 # A FANOUT record whose CALL has not arrived after this long is reported without a return value
@@ -121,63 +121,70 @@ class Decoder:
         self._row_shapes: dict[tuple[int | None, Row], Shape] = {}
         self._shapes_expire = 0.0
 
-    def runs(self, batch: bytes) -> list[Run | Event]:
-        """Decode a batch of concatenated records into Runs and Events, in record order.
-
-        A Run (model/event.py) is consecutive records of one Shape: a call with at most one
-        recipient, or a kernel signal, repeated; an Event stands for a record off that path (a
-        call with fan-out and its FANOUT records, partners that waited too long)."""
+    def runs(self, batch: bytes) -> Runs:
+        """Decode a batch of concatenated records into Runs (model/event.py), in record order:
+        consecutive equal records (a call with at most one recipient, or a kernel signal,
+        repeated) share one Shape; a record off that path (a call with fan-out and its FANOUT
+        records, partners that waited too long) is an Event."""
         batch = self._whole_records(batch)
         now = self._refresh_shapes()
-        out: list[Run | Event] = []
-        append = out.append
+        out = Runs(self._next_id, self.wall_offset_ns)
+        add_item, add_length, ktimes = out.items.append, out.lengths.append, out.ktimes
+        add_ktime = ktimes.append
         call_shapes, kernel_shapes = self._shapes, self._kernel_shapes
-        offset = self.wall_offset_ns
         unpack_rest = rec.REST_STRUCT.unpack
-        first = self._next_id  # id of the current run's first record
-        ktimes: list[int] = []
-        add = ktimes.append
+        records = 0  # records before the current run (Events included)
+        run_start = 0  # index in ktimes where the current run starts
         last_rest: bytes | None = None
         last_kind = -1
         for ktime, call_id, kind, nemitted, rest in rec.HOT_STRUCT.iter_unpack(batch):
             if nemitted == 0 and (kind == KIND_CALL or kind == KIND_KERNEL):
                 # A storm repeats the previous record: comparing bytes beats hashing them.
                 if rest == last_rest and kind == last_kind:
-                    add(ktime)
+                    add_ktime(ktime)
                     continue
-                first += len(ktimes)
+                if last_rest is not None:
+                    count = len(ktimes) - run_start
+                    add_length(count)
+                    records += count
                 shape = (call_shapes if kind == KIND_CALL else kernel_shapes).get(rest)
                 if shape is None:
                     shape = self._hot_shape(kind, rest, now)
-                ktimes = [ktime]
-                add = ktimes.append
-                append((shape, first, ktimes, offset))
+                add_item(shape)
+                run_start = len(ktimes)
+                add_ktime(ktime)
                 last_rest, last_kind = rest, kind
                 continue
-            self._next_id = first + len(ktimes)
+            if last_rest is not None:
+                count = len(ktimes) - run_start
+                add_length(count)
+                records += count
+                last_rest = None
+            self._next_id = out.first_id + records
             joined: list[Event] = []
             self._join((ktime, call_id, kind, nemitted, *unpack_rest(rest)), joined, now)
-            out.extend(joined)
-            first, ktimes, last_rest = self._next_id, [], None
-            add = ktimes.append
-        self._next_id = first + len(ktimes)
+            for event in joined:
+                add_item(event)
+                add_length(0)
+            records += len(joined)
+        if last_rest is not None:
+            count = len(ktimes) - run_start
+            add_length(count)
+            records += count
+        self._next_id = out.first_id + records
         self.records = self._next_id - 1
         if self._fanouts or self._calls:
-            out.extend(self._expire(now, horizon_ktime=_latest_ktime(out)))
+            latest = ktimes[-1] if ktimes else None
+            if out.items and isinstance(out.items[-1], Event):
+                latest = out.items[-1].ktime_ns
+            for event in self._expire(now, horizon_ktime=latest):
+                add_item(event)
+                add_length(0)
         return out
 
     def decode(self, batch: bytes) -> list[Event]:
         """Decode a batch of concatenated records into Events (runs(), one Event per record)."""
-        events: list[Event] = []
-        extend = events.extend
-        for item in self.runs(batch):
-            if isinstance(item, Event):
-                events.append(item)
-            else:
-                shape, first, ktimes, offset = item
-                extend([Event(event_id, ktime, ktime + offset, shape)
-                        for event_id, ktime in enumerate(ktimes, first)])
-        return events
+        return self.runs(batch).events()
 
     def decode_with_fates(self, batch: bytes) -> tuple[list[Event], list[Row]]:
         """--fate: the Events of a batch's signal records, and its fate records (kinds in
@@ -377,12 +384,8 @@ _SENDER_TID = rec.FIELD_NAMES.index("sender_tid")
 _CALL_ID = rec.FIELD_NAMES.index("call_id")
 
 
-def _latest_ktime(items: list[Run | Event] | list[Event]) -> int | None:
-    """Kernel time of the last record of a batch's output, None when it is empty."""
-    if not items:
-        return None
-    last = items[-1]
-    return last.ktime_ns if isinstance(last, Event) else last[2][-1]
+def _latest_ktime(events: list[Event]) -> int | None:
+    return events[-1].ktime_ns if events else None
 
 
 def _target_from_args(via: str, arg_pid: int, arg_tid: int) -> tuple[int | None, int | None]:

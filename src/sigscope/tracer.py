@@ -25,7 +25,7 @@ from sigscope.bpf.readers.ringbuf import RingBufReader
 from sigscope.bpf.tracefs import event_format
 from sigscope.decode import Decoder
 from sigscope.model import record as rec
-from sigscope.model.event import Event, Run
+from sigscope.model.event import Event, Runs
 from sigscope.model.filters import Filters, make_filters
 from sigscope.programs import signal as probes
 from sigscope.session import ProbeSession
@@ -283,17 +283,16 @@ class Tracer(ProbeSession):
             return []
         return self._decode(batch, horizon)
 
-    def poll_runs(self, timeout_ms: int | None = None) -> list[Run | Event]:
-        """poll(), as Decoder.runs(): consecutive equal records as one Run, for an output's
-        render() (the storm path of `trace --json` and the plain table). Not with fate (fates
-        need the Events): raises TraceError."""
+    def poll_runs(self, timeout_ms: int | None = None) -> Runs:
+        """poll(), as Decoder.runs(): consecutive equal records as runs of one Shape, for an
+        output's render() (the storm path of `trace --json` and the plain table). Not with fate
+        (fates need the Events): raises TraceError."""
         if self.fate_tracker is not None:
             raise TraceError("poll_runs() is not available with fate=True: use poll()")
         if self._reader is None:
-            return []
+            return self.decoder.runs(b"")
         self._reader.poll(self.poll_interval_ms if timeout_ms is None else timeout_ms)
-        batch = self._reader.read(rec.RECORD_SIZE, BATCH_BYTES)
-        return self.decoder.runs(batch) if batch else []
+        return self.decoder.runs(self._reader.read(rec.RECORD_SIZE, BATCH_BYTES))
 
     def expired(self) -> bool:
         return self._stop or (self._deadline is not None and time.monotonic() >= self._deadline)

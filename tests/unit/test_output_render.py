@@ -80,15 +80,16 @@ def test_text_table_render_equals_the_event_path(tmp_path: Path) -> None:
 def test_runs_group_equal_records_and_number_them_in_order(tmp_path: Path) -> None:
     proc = fake_proc(tmp_path / "proc", {700: (700, "leader"), 701: (700, "worker"),
                                          702: (702, "other"), 703: (703, "third")})
-    items = Decoder(ProcResolver(str(proc)), wall_offset_ns=7).runs(mixed_batch())
-    kinds = [("event", item.id) if isinstance(item, Event) else ("run", item[1], len(item[2]))
-             for item in items]
+    runs = Decoder(ProcResolver(str(proc)), wall_offset_ns=7).runs(mixed_batch())
+    kinds = [("event", item.id) if isinstance(item, Event) else ("run", count)
+             for item, count in zip(runs.items, runs.lengths, strict=True)]
     # 50 equal tgkills, the failure, the kernel signal, the fan-out call and its two
-    # recipients (Events off the hot path), then 5 equal kills.
-    assert kinds == [("run", 1, 50), ("run", 51, 1), ("run", 52, 1), ("event", 53),
-                     ("event", 54), ("event", 55), ("run", 56, 5)]
-    run = items[0]
-    assert not isinstance(run, Event)
-    shape, first, ktimes, offset = run
-    assert (shape.via, shape.target_tid, first, offset) == ("tgkill", 701, 1, 7)
-    assert ktimes == [1010 + i for i in range(50)]
+    # recipients (Events off the hot path, ids 53-55), then 5 equal kills.
+    assert kinds == [("run", 50), ("run", 1), ("run", 1), ("event", 53), ("event", 54),
+                     ("event", 55), ("run", 5)]
+    assert (runs.first_id, runs.wall_offset_ns, len(runs)) == (1, 7, 60)
+    shape = runs.items[0]
+    assert not isinstance(shape, Event)
+    assert (shape.via, shape.target_tid) == ("tgkill", 701)
+    assert runs.ktimes[:50] == [1010 + i for i in range(50)]
+    assert [e.id for e in runs.events()] == list(range(1, 61))

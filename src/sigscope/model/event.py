@@ -18,7 +18,7 @@ from sigscope.model.signals import (
     signal_name,
 )
 
-__all__ = ["ORIGINS", "OUTCOMES", "Event", "Run", "Shape", "kernel_origin", "outcome_name"]
+__all__ = ["ORIGINS", "OUTCOMES", "Event", "Runs", "Shape", "kernel_origin", "outcome_name"]
 
 # Where a kernel-generated signal came from (via == "kernel").
 ORIGINS = ("fault", "child", "timer", "pipe", "tty", "rlimit", "oom", "seccomp", "io", "other")
@@ -121,12 +121,6 @@ class Shape:
 
     def values(self) -> tuple[object, ...]:
         return tuple(getattr(self, name) for name in SHAPE_FIELDS)
-
-
-# Consecutive records of one shape, as Decoder.runs() hands them to the outputs:
-# (shape, id of the first, ktime_ns of each record, wall-clock offset in ns). The records' ids
-# are consecutive; each one's wall-clock time is its ktime_ns + the offset.
-Run = tuple[Shape, int, list[int], int]
 
 
 class Event:
@@ -318,3 +312,44 @@ class Event:
             "error": self.error,
             "outcome": self.outcome,
         }
+
+
+class Runs:
+    """A decoded batch as Decoder.runs() hands it to the outputs: runs of equal records.
+
+    ``items[i]`` is a Shape shared by the next ``lengths[i]`` records, whose kernel times are
+    the next ``lengths[i]`` entries of ``ktimes`` (ns); or, with ``lengths[i] == 0``, an Event
+    (a record off the hot path, with its own id and times). Ids are consecutive in order, from
+    ``first_id``; a record's wall-clock time is its ktime + ``wall_offset_ns``. Flat lists, not
+    an object per run: a batch of interleaved senders (every run one record long) allocates
+    nothing per record that lives on (no tuples, no garbage collector work)."""
+
+    __slots__ = ("items", "lengths", "ktimes", "first_id", "wall_offset_ns")
+
+    def __init__(self, first_id: int, wall_offset_ns: int) -> None:
+        self.items: list[Shape | Event] = []
+        self.lengths: list[int] = []
+        self.ktimes: list[int] = []
+        self.first_id = first_id
+        self.wall_offset_ns = wall_offset_ns
+
+    def __len__(self) -> int:
+        """Records in the batch (Events included)."""
+        return len(self.ktimes) + self.lengths.count(0)
+
+    def events(self) -> list[Event]:
+        """One Event per record, in order (the Event path)."""
+        events: list[Event] = []
+        append, extend = events.append, events.extend
+        ktimes, offset = self.ktimes, self.wall_offset_ns
+        event_id, at = self.first_id, 0
+        for item, count in zip(self.items, self.lengths, strict=True):
+            if isinstance(item, Event):
+                append(item)
+                event_id += 1
+                continue
+            extend([Event(i, ktime, ktime + offset, item)
+                    for i, ktime in enumerate(ktimes[at:at + count], event_id)])
+            at += count
+            event_id += count
+        return events

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
-from sigscope.model.event import Event, Run
+from sigscope.model.event import Event, Runs
 
 if TYPE_CHECKING:
     from sigscope.fate import Fate
@@ -91,13 +91,13 @@ class TextWriter:
         """Lines rendered already (render())."""
         _write_lines(self.out, lines)
 
-    def render(self, items: Sequence[Run | Event]) -> list[str]:
+    def render(self, runs: Runs) -> list[str]:
         """The lines of Decoder.runs() output: exactly line() of each record's Event."""
-        return render_runs(items, self.name, self.template, self.stamp, self.line)
+        return render_runs(runs, self.name, self.template, self.stamp, self.line)
 
-    def runs(self, items: Sequence[Run | Event]) -> None:
+    def runs(self, runs: Runs) -> None:
         """Write Decoder.runs() output (only when renders_lines)."""
-        _write_lines(self.out, self.render(items))
+        _write_lines(self.out, self.render(runs))
 
     @property
     def renders_lines(self) -> bool:
@@ -152,7 +152,7 @@ def _write_lines(out: TextIO, lines: list[str]) -> None:
 
 
 def render_runs(
-    items: Sequence[Run | Event],
+    runs: Runs,
     name: str,
     template: Callable[[Event], str],
     stamp: Callable[[int], str],
@@ -168,22 +168,35 @@ def render_runs(
     lines: list[str] = []
     append = lines.append
     second, second_text = -1, ""
-    for item in items:
+    ktimes, offset = runs.ktimes, runs.wall_offset_ns
+    event_id, at = runs.first_id, 0
+    for item, count in zip(runs.items, runs.lengths, strict=True):
         if isinstance(item, Event):
             append(line(item))
+            event_id += 1
             continue
-        shape, event_id, ktimes, offset = item
-        text = shape.rendered.get(name)
+        text = item.rendered.get(name)
         if text is None:
-            ktime = ktimes[0]
-            text = shape.rendered[name] = template(Event(event_id, ktime, ktime + offset, shape))
-        for ktime in ktimes:
+            ktime = ktimes[at]
+            text = item.rendered[name] = template(Event(event_id, ktime, ktime + offset, item))
+        if count == 1:  # no slice, no inner loop: records of two senders interleaved
+            ktime = ktimes[at]
             wall = ktime + offset
             seconds = wall // 1_000_000_000
             if seconds != second:
                 second, second_text = seconds, stamp(seconds)
             append(text % (event_id, second_text, wall % 1_000_000_000 // 1000, ktime))
             event_id += 1
+            at += 1
+            continue
+        for ktime in ktimes[at:at + count]:
+            wall = ktime + offset
+            seconds = wall // 1_000_000_000
+            if seconds != second:
+                second, second_text = seconds, stamp(seconds)
+            append(text % (event_id, second_text, wall % 1_000_000_000 // 1000, ktime))
+            event_id += 1
+        at += count
     return lines
 
 
@@ -240,13 +253,13 @@ class JsonWriter:
         """Lines rendered already (render())."""
         _write_lines(self.out, lines)
 
-    def render(self, items: Sequence[Run | Event]) -> list[str]:
+    def render(self, runs: Runs) -> list[str]:
         """The lines of Decoder.runs() output: exactly line() of each record's Event."""
-        return render_runs(items, self.name, self.template, self.stamp, self.line)
+        return render_runs(runs, self.name, self.template, self.stamp, self.line)
 
-    def runs(self, items: Sequence[Run | Event]) -> None:
+    def runs(self, runs: Runs) -> None:
         """Write Decoder.runs() output."""
-        _write_lines(self.out, self.render(items))
+        _write_lines(self.out, self.render(runs))
 
     def _template(self, e: Event) -> str:
         d = e.to_dict()
