@@ -169,10 +169,10 @@ class Counter(ProbeSession):
             raise TopError(f"unknown map kind {map_kind!r}: choose from {', '.join(MAP_KINDS)}")
         self.filters = filters or Filters()
         self.max_keys = max_keys
-        # A per-CPU hash shares no cache line between CPUs counting the same key (measured: the
-        # counting exit program 125 ns/run per-CPU vs 143 ns shared, two CPUs storming one key),
-        # but user space reads one value per CPU per key (a full 10240-key map: 27 ms at 2 CPUs
-        # vs 11 ms shared, growing ~8 ms per CPU). Hence per-CPU only up to PERCPU_MAX_CPUS.
+        # A per-CPU hash shares no cache line between CPUs counting the same key (a faster
+        # counting program), but user space reads one value per CPU per key (a slower read,
+        # growing with the CPUs; measured: bench/README.md). Hence per-CPU only up to
+        # PERCPU_MAX_CPUS.
         if map_kind == "auto":
             map_kind = "percpu" if possible_cpus() <= PERCPU_MAX_CPUS else "hash"
         self.map_kind = map_kind

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -165,3 +166,14 @@ def test_trace_start_up_imports_stay_within_the_budget() -> None:
     heavy = {m for m in imported if m in NEVER_AT_START or m.split(".")[0] in NEVER_AT_START}
     assert not heavy, f"heavy modules at start-up: {heavy}"
     assert "sigscope.programs.signal" in ours  # the probe being built: the test saw the path
+
+
+# --- docs/ARCHITECTURE.md lists the tree as it is ------------------------------------------
+
+def test_architecture_tree_lists_every_module() -> None:
+    text = (SRC.parent / "docs" / "ARCHITECTURE.md").read_text()
+    tree = text.split("```", 2)[1]
+    listed = set(re.findall(r"\b(\w+\.py)\b", tree))
+    present = {p.name for p in MODULES if p.name not in ("__init__.py", "__main__.py")}
+    assert present - listed == set(), f"modules missing from the tree: {present - listed}"
+    assert listed - present == set(), f"the tree lists modules that are gone: {listed - present}"

@@ -140,8 +140,8 @@ class TextWriter:
 
 
 # Lines are joined and written this many at a time: a larger string is a fresh multi-page
-# allocation each time, and its page faults cost more (measured: ten times more per line in a
-# VM) than the extra write calls.
+# allocation each time, and its page faults cost more (measured in a VM: bench/README.md) than
+# the extra write calls.
 _WRITE_CHUNK_LINES = 256
 
 

@@ -78,7 +78,7 @@ class PerfWalk(NamedTuple):
 
 
 _BULK_WINDOW = 32
-_BULK_MIN = 8  # below this a batch is cheaper record by record (measured)
+_BULK_MIN = 8  # below this a batch is cheaper record by record (bench/README.md)
 
 
 def walk_perf(
