@@ -133,7 +133,7 @@ class KeyResolver:
         t_pid: int | None = target
         t_comm: str | None = _comm(target_comm) if generated else None
         if generated:
-            if via not in ("tgkill", "rt_tgsigqueueinfo"):
+            if via not in rec.TGID_VIAS:
                 # signal_generate names a task: its process, when it still exists.
                 t_pid = self.proc.tgid(target, now) or target
         elif via == "pidfd_send_signal":
