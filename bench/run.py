@@ -32,17 +32,25 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 OUT_DIR = BENCH_DIR / "out"
 
+# The vocabulary (send paths, signal numbers) of this checkout: pure standard library, so it
+# imports even where sigscope is not installed.
+sys.path.insert(0, str(REPO_DIR / "src"))
+from sigscope.model.record import SYSCALL_VIAS  # noqa: E402
+from sigscope.model.signals import SIGNALS  # noqa: E402
+
+del sys.path[0]
+
 LOADGEN_COMM = "loadgen"  # the binary is named so; tracers filter on this sender comm
-BENCH_SIGNAL = 10  # SIGUSR1, loadgen's default
-VIAS = ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_send_signal")
+BENCH_SIGNAL = SIGNALS["SIGUSR1"]  # loadgen's default
+VIAS = SYSCALL_VIAS
 CONFIGS = ("untraced", "sigscope-trace", "sigscope-top", "bpftrace-stream", "bpftrace-count")
 STREAMING_CONFIGS = ("sigscope-trace", "bpftrace-stream")
 
@@ -67,18 +75,18 @@ class RunResult:
     via: str
     count: int
     available: bool = True
-    error: Optional[str] = None
-    sent: Optional[int] = None
-    failed: Optional[int] = None
-    elapsed_s: Optional[float] = None
-    rate: Optional[float] = None
-    slowdown: Optional[float] = None  # untraced rate of the same round / this run's rate
-    captured: Optional[int] = None
-    lost: Optional[int] = None
-    exact: Optional[bool] = None  # captured + lost == sent
-    tracer_cpu_s: Optional[float] = None
-    tracer_maxrss_mib: Optional[float] = None
-    ready_s: Optional[float] = None
+    error: str | None = None
+    sent: int | None = None
+    failed: int | None = None
+    elapsed_s: float | None = None
+    rate: float | None = None
+    slowdown: float | None = None  # untraced rate of the same round / this run's rate
+    captured: int | None = None
+    lost: int | None = None
+    exact: bool | None = None  # captured + lost == sent
+    tracer_cpu_s: float | None = None
+    tracer_maxrss_mib: float | None = None
+    ready_s: float | None = None
 
 
 @dataclass
@@ -90,7 +98,7 @@ class TracerSpec:
     ready_on_stdout: bool  # bpftrace's ready line is on stdout, sigscope's on stderr
     # (stdout lines, stderr, via) -> (captured, lost); stdout is streamed: it can be 100s of MB
     count: Callable[[Iterable[str], str, str], tuple[int, int]]
-    env: Optional[dict] = None
+    env: dict | None = None
 
 
 @dataclass
@@ -126,7 +134,7 @@ class ChildRegistry:
 # ----------------------------------------------------------------------------- pure helpers
 
 
-def median_or_none(values: Iterable[Optional[float]]) -> Optional[float]:
+def median_or_none(values: Iterable[float | None]) -> float | None:
     """Median of the values that are not None; None when there are none."""
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else None
@@ -168,7 +176,7 @@ def exact_summary(results: list[RunResult]) -> str:
     return f"no ({checks.count(False)}/{len(checks)} runs)"
 
 
-def format_number(value: Optional[float], digits: int = 0, suffix: str = "") -> str:
+def format_number(value: float | None, digits: int = 0, suffix: str = "") -> str:
     if value is None:
         return "n/a"
     if digits == 0:
@@ -222,7 +230,7 @@ def format_table(results: list[RunResult], configs: list[str]) -> str:
 def find_max_zero_loss_rate(
     fails_at: Callable[[int], bool], start: int = 100_000, refine_steps: int = 4,
     max_rate: int = 100_000_000,
-) -> Optional[int]:
+) -> int | None:
     """Highest rate at which fails_at(rate) is False: double from start until it fails, then
     bisect refine_steps times between the last clean and the first failing rate.
     None when even the lowest rate tried fails."""
@@ -263,7 +271,7 @@ def json_lines(lines: Iterable[str]) -> Iterable[dict]:
             yield value
 
 
-def sender_comm(record: dict) -> Optional[str]:
+def sender_comm(record: dict) -> str | None:
     sender = record.get("sender")
     if isinstance(sender, dict):
         return sender.get("comm")
@@ -339,7 +347,7 @@ BPFTRACE_COUNT = (
 )
 
 
-def sigscope_command(option: Optional[str]) -> tuple[list[str], Optional[dict]]:
+def sigscope_command(option: str | None) -> tuple[list[str], dict | None]:
     """The sigscope command line and environment: --sigscope, else `sigscope` on PATH, else
     `python3 -m sigscope` with this checkout's src/ on PYTHONPATH."""
     if option:
@@ -352,7 +360,7 @@ def sigscope_command(option: Optional[str]) -> tuple[list[str], Optional[dict]]:
     return [sys.executable, "-m", "sigscope"], env
 
 
-def command_works(argv: list[str], env: Optional[dict]) -> bool:
+def command_works(argv: list[str], env: dict | None) -> bool:
     try:
         probe = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, timeout=PROBE_TIMEOUT_S)
@@ -361,7 +369,7 @@ def command_works(argv: list[str], env: Optional[dict]) -> bool:
     return probe.returncode == 0
 
 
-def tracer_specs(sigscope: list[str], env: Optional[dict], system_wide: bool = False
+def tracer_specs(sigscope: list[str], env: dict | None, system_wide: bool = False
                  ) -> dict[str, TracerSpec]:
     """Every tracer configuration; system_wide drops sigscope's sender filter (paced mode)."""
     # The loadgen's comm and signal: its own exit's SIGCHLD is then not traced either, so that
@@ -381,7 +389,7 @@ def tracer_specs(sigscope: list[str], env: Optional[dict], system_wide: bool = F
 
 
 def available_configs(specs: dict[str, TracerSpec], sigscope: list[str],
-                      env: Optional[dict]) -> set[str]:
+                      env: dict | None) -> set[str]:
     available = {"untraced"}
     if shutil.which("bpftrace"):
         available |= {"bpftrace-stream", "bpftrace-count"}
@@ -419,7 +427,7 @@ def loadgen_timeout(count: int) -> float:
 
 
 def run_loadgen(children: ChildRegistry, loadgen: Path, via: str, count: int,
-                rate: Optional[int] = None) -> LoadgenResult:
+                rate: int | None = None) -> LoadgenResult:
     argv = [str(loadgen), "--via", via, "--count", str(count)]
     if rate:
         argv += ["--rate", str(rate)]
@@ -542,7 +550,7 @@ def run_untraced(children: ChildRegistry, loadgen: Path, result: RunResult) -> N
 
 
 def run_traced(children: ChildRegistry, loadgen: Path, spec: TracerSpec, result: RunResult,
-               out_dir: Path, rate: Optional[int] = None, keep_output: bool = False) -> None:
+               out_dir: Path, rate: int | None = None, keep_output: bool = False) -> None:
     stdout_path = out_dir / f"{result.config}-round{result.round}.out"
     tracer = start_tracer(children, spec, stdout_path)
     result.ready_s = tracer.ready_s
@@ -653,7 +661,7 @@ def run_paced(children: ChildRegistry, loadgen: Path, specs: dict[str, TracerSpe
 # ----------------------------------------------------------------------------- main
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--via", choices=VIAS, default="tgkill")
     parser.add_argument("--count", type=int, default=1_000_000)
@@ -680,7 +688,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 def write_results(path: Path, args: argparse.Namespace, results: list[RunResult],
-                  paced: Optional[dict[str, dict]]) -> None:
+                  paced: dict[str, dict] | None) -> None:
     document = {
         "kernel": platform.release(),
         "machine": platform.machine(),
@@ -726,7 +734,7 @@ def interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     children = ChildRegistry()
     # SIGTERM, and SIGINT even when started in the background with it ignored, unwind through

@@ -9,11 +9,12 @@ read per record).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from sigscope.model import record as rec
-from sigscope.model.event import OUTCOMES, Event, Shape
+from sigscope.model.event import Event, Runs, Shape
+from sigscope.model.signals import OUTCOMES
 
 # A FANOUT record whose CALL has not arrived after this long is reported without a return value
 # (its CALL record was lost; the loss is counted).
@@ -23,22 +24,6 @@ _PROC_CACHE_TTL_S = 1.0
 
 def _comm(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
-
-
-class LineRenderer(Protocol):
-    """An output that renders events as lines through a template per event shape (outputs/trace.py).
-
-    ``template(event)`` returns a %-format string whose holes are, in order: the event id (%d),
-    the wall-clock second as ``stamp(seconds)`` renders it (%s), the microseconds within it
-    (%06d), and ktime_ns (%d). ``line(event)`` renders any event (or fate) on its own."""
-
-    name: str
-
-    def template(self, event: Event) -> str: ...
-
-    def stamp(self, seconds: int) -> str: ...
-
-    def line(self, event: Event) -> str: ...
 
 
 class StackOrigins(Protocol):
@@ -103,8 +88,18 @@ class ProcResolver:
         return None
 
 
+# A record unpacked with record.RECORD_STRUCT: the fields in record.FIELD_NAMES order.
+Row = tuple[Any, ...]
+
+
 class Decoder:
-    """Turns batches of fixed-size records into Events, in order, each signal exactly once."""
+    """Turns batches of fixed-size records into Events, in order, each signal exactly once.
+
+    ``runs(batch)`` is the one hot loop: consecutive equal records (equal but for their time
+    fields) come out as one ``Run`` of their shared Shape, so a storm is unpacked and decoded
+    once and outputs render it from one template (outputs/trace.py). ``decode(batch)`` is the
+    same as Events. Counters: ``records`` (Events handed out), ``malformed`` (batches with a
+    partial record, records of an unknown kind)."""
 
     def __init__(
         self,
@@ -121,103 +116,133 @@ class Decoder:
         self.wall_offset_ns = wall_offset_ns
         self._monotonic = monotonic
         self._next_id = 1
-        # (sender_tid, call_id) -> FANOUT tuples waiting for their CALL, and CALLs waiting for
+        # (sender_tid, call_id) -> FANOUT rows waiting for their CALL, and CALLs waiting for
         # FANOUT records that a perf buffer delivered from another CPU's ring.
-        self._fanouts: dict[tuple[int, int], list[tuple]] = {}
-        self._calls: dict[tuple[int, int], tuple] = {}
+        self._fanouts: dict[tuple[int, int], list[Row]] = {}
+        self._calls: dict[tuple[int, int], Row] = {}
         self.records = 0
         self.malformed = 0
         self._comms: dict[bytes, str] = {}
-        self._shapes: dict[tuple | bytes, Shape] = {}
+        # Hot-path shapes keyed on the record's bytes after the time fields (per kind: the kind
+        # is not in those bytes); off-path shapes on (return value, fields after nemitted).
+        self._shapes: dict[bytes, Shape] = {}
         self._kernel_shapes: dict[bytes, Shape] = {}
+        self._row_shapes: dict[tuple[int | None, Row], Shape] = {}
         self._shapes_expire = 0.0
 
-    def decode(self, batch: bytes) -> list[Event]:
-        """Decode a batch of concatenated records.
-
-        The hot path (a call with at most one recipient, or a kernel signal) keys its decoding
-        on the record's bytes after the time fields: a storm of equal signals is unpacked and
-        decoded once, then each record costs one small unpack and one Event."""
-        if len(batch) % rec.RECORD_SIZE:
-            self.malformed += 1
-            batch = batch[: len(batch) - len(batch) % rec.RECORD_SIZE]
+    def runs(self, batch: bytes) -> Runs:
+        """Decode a batch of concatenated records into Runs (model/event.py), in record order:
+        consecutive equal records (a call with at most one recipient, or a kernel signal,
+        repeated) share one Shape; a record off that path (a call with fan-out and its FANOUT
+        records, partners that waited too long) is an Event."""
+        batch = self._whole_records(batch)
         now = self._refresh_shapes()
-        events: list[Event] = []
-        append = events.append
+        out = Runs(self._next_id, self.wall_offset_ns)
+        add_item, add_length, ktimes = out.items.append, out.lengths.append, out.ktimes
+        add_ktime = ktimes.append
         call_shapes, kernel_shapes = self._shapes, self._kernel_shapes
-        offset = self.wall_offset_ns
-        next_id = self._next_id
         unpack_rest = rec.REST_STRUCT.unpack
-        for ktime, call_id, kind, nemitted, rest in rec.HOT_STRUCT.iter_unpack(batch):
-            if nemitted == 0 and (kind == KIND_CALL or kind == KIND_KERNEL):
-                shape = (call_shapes if kind == KIND_CALL else kernel_shapes).get(rest)
-                if shape is None:
-                    shape = self._hot_shape(ktime, call_id, kind, rest, now)
-                append(Event(next_id, ktime, ktime + offset, *shape.fields, shape))
-                next_id += 1
-                continue
-            self._next_id = next_id
-            self._join((ktime, call_id, kind, nemitted, *unpack_rest(rest)), events, now)
-            next_id = self._next_id
-        return self._finish_batch(events, next_id, now)
-
-    def render(self, batch: bytes, renderer: LineRenderer) -> list[str]:
-        """decode() and the renderer in one pass: the text lines of a batch, in order.
-
-        Records of a known shape go straight to text through the renderer's template for that
-        shape, without an Event object: the storm path of `sigscope trace --json`. The lines
-        are exactly renderer.line(event) of the events decode() would return."""
-        if len(batch) % rec.RECORD_SIZE:
-            self.malformed += 1
-            batch = batch[: len(batch) - len(batch) % rec.RECORD_SIZE]
-        now = self._refresh_shapes()
-        lines: list[str] = []
-        append = lines.append
-        call_shapes, kernel_shapes = self._shapes, self._kernel_shapes
-        offset = self.wall_offset_ns
-        next_id = self._next_id
-        unpack_rest = rec.REST_STRUCT.unpack
-        name, stamp = renderer.name, renderer.stamp
-        second, second_text = -1, ""
-        last_rest, last_kind, template = None, -1, ""
+        records = 0  # records before the current run (Events included)
+        run_start = 0  # index in ktimes where the current run starts
+        last_rest: bytes | None = None
+        last_kind = -1
         for ktime, call_id, kind, nemitted, rest in rec.HOT_STRUCT.iter_unpack(batch):
             if nemitted == 0 and (kind == KIND_CALL or kind == KIND_KERNEL):
                 # A storm repeats the previous record: comparing bytes beats hashing them.
-                if rest != last_rest or kind != last_kind:
-                    shape = (call_shapes if kind == KIND_CALL else kernel_shapes).get(rest)
-                    if shape is None:
-                        shape = self._hot_shape(ktime, call_id, kind, rest, now)
-                    template = shape.rendered.get(name)
-                    if template is None:
-                        template = shape.rendered[name] = renderer.template(
-                            Event(next_id, ktime, ktime + offset, *shape.fields, shape))
-                    last_rest, last_kind = rest, kind
-                wall = ktime + offset
-                seconds = wall // 1_000_000_000
-                if seconds != second:
-                    second, second_text = seconds, stamp(seconds)
-                append(template % (next_id, second_text, wall % 1_000_000_000 // 1000, ktime))
-                next_id += 1
+                if rest == last_rest and kind == last_kind:
+                    add_ktime(ktime)
+                    continue
+                if last_rest is not None:
+                    count = len(ktimes) - run_start
+                    add_length(count)
+                    records += count
+                shape = (call_shapes if kind == KIND_CALL else kernel_shapes).get(rest)
+                if shape is None:
+                    shape = self._hot_shape(kind, rest, now)
+                add_item(shape)
+                run_start = len(ktimes)
+                add_ktime(ktime)
+                last_rest, last_kind = rest, kind
                 continue
-            self._next_id = next_id
+            if last_rest is not None:
+                count = len(ktimes) - run_start
+                add_length(count)
+                records += count
+                last_rest = None
+            self._next_id = out.first_id + records
             joined: list[Event] = []
             self._join((ktime, call_id, kind, nemitted, *unpack_rest(rest)), joined, now)
-            lines.extend(renderer.line(e) for e in joined)
-            next_id = self._next_id
-        expired = self._finish_batch([], next_id, now)
-        lines.extend(renderer.line(e) for e in expired)
-        return lines
+            for event in joined:
+                add_item(event)
+                add_length(0)
+            records += len(joined)
+        if last_rest is not None:
+            count = len(ktimes) - run_start
+            add_length(count)
+            records += count
+        self._next_id = out.first_id + records
+        self.records = self._next_id - 1
+        if self._fanouts or self._calls:
+            latest = ktimes[-1] if ktimes else None
+            if out.items and isinstance(out.items[-1], Event):
+                latest = out.items[-1].ktime_ns
+            for event in self._expire(now, horizon_ktime=latest):
+                add_item(event)
+                add_length(0)
+        return out
 
-    def _hot_shape(self, ktime: int, call_id: int, kind: int, rest: bytes, now: float) -> Shape:
+    def decode(self, batch: bytes) -> list[Event]:
+        """Decode a batch of concatenated records into Events (runs(), one Event per record)."""
+        return self.runs(batch).events()
+
+    def decode_with_fates(self, batch: bytes) -> tuple[list[Event], list[Row]]:
+        """--fate: the Events of a batch's signal records, and its fate records (kinds in
+        record.FATE_KINDS) as unpacked rows, for the fate tracker."""
+        batch = self._whole_records(batch)
+        now = self._refresh_shapes()
+        fate_kinds = rec.FATE_KINDS
+        events: list[Event] = []
+        fate_rows: list[Row] = []
+        for row in rec.RECORD_STRUCT.iter_unpack(batch):
+            if row[_KIND] in fate_kinds:
+                fate_rows.append(row)
+            elif row[_KIND] == KIND_CALL and row[_NEMITTED] == 0:
+                events.append(self._event(row, row[_RET], now))
+            else:
+                self._join(row, events, now)
+        self.records = self._next_id - 1
+        if self._fanouts or self._calls:
+            events.extend(self._expire(now, horizon_ktime=_latest_ktime(events)))
+        return events, fate_rows
+
+    def oldest_waiting_ktime(self) -> int | None:
+        """Kernel time (ns) of the oldest record held back (a CALL or FANOUT waiting for its
+        partner), whose Events are not out yet; None when nothing waits."""
+        held = [row[_KTIME] for rows in self._fanouts.values() for row in rows]
+        held += [row[_KTIME] for row in self._calls.values()]
+        return min(held) if held else None
+
+    def flush(self) -> list[Event]:
+        """At the end of tracing: whatever still waits for a partner record."""
+        return self._expire(self._monotonic(), None, everything=True)
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _whole_records(self, batch: bytes) -> bytes:
+        if len(batch) % rec.RECORD_SIZE:
+            self.malformed += 1
+            batch = batch[: len(batch) - len(batch) % rec.RECORD_SIZE]
+        return batch
+
+    def _hot_shape(self, kind: int, rest: bytes, now: float) -> Shape:
         """Decode a hot-path record (a call with at most one recipient, or a kernel signal)
-        seen for the first time, and remember its shape under its bytes. Separate caches per
-        kind: the kind is not part of the bytes."""
+        seen for the first time, and remember its shape under its bytes."""
         shapes = self._shapes if kind == KIND_CALL else self._kernel_shapes
         if len(shapes) > 4096:
             shapes.clear()
-        row = (ktime, call_id, kind, 0, *rec.REST_STRUCT.unpack(rest))
+        row = (0, 0, kind, 0, *rec.REST_STRUCT.unpack(rest))
         ret = row[_RET] if kind == KIND_CALL else None
-        shape = shapes[rest] = Shape(self._decode_fields(row, ret, now))
+        shape = shapes[rest] = self._decode_shape(row, ret, now)
         return shape
 
     def _refresh_shapes(self) -> float:
@@ -226,17 +251,11 @@ class Decoder:
             # Refresh what /proc told us about targets at least once a second.
             self._shapes.clear()
             self._kernel_shapes.clear()
+            self._row_shapes.clear()
             self._shapes_expire = now + 1.0
         return now
 
-    def _finish_batch(self, events: list[Event], next_id: int, now: float) -> list[Event]:
-        self._next_id = next_id
-        self.records = next_id - 1
-        if self._fanouts or self._calls:
-            events.extend(self._expire(now, horizon_ktime=_latest_ktime(events)))
-        return events
-
-    def _join(self, row: tuple, events: list[Event], now: float) -> None:
+    def _join(self, row: Row, events: list[Event], now: float) -> None:
         """A record off the hot path: a call with fan-out, or one of its FANOUT records."""
         kind = row[_KIND]
         if kind == KIND_CALL:
@@ -259,30 +278,22 @@ class Decoder:
         else:
             self.malformed += 1
 
-    def decode_tuples(self, rows: Iterable[tuple]) -> list[Event]:
-        """Decode records already unpacked with record.RECORD_STRUCT."""
-        now = self._refresh_shapes()
-        events: list[Event] = []
-        for row in rows:
-            if row[_KIND] == KIND_CALL and row[_NEMITTED] == 0:
-                events.append(self._event(row, row[_RET], now))
-            else:
-                self._join(row, events, now)
-        return self._finish_batch(events, self._next_id, now)
-
-    def _call_with_fanouts(self, call: tuple, fanouts: list[tuple], now: float) -> list[Event]:
-        ret = call[_IDX["ret"]]
-        fanouts.sort(key=lambda row: row[_IDX["ngen"]])
+    def _call_with_fanouts(self, call: Row, fanouts: list[Row], now: float) -> list[Event]:
+        ret = call[_RET]
+        fanouts.sort(key=lambda row: row[_NGEN])
         return [self._event(call, ret, now)] + [self._event(f, ret, now) for f in fanouts]
 
-    def _expire(self, now: float, horizon_ktime: int | None, everything: bool = False) -> list:
+    def _expire(self, now: float, horizon_ktime: int | None, everything: bool = False
+                ) -> list[Event]:
         """Report FANOUTs whose CALL never came (lost), and CALLs missing FANOUTs (lost)."""
         out: list[Event] = []
-        if horizon_ktime is None and not everything:
-            return out
+        if horizon_ktime is None:
+            if not everything:
+                return out
+            horizon_ktime = 0
         for key in list(self._fanouts):
             rows = self._fanouts[key]
-            if everything or horizon_ktime - rows[0][_IDX["ktime_ns"]] > FANOUT_WAIT_NS:
+            if everything or horizon_ktime - rows[0][_KTIME] > FANOUT_WAIT_NS:
                 del self._fanouts[key]
                 call = self._calls.pop(key, None)
                 if call is not None:
@@ -291,14 +302,11 @@ class Decoder:
                     out.extend(self._event(row, None, now) for row in rows)
         for key in list(self._calls):
             call = self._calls[key]
-            if everything or horizon_ktime - call[_IDX["ktime_ns"]] > FANOUT_WAIT_NS:
+            if everything or horizon_ktime - call[_KTIME] > FANOUT_WAIT_NS:
                 del self._calls[key]
-                out.append(self._event(call, call[_IDX["ret"]], now))
+                out.append(self._event(call, call[_RET], now))
+        self.records = self._next_id - 1
         return out
-
-    def flush(self) -> list[Event]:
-        """At the end of tracing: whatever still waits for a partner record."""
-        return self._expire(self._monotonic(), None, everything=True)
 
     def _comm(self, raw: bytes) -> str:
         # A storm comes from few tasks: decode each distinct comm once.
@@ -309,26 +317,21 @@ class Decoder:
             comm = self._comms[raw] = _comm(raw)
         return comm
 
-    def _shape(self, key: tuple, row: tuple, ret: int | None, now: float) -> Shape:
-        if len(self._shapes) > 4096:
-            self._shapes.clear()
-        shape = self._shapes[key] = Shape(self._decode_fields(row, ret, now))
-        return shape
-
-    def _event(self, row: tuple, ret: int | None, now: float) -> Event:
+    def _event(self, row: Row, ret: int | None, now: float) -> Event:
         """The Event of a record off the hot path (fan-out members, expired partners)."""
         key = (ret, row[3:])
-        shape = self._shapes.get(key)
+        shape = self._row_shapes.get(key)
         if shape is None:
-            shape = self._shape(key, row, ret, now)
+            if len(self._row_shapes) > 4096:
+                self._row_shapes.clear()
+            shape = self._row_shapes[key] = self._decode_shape(row, ret, now)
         event_id = self._next_id
         self._next_id = event_id + 1
-        self.records = event_id
-        ktime = row[0]
-        return Event(event_id, ktime, ktime + self.wall_offset_ns, *shape.fields, shape)
+        ktime = row[_KTIME]
+        return Event(event_id, ktime, ktime + self.wall_offset_ns, shape)
 
-    def _decode_fields(self, row: tuple, ret: int | None, now: float) -> tuple:
-        """Every Event field after id, ktime_ns and time_ns."""
+    def _decode_shape(self, row: Row, ret: int | None, now: float) -> Shape:
+        """Every Event field but id and times, from a record and its call's return value."""
         (_ktime, _call_id, kind, _nemitted, _ret, arg_pid, arg_tid, via_code, sender_tgid,
          sender_tid, sender_uid, sig, arg_pidfd, _ngen, gen_code, _gen_errno, target_tid,
          gen_group, gen_result, _flags, kstack, sender_comm, target_comm) = row
@@ -336,6 +339,9 @@ class Decoder:
         t_pid: int | None
         t_tid: int | None
         t_comm: str | None
+        outcome: str | None = None
+        code: int | None = None
+        group: bool | None = None
         if gen_result != GEN_NONE:
             t_tid = target_tid
             t_comm = self._comm(target_comm)
@@ -348,51 +354,51 @@ class Decoder:
                 if t_pid is None and gen_group:
                     t_pid = target_tid  # the kernel signalled the process through this task
             outcome = OUTCOMES[gen_result] if 0 <= gen_result < len(OUTCOMES) else None
-            code: int | None = gen_code
-            group: bool | None = bool(gen_group)
+            code = gen_code
+            group = bool(gen_group)
         else:
-            outcome = code = group = None
             resolver = self.resolver
             t_pid, t_tid = _target_from_args(via, arg_pid, arg_tid)
-            if via == "pidfd_send_signal":
+            if via_code == _VIA_PIDFD:
                 t_pid = resolver.pidfd_pid(sender_tgid, arg_pidfd)
-            elif via == "tkill" and t_tid is not None:
+            elif via_code == _VIA_TKILL and t_tid is not None:
                 t_pid = resolver.tgid(t_tid, now)
             t_comm = resolver.comm(t_pid, now) if t_pid is not None else None
-        if kind == KIND_KERNEL:
-            stack_origin = None
-            if kstack > 0 and self.stacks is not None:
-                stack_origin = self.stacks.origin(kstack - 1)
-            return (sig, via, sender_tgid, sender_tid, self._comm(sender_comm), sender_uid,
-                    t_pid, t_tid, t_comm, None, None, None, code, None, outcome, group,
-                    stack_origin)
+        kernel = kind == KIND_KERNEL
+        pidfd_call = via_code == _VIA_PIDFD
+        stack_origin = None
+        if kernel and kstack > 0 and self.stacks is not None:
+            stack_origin = self.stacks.origin(kstack - 1)
         # The arguments as the call's man page names them: tkill(tid, sig) takes a thread id
         # (the record keeps every call's first argument in arg_pid).
-        e_pid: int | None = arg_pid
-        e_tid: int | None = arg_tid if via_code in _TG_VIAS else None
-        e_pidfd: int | None = None
-        if via_code == _VIA_PIDFD:
-            e_pid, e_pidfd = None, arg_pidfd
-        elif via_code == _VIA_TKILL:
-            e_pid, e_tid = None, arg_pid
-        return (sig, via, sender_tgid, sender_tid, self._comm(sender_comm), sender_uid,
-                t_pid, t_tid, t_comm, e_pid, e_tid, e_pidfd, code, ret, outcome, group, None)
+        tkill_call = via_code == _VIA_TKILL
+        return Shape(
+            sig=sig, via=via, sender_pid=sender_tgid, sender_tid=sender_tid,
+            sender_comm=self._comm(sender_comm), sender_uid=sender_uid, target_pid=t_pid,
+            target_tid=t_tid, target_comm=t_comm,
+            arg_pid=None if kernel or pidfd_call or tkill_call else arg_pid,
+            arg_tid=(arg_pid if tkill_call else arg_tid if via_code in _TG_VIAS else None)
+            if not kernel else None,
+            arg_pidfd=arg_pidfd if not kernel and pidfd_call else None,
+            code=code, result=None if kernel else ret, outcome=outcome, group=group,
+            stack_origin=stack_origin)
 
 
 _VIA_NAMES = rec.VIA_NAMES
-_TG_VIAS = frozenset({rec.VIA_CODES["tgkill"], rec.VIA_CODES["rt_tgsigqueueinfo"]})
+_TG_VIAS = frozenset(rec.VIA_CODES[via] for via in rec.TGID_VIAS)
 _VIA_PIDFD = rec.VIA_CODES["pidfd_send_signal"]
 _VIA_TKILL = rec.VIA_CODES["tkill"]
 KIND_KERNEL = rec.KIND_KERNEL
 KIND_CALL = rec.KIND_CALL
 KIND_FANOUT = rec.KIND_FANOUT
 GEN_NONE = rec.GEN_NONE
+_KTIME = rec.FIELD_NAMES.index("ktime_ns")
 _KIND = rec.FIELD_NAMES.index("kind")
 _NEMITTED = rec.FIELD_NAMES.index("nemitted")
 _RET = rec.FIELD_NAMES.index("ret")
+_NGEN = rec.FIELD_NAMES.index("ngen")
 _SENDER_TID = rec.FIELD_NAMES.index("sender_tid")
 _CALL_ID = rec.FIELD_NAMES.index("call_id")
-_IDX = {name: i for i, name in enumerate(rec.FIELD_NAMES)}
 
 
 def _latest_ktime(events: list[Event]) -> int | None:
@@ -405,6 +411,6 @@ def _target_from_args(via: str, arg_pid: int, arg_tid: int) -> tuple[int | None,
         return (arg_pid, None) if arg_pid > 0 else (None, None)
     if via == "tkill":
         return None, arg_pid if arg_pid > 0 else None
-    if via in ("tgkill", "rt_tgsigqueueinfo"):
+    if via in rec.TGID_VIAS:
         return (arg_pid if arg_pid > 0 else None), (arg_tid if arg_tid > 0 else None)
     return None, None

@@ -41,20 +41,25 @@ from typing import Any
 
 from sigscope.model import record as rec
 from sigscope.model.event import Event
-from sigscope.model.signals import signal_name
+from sigscope.model.signals import (  # noqa: F401 (CORE_SIGNALS: re-exported)
+    CORE_SIGNALS,
+    DEFAULT_IGNORE_SIGNALS,
+    SIGCHLD,
+    SIGCONT,
+    SIGKILL,
+    SIGSTOP,
+    STOP_SIGNALS,
+    signal_name,
+)
 
 EFFECTS = ("handled", "ignored", "stopped", "continued", "terminated", "core_dumped",
            "consumed", "flushed", "discarded", "pending", "unknown")
 DISPOSITIONS = ("default", "ignore", "handler")
 
 SIG_DFL, SIG_IGN = 0, 1
-SIGKILL, SIGCHLD, SIGCONT, SIGSTOP = 9, 17, 18, 19
 CLD_JOB_CONTROL = frozenset({5, 6})                    # CLD_STOPPED, CLD_CONTINUED
 # include/linux/sched/signal.h: the parent notes prepare_signal(SIGCONT) leaves.
 SIGNAL_CLD_MASK = 0x10 | 0x20                          # SIGNAL_CLD_STOPPED | _CONTINUED
-STOP_SIGNALS = frozenset({19, 20, 21, 22})             # SIGSTOP SIGTSTP SIGTTIN SIGTTOU
-DEFAULT_IGNORE_SIGNALS = frozenset({17, 23, 28})       # SIGCHLD SIGURG SIGWINCH
-CORE_SIGNALS = frozenset({3, 4, 5, 6, 7, 8, 11, 24, 25, 31})
 # A queued signal is waiting in a queue only when the kernel queued it.
 QUEUED_OUTCOMES = frozenset({"delivered", "lose_info"})
 

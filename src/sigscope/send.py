@@ -11,22 +11,16 @@ import ctypes
 import errno
 import os
 import struct
-from typing import Optional, Tuple
 
 from sigscope.bpf.kernel import UnsupportedArchError, syscall_numbers
 from sigscope.errors import SigscopeError
+from sigscope.model.record import SYSCALL_VIAS
 from sigscope.model.signals import SI_QUEUE, errno_name, signal_name
 
 __all__ = ["SIGINFO_SIZE", "VIAS", "SendError", "build_siginfo", "pidfd_open", "send_signal"]
 
-VIAS: Tuple[str, ...] = (
-    "kill",
-    "tkill",
-    "tgkill",
-    "rt_sigqueueinfo",
-    "rt_tgsigqueueinfo",
-    "pidfd_send_signal",
-)
+# The six send paths, in record.VIA_NAMES order.
+VIAS: tuple[str, ...] = SYSCALL_VIAS
 
 # Kernel siginfo_t (include/uapi/asm-generic/siginfo.h) on 64-bit ABIs: si_signo, si_errno,
 # si_code, then the _sifields union, which holds pointers and so starts 8-aligned at 16. Its _rt
@@ -90,7 +84,7 @@ def pidfd_open(pid: int) -> int:
     return _check(_syscall("pidfd_open", pid, 0), f"pidfd_open({pid})")
 
 
-def _require(value: Optional[int], via: str, what: str) -> int:
+def _require(value: int | None, via: str, what: str) -> int:
     if value is None:
         raise SendError(errno.EINVAL, f"{via} needs {what}")
     return value
@@ -99,10 +93,10 @@ def _require(value: Optional[int], via: str, what: str) -> int:
 def send_signal(
     via: str,
     sig: int,
-    pid: Optional[int] = None,
-    tid: Optional[int] = None,
-    value: Optional[int] = None,
-    pidfd: Optional[int] = None,
+    pid: int | None = None,
+    tid: int | None = None,
+    value: int | None = None,
+    pidfd: int | None = None,
 ) -> None:
     """Send `sig` through the syscall named by `via` (one of VIAS).
 
@@ -147,7 +141,7 @@ def send_signal(
 
 
 def _send_via_pidfd(
-    sig: int, pid: Optional[int], value: Optional[int], pidfd: Optional[int]
+    sig: int, pid: int | None, value: int | None, pidfd: int | None
 ) -> None:
     if pidfd is not None:
         _pidfd_send(pidfd, sig, value, f"pidfd {pidfd}")
@@ -160,7 +154,7 @@ def _send_via_pidfd(
         os.close(fd)
 
 
-def _pidfd_send(fd: int, sig: int, value: Optional[int], target: str) -> None:
+def _pidfd_send(fd: int, sig: int, value: int | None, target: str) -> None:
     info = build_siginfo(sig, value) if value is not None else None
     shown = f", value={value}" if value is not None else ""
     address = ctypes.addressof(info) if info is not None else 0

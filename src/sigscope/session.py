@@ -8,6 +8,7 @@ closing the session (or the process dying in any way) leaves nothing loaded.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 from sigscope.bpf.attach import Attachment, attach_tracepoint
 from sigscope.bpf.maps import Map
@@ -15,6 +16,8 @@ from sigscope.bpf.privileges import check_privileges, raise_memlock_limit
 from sigscope.bpf.program import Program, load_programs
 from sigscope.bpf.tracefs import tracefs_root
 from sigscope.programs import signal as probes
+
+_M = TypeVar("_M", bound=Map)
 
 
 class ProbeSession:
@@ -51,7 +54,7 @@ class ProbeSession:
     def _setup(self) -> None:
         raise NotImplementedError
 
-    def _own(self, m: Map) -> Map:
+    def _own(self, m: _M) -> _M:
         self._maps.append(m)
         return m
 

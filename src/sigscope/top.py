@@ -1,10 +1,12 @@
 """``sigscope top``: signals counted in the kernel, read every interval.
 
+    import time
     import sigscope.top
     with sigscope.top.count(signals="USR1") as counter:
-        ...
-        snapshot = counter.read()          # cumulative since start
-    for row in snapshot.rows: print(row.sender_comm, row.target_pid, row.count)
+        time.sleep(1)
+        snapshot = counter.read()          # cumulative since start: rows {RowKey: count}
+    for key, n in snapshot.rows.items():
+        print(key.sender_comm, key.target_pid, key.signal, n)
 
 The kernel side (programs/count.py) counts into a hash map keyed by sender, target, signal, via,
 result and outcome; nothing per signal crosses to user space. Here we read the whole map (one
@@ -41,11 +43,11 @@ from sigscope.bpf.maps import HashMap, Map, PerCPUArrayMap, PerCPUHashMap
 from sigscope.decode import ProcResolver
 from sigscope.errors import SigscopeError, UsageError
 from sigscope.model import record as rec
+from sigscope.model.counts import CountRow, Health
 from sigscope.model.event import outcome_name
-from sigscope.model.filters import Filters
+from sigscope.model.filters import Filters, make_filters
 from sigscope.model.signals import errno_name, signal_name
 from sigscope.outputs.escape import printable
-from sigscope.outputs.prometheus import CountRow, Health
 from sigscope.programs import count as top_probes
 from sigscope.programs import signal as probes
 from sigscope.programs.signal import COUNTER_INFLIGHT_FULL
@@ -58,7 +60,6 @@ from sigscope.top_settings import (  # noqa: F401 (re-exported: the API's names)
     PERCPU_MAX_CPUS,
     SORT_KEYS,
 )
-from sigscope.tracer import make_filters
 
 
 class TopError(SigscopeError, RuntimeError):
@@ -181,7 +182,7 @@ class KeyResolver:
         # The kernel names the target task only when it generated a signal (module docstring).
         t_comm: str | None = _comm(target_comm) if generated else None
         if generated:
-            if via not in ("tgkill", "rt_tgsigqueueinfo"):
+            if via not in rec.TGID_VIAS:
                 # signal_generate names a task: its process, when it still exists.
                 t_pid = self.proc.tgid(target, now) or target
         elif via == "pidfd_send_signal":
@@ -250,10 +251,10 @@ class Counter(ProbeSession):
                                  f"{', '.join(top_probes.KEY_FIELD_NAMES)}")
         self.filters = filters or Filters()
         self.max_keys = max_keys
-        # A per-CPU hash shares no cache line between CPUs counting the same key (measured: the
-        # counting exit program 125 ns/run per-CPU vs 143 ns shared, two CPUs storming one key),
-        # but user space reads one value per CPU per key (a full 10240-key map: 27 ms at 2 CPUs
-        # vs 11 ms shared, growing ~8 ms per CPU). Hence per-CPU only up to PERCPU_MAX_CPUS.
+        # A per-CPU hash shares no cache line between CPUs counting the same key (a faster
+        # counting program), but user space reads one value per CPU per key (a slower read,
+        # growing with the CPUs; measured: bench/README.md). Hence per-CPU only up to
+        # PERCPU_MAX_CPUS.
         if map_kind == "auto":
             map_kind = "percpu" if possible_cpus() <= PERCPU_MAX_CPUS else "hash"
         self.map_kind = map_kind
@@ -273,7 +274,7 @@ class Counter(ProbeSession):
         kind = PerCPUHashMap if self.percpu else HashMap
         counts = self._own(kind(top_probes.KEY_SIZE, top_probes.VALUE_SIZE, self.max_keys,
                                 name="sigscope_top"))
-        self._counters, self._counts = counters, counts  # type: ignore[assignment]
+        self._counters, self._counts = counters, counts
         fds = top_probes.CountMapFds(inflight.fd, counts.fd, counters.fd, self.percpu)
         cfg = top_probes.probe_config(self.filters, fds, keep=self.keep)
         self._load_and_attach(probes.signal_probe_plans(cfg, prefix="t"))

@@ -19,34 +19,38 @@ import os
 import struct
 import time
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from sigscope.bpf import kernel
 from sigscope.bpf.maps import Map, PerCPUArrayMap, PerfEventArrayMap, RingBufMap
 from sigscope.bpf.readers.perfbuf import PerfBufReader
 from sigscope.bpf.readers.ringbuf import RingBufReader
 from sigscope.bpf.tracefs import event_format
-from sigscope.decode import Decoder, LineRenderer
+from sigscope.decode import Decoder
 from sigscope.errors import KernelError, SigscopeError, UsageError
 from sigscope.kstack import KernelStacks
 from sigscope.model import record as rec
-from sigscope.model.event import Event
-from sigscope.model.filters import Filters
+from sigscope.model.event import Event, Runs
+from sigscope.model.filters import Filters, make_filters
 from sigscope.programs import signal as probes
 from sigscope.programs.origin import make_stack_map
 from sigscope.session import ProbeSession
+from sigscope.trace_settings import BUFFER_KINDS, DEFAULT_BUFFER_SIZE, DEFAULT_POLL_INTERVAL_MS
 
 if TYPE_CHECKING:
     from sigscope.fate import Fate, FateTracker
-from sigscope.model.signals import parse_signal_list
 
-DEFAULT_BUFFER_SIZE = 16 << 20
-DEFAULT_POLL_INTERVAL_MS = 10
+__all__ = ["BUFFER_KINDS", "DEFAULT_BUFFER_SIZE", "TraceError", "TraceItem", "Tracer",
+           "make_filters", "trace"]
+
+# What a Tracer yields: Events, and with fate=True also the Fates of queued signals (after
+# their Event). One declared type whatever the flag: callers tell them apart by isinstance.
+TraceItem: TypeAlias = "Event | Fate"
+
 # At most this much of the ring buffer is decoded per poll: in a storm the ring is always full,
 # and decoding it whole would hold ~100k Events and their JSON in memory at once. Kept below
 # glibc's mmap threshold, so the batch's buffer is reused rather than faulted in afresh.
 BATCH_BYTES = 96 << 10
-BUFFER_KINDS = ("auto", "ringbuf", "perf")
 _PAGE_SIZE = 4096
 # --fate: a fate record is matched once every signal generated before it has been read. Records
 # of the last FATE_SLACK_NS may still be in flight; a call parked longer than FATE_MAX_HOLD_NS
@@ -215,13 +219,16 @@ class Tracer(ProbeSession):
     def _fate_plans(self, cfg: probes.ProbeConfig) -> list[tuple[str, tuple, list]]:
         """The --fate programs. The exit code's offset in task_struct comes from the kernel's
         BTF; without it deaths are reported as "unknown" (fate_exit_codes is False)."""
-        from sigscope.bpf.btf import Btf, BtfError
+        from sigscope.bpf import btf_scan
         from sigscope.programs import fate as fate_probes
 
+        exit_code_offset: int | None = None
         try:
-            exit_code_offset: int | None = Btf.load().member_offset("task_struct", "exit_code")
-        except (BtfError, OSError):
-            exit_code_offset = None
+            member = btf_scan.vmlinux_struct_members("task_struct")["task_struct"]["exit_code"]
+            if member.span >= 4:  # int exit_code
+                exit_code_offset = member.offset
+        except (btf_scan.BtfScanError, KeyError, OSError):
+            pass
         self.fate_exit_codes = exit_code_offset is not None
         formats = {event: event_format(system, event)
                    for _, system, event in fate_probes.FATE_TRACEPOINTS}
@@ -263,15 +270,15 @@ class Tracer(ProbeSession):
         """Ask the iteration to end (safe from a signal handler); pending events still drain."""
         self._stop = True
 
-    def close(self) -> list[Event | Fate]:
+    def close(self) -> list[TraceItem]:
         """Detach, drain what the kernel already wrote, release everything. Returns the
         drained events (iteration yields them itself, batch by batch)."""
-        drained: list[Event | Fate] = []
+        drained: list[TraceItem] = []
         for batch in self.drain():
             drained += batch
         return drained
 
-    def drain(self) -> Iterator[list[Event | Fate]]:
+    def drain(self) -> Iterator[list[TraceItem]]:
         """Detach the probes, then yield what they wrote before, in batches (so a full buffer
         never has to be held in memory at once), then release everything."""
         if self.finished:
@@ -285,9 +292,10 @@ class Tracer(ProbeSession):
                     if not batch:
                         break
                     yield self._decode(batch, None)
-                flushed: list[Event | Fate] = list(self.decoder.flush())
+                events = self.decoder.flush()
+                flushed: list[TraceItem] = list(events)
                 if self.fate_tracker is not None:
-                    self.fate_tracker.add_events(flushed)  # type: ignore[arg-type]
+                    self.fate_tracker.add_events(events)
                     flushed += self.fate_tracker.finish(time.monotonic_ns())
                 yield flushed
                 self._final_lost = self._lost_now()
@@ -310,26 +318,17 @@ class Tracer(ProbeSession):
 
     # --- reading ---------------------------------------------------------------------------
 
-    def _decode(self, batch: bytes, horizon_ns: int | None) -> list:
+    def _decode(self, batch: bytes, horizon_ns: int | None) -> list[TraceItem]:
         """Events of a batch; with --fate, also the fates known up to the horizon."""
         tracker = self.fate_tracker
         if tracker is None:
-            return self.decoder.decode(batch)
-        if len(batch) % rec.RECORD_SIZE:
-            self.decoder.malformed += 1
-            batch = batch[: len(batch) - len(batch) % rec.RECORD_SIZE]
+            return list(self.decoder.decode(batch))
         from sigscope.fate import FateRecord
 
-        signal_rows, fate_records = [], []
-        kind_index = rec.FIELD_NAMES.index("kind")
-        for row in rec.RECORD_STRUCT.iter_unpack(batch):
-            if row[kind_index] in rec.FATE_KINDS:
-                fate_records.append(FateRecord.from_row(row))
-            else:
-                signal_rows.append(row)
-        out: list = self.decoder.decode_tuples(signal_rows)
-        tracker.add_events(out)
-        tracker.add_records(fate_records)
+        events, fate_rows = self.decoder.decode_with_fates(batch)
+        tracker.add_events(events)
+        tracker.add_records([FateRecord.from_row(row) for row in fate_rows])
+        out: list[TraceItem] = list(events)
         if horizon_ns is not None:
             out += tracker.advance(horizon_ns)
         return out
@@ -353,27 +352,18 @@ class Tracer(ProbeSession):
             except OSError:
                 parked = []
             for _key, value in parked:
-                kind = int.from_bytes(value[kind_at:kind_at + 4], "little")  # type: ignore
+                kind = int.from_bytes(value[kind_at:kind_at + 4], "little")
                 if kind == rec.KIND_CALL:
-                    entered = int.from_bytes(value[call_at:call_at + 8], "little")  # type: ignore
+                    entered = int.from_bytes(value[call_at:call_at + 8], "little")
                     if entered > now - FATE_MAX_HOLD_NS:
                         horizon = min(horizon, entered)
-        waiting = self._decoder_waiting_ktime()
+        waiting = self.decoder.oldest_waiting_ktime()
         if waiting is not None and waiting > now - FATE_MAX_HOLD_NS:
             horizon = min(horizon, waiting)
         self._fate_scan = (now, horizon)
         return horizon
 
-    def _decoder_waiting_ktime(self) -> int | None:
-        """Kernel time of the oldest record the decoder holds back (a CALL or FANOUT waiting
-        for its partner), whose Events are not out yet."""
-        ktime_at = rec.FIELD_NAMES.index("ktime_ns")
-        held = [row[ktime_at] for rows in getattr(self.decoder, "_fanouts", {}).values()
-                for row in rows]
-        held += [row[ktime_at] for row in getattr(self.decoder, "_calls", {}).values()]
-        return min(held) if held else None
-
-    def poll(self, timeout_ms: int | None = None) -> list:
+    def poll(self, timeout_ms: int | None = None) -> list[TraceItem]:
         """Wait up to timeout_ms for records and return the events decoded from them (with
         --fate, followed by the Fates that became known)."""
         if self._reader is None:
@@ -385,25 +375,25 @@ class Tracer(ProbeSession):
         batch = self._reader.read(rec.RECORD_SIZE, BATCH_BYTES)
         if not batch:
             if self.fate_tracker is not None and horizon is not None:
-                return self.fate_tracker.advance(horizon)
+                return list(self.fate_tracker.advance(horizon))
             return []
         return self._decode(batch, horizon)
 
-    def poll_lines(self, renderer: LineRenderer, timeout_ms: int | None = None) -> list[str]:
-        """poll(), rendered straight to text lines (Decoder.render): the fast path of the
-        JSON output. Not with fate (fates need the Events)."""
-        if self._reader is None:
-            return []
+    def poll_runs(self, timeout_ms: int | None = None) -> Runs:
+        """poll(), as Decoder.runs(): consecutive equal records as runs of one Shape, for an
+        output's render() (the storm path of `trace --json` and the plain table). Not with fate
+        (fates need the Events): raises TraceError."""
         if self.fate_tracker is not None:
-            return [renderer.line(e) for e in self.poll(timeout_ms)]
+            raise TraceError("poll_runs() is not available with fate=True: use poll()")
+        if self._reader is None:
+            return self.decoder.runs(b"")
         self._reader.poll(self.poll_interval_ms if timeout_ms is None else timeout_ms)
-        batch = self._reader.read(rec.RECORD_SIZE, BATCH_BYTES)
-        return self.decoder.render(batch, renderer) if batch else []
+        return self.decoder.runs(self._reader.read(rec.RECORD_SIZE, BATCH_BYTES))
 
     def expired(self) -> bool:
         return self._stop or (self._deadline is not None and time.monotonic() >= self._deadline)
 
-    def __iter__(self) -> Iterator[Event | Fate]:
+    def __iter__(self) -> Iterator[TraceItem]:
         self.start()
         while not self.expired():
             timeout = self.poll_interval_ms
@@ -487,59 +477,3 @@ def trace(
         follow_signalfd=follow_signalfd,
     )
 
-
-def make_filters(
-    signals: Iterable[int] | str | None = None,
-    exclude_signals: Iterable[int] | str | None = None,
-    pids: Iterable[int] = (),
-    target_ids: Iterable[int] = (),
-    comm: str | None = None,
-    vias: Iterable[str] | str | None = None,
-    failed_only: bool = False,
-    kill_only: bool = False,
-) -> Filters:
-    """Filters from the API's arguments (those of ``trace()``).
-
-    ``signals``/``exclude_signals``: numbers or a spec like "USR1,SIGRTMIN+3"; ``vias``: names,
-    or one comma-separated string ("kill,tgkill"). Filters that can match nothing
-    (``signals`` all excluded, an empty ``vias``, ``vias`` of only "kernel" with ``kill_only``
-    or ``failed_only``) raise UsageError (model/filters.py) rather than trace nothing."""
-    def as_set(value: Iterable[int] | str) -> frozenset[int]:
-        return parse_signal_list(value) if isinstance(value, str) else frozenset(value)
-
-    wanted: frozenset[int] | None = None
-    excluded: frozenset[int] = frozenset()
-    if signals is not None:
-        wanted = as_set(signals)
-        if not wanted:
-            raise UsageError("signals= is empty: name at least one signal")
-    if exclude_signals is not None:
-        excluded = as_set(exclude_signals)
-        if not excluded:
-            raise UsageError("exclude_signals= is empty: name at least one signal")
-        # With signals=, the exclusion narrows the wanted set; alone it stays an exclusion
-        # (numbers no signal has, sent by mistake, still show).
-        if wanted is not None:
-            wanted -= excluded
-            excluded = frozenset()
-            if not wanted:
-                raise UsageError("exclude_signals= leaves out every signal of signals=: "
-                                 "nothing to trace")
-    if isinstance(vias, str):
-        vias = [v.strip() for v in vias.split(",") if v.strip()]
-    via_set = frozenset(vias) if vias is not None else frozenset(rec.VIA_NAMES)
-    if not via_set:
-        raise UsageError("vias= is empty: name at least one send path")
-    if kill_only:
-        if via_set <= {"kernel"}:
-            raise UsageError("kill_only= leaves out 'kernel', the only send path in vias=: "
-                             "nothing to trace")
-        via_set -= {"kernel"}
-    if failed_only and via_set <= {"kernel"}:
-        raise UsageError("failed_only= keeps failed sends only, and vias= has only 'kernel' "
-                         "(the kernel's own signals never fail): nothing to trace")
-    return Filters(
-        sender_pids=frozenset(pids), target_ids=frozenset(target_ids), signals=wanted,
-        excluded_signals=excluded,
-        comm=comm, vias=via_set, failed_only=failed_only,
-    )

@@ -13,10 +13,12 @@ import threading
 import time
 from pathlib import Path
 
-from sigscope.bpf import asm, btf
+import btf_full as btf
+from btf_full import Btf
+
+from sigscope.bpf import asm
 from sigscope.bpf.asm import R0, R1, R2, R3, R8, R9, R10
 from sigscope.bpf.attach import attach_tracepoint
-from sigscope.bpf.btf import Btf
 from sigscope.bpf.maps import ArrayMap
 from sigscope.bpf.program import Program
 

@@ -14,9 +14,9 @@ import threading
 from contextlib import contextmanager
 
 import pytest
+from btf_full import Btf
 
 from sigscope.bpf.attach import attach_tracepoint
-from sigscope.bpf.btf import Btf
 from sigscope.bpf.btf_scan import VMLINUX_BTF_PATH, struct_members, vmlinux_struct_members
 from sigscope.bpf.maps import PerCPUArrayMap, RingBufMap
 from sigscope.bpf.program import Program
@@ -110,7 +110,7 @@ def test_btf_scan_agrees_with_the_full_parser() -> None:
     with open(VMLINUX_BTF_PATH, "rb") as f:
         data = f.read()
     btf = Btf.load()
-    wanted = {"task_struct": ("pid", "tgid", "comm", "cred"), "cred": ("uid",)}
+    wanted = {"task_struct": ("pid", "tgid", "comm", "cred", "exit_code"), "cred": ("uid",)}
     early = vmlinux_struct_members(*wanted)
     for struct_name, members in wanted.items():
         whole = struct_members(data, struct_name)  # and the only one of its name

@@ -108,7 +108,9 @@ def test_counts_exactly_our_signals(use_link, ignore_sigusr1, bpf_stats_enabled)
     assert info.id > 0
     assert info.run_cnt >= SIGNALS_SENT  # every signal on the system runs it, ours included
     assert info.run_time_ns > 0
-    assert isinstance(info.recursion_misses, int) and info.recursion_misses >= 0
+    # A miss needs another BPF program running on the same CPU when the tracepoint fires (a
+    # nested context); signal generation here is in process context: none is expected.
+    assert info.recursion_misses == 0
 
 
 def test_raw_tracepoint_program_attaches(ignore_sigusr1) -> None:

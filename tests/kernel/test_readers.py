@@ -170,7 +170,7 @@ def test_ringbuf_reads_every_record_exactly_once_in_order():
             assert not reader.poll(10)
 
             send(7)  # the list form: one bytes per record
-            records = reader.read()
+            records = reader.read_each()
             assert [len(r) for r in records] == [RECORD_SIZE] * 7
             assert decode(b"".join(records)) == list(range(5000, 5007))
             assert reader.malformed == 0
@@ -213,7 +213,7 @@ def test_ringbuf_reader_close_releases_its_mappings():
         reader.close()  # idempotent
         assert open_fds() == before
         with pytest.raises(ReaderError, match="closed"):
-            reader.read()
+            reader.read_each()
 
 
 # --- perf buffer ----------------------------------------------------------------------------
@@ -232,7 +232,7 @@ def test_perfbuf_reads_every_record_exactly_once_in_order(one_cpu):
             assert not reader.poll(10)
 
             send(3)  # the list form keeps the kernel's padding of the raw data
-            records = reader.read()
+            records = reader.read_each()
             assert [len(r) for r in records] == [sample_stride(RECORD_SIZE) - 12] * 3
             assert decode(b"".join(r[:RECORD_SIZE] for r in records)) == [5000, 5001, 5002]
             assert (reader.lost, reader.malformed) == (0, 0)

@@ -42,8 +42,12 @@ def test_live_format_has_expected_fields(system, name):
     live_id = int((Path(tracefs_root()) / "events" / system / name / "id").read_text())
     assert fmt.id == live_id
     assert EXPECTED_FIELDS[(system, name)] | {"common_type", "common_pid"} <= set(fmt.fields)
-    for field in fmt.fields.values():
-        assert field.size >= 0 and field.offset >= 0
+    # The fields tile the record: sizes as their types say, in order, never overlapping.
+    fields = sorted(fmt.fields.values(), key=lambda f: f.offset)
+    for field, following in zip(fields, fields[1:], strict=False):
+        assert field.size > 0, field
+        assert field.offset + field.size <= following.offset, (field, following)
+    assert fmt.fields["common_type"].offset == 0 and fmt.fields["common_type"].size == 2
 
 
 def test_every_live_format_parses():

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from sigscope.model.record import SYSCALL_VIAS as VIAS
+
 BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
-VIAS = ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_send_signal")
 
 
 def load_run_module():

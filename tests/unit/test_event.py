@@ -25,7 +25,7 @@ def make_event(**overrides: object) -> Event:
         arg_tid=1219543, arg_pidfd=None, code=-6, result=0, outcome="delivered",
     )
     fields.update(overrides)
-    return Event(**fields)  # type: ignore[arg-type]
+    return Event.of(**fields)  # type: ignore[arg-type]
 
 
 def test_to_dict_has_exactly_the_documented_keys() -> None:

@@ -27,10 +27,10 @@ _ids = iter(range(1, 1_000_000))
 
 def sent(sig: int, ktime: int, tid: int = PID, pid: int = PID, group: bool = True,
          outcome: str = "delivered", via: str = "kill") -> Event:
-    return Event(id=next(_ids), ktime_ns=ktime, time_ns=ktime, sig=sig, via=via, sender_pid=1,
-                 sender_tid=1, sender_comm="sender", sender_uid=0, target_pid=pid,
-                 target_tid=tid, target_comm="target", arg_pid=pid, arg_tid=None, arg_pidfd=None,
-                 code=0, result=0, outcome=outcome, group=group)
+    return Event.of(next(_ids), ktime, ktime, sig=sig, via=via, sender_pid=1, sender_tid=1,
+                    sender_comm="sender", sender_uid=0, target_pid=pid, target_tid=tid,
+                    target_comm="target", arg_pid=pid, arg_tid=None, arg_pidfd=None, code=0,
+                    result=0, outcome=outcome, group=group)
 
 
 def deliver(sig: int, ktime: int, tid: int = PID, pid: int = PID, handler: int = 0,

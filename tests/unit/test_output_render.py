@@ -1,5 +1,5 @@
-"""Outputs: the storm path (Decoder.render) writes exactly what the Event path writes, for JSON
-Lines (each line exactly Event.to_dict()) and for the text table."""
+"""Outputs: the storm path (Decoder.runs -> writer.runs) writes exactly what the Event path
+writes, for JSON Lines (each line exactly Event.to_dict()) and for the text table."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import io
 import json
 from pathlib import Path
 
-from test_decode import call, fake_proc, fanout, pack, recipient
+from records import call, fake_proc, fanout, pack, recipient
 
 from sigscope.decode import Decoder, ProcResolver
 from sigscope.model import record as rec
+from sigscope.model.event import Event
 from sigscope.outputs.trace import JsonWriter
 
 
@@ -37,7 +38,7 @@ def test_render_equals_the_event_path(tmp_path: Path) -> None:
     events = Decoder(ProcResolver(str(proc)), wall_offset_ns=7).decode(batch)
     JsonWriter(by_events).events(events)
     writer = JsonWriter(by_lines)
-    writer.lines(Decoder(ProcResolver(str(proc)), wall_offset_ns=7).render(batch, writer))
+    writer.runs(Decoder(ProcResolver(str(proc)), wall_offset_ns=7).runs(batch))
     assert by_lines.getvalue() == by_events.getvalue()
     lines = by_lines.getvalue().splitlines()
     assert len(lines) == len(events) == 50 + 1 + 1 + 3 + 5
@@ -52,7 +53,7 @@ def test_every_line_is_to_dict_across_seconds() -> None:
     out = io.StringIO()
     writer = JsonWriter(out)
     decoder = Decoder(wall_offset_ns=0)
-    writer.lines(decoder.render(batch, writer))
+    writer.runs(decoder.runs(batch))
     times = [json.loads(line)["time"] for line in out.getvalue().splitlines()]
     assert times == ["1970-01-01T00:00:01.999999Z", "1970-01-01T00:00:02.000000Z",
                      "1970-01-01T00:00:02.000000Z", "1970-01-01T00:00:03.500000Z"]
@@ -69,8 +70,26 @@ def test_text_table_render_equals_the_event_path(tmp_path: Path) -> None:
     TextWriter(by_events).events(Decoder(ProcResolver(str(proc)), wall_offset_ns=7).decode(batch))
     writer = TextWriter(by_lines)
     assert writer.renders_lines and not TextWriter(io.StringIO(), relative=True).renders_lines
-    writer.lines(Decoder(ProcResolver(str(proc)), wall_offset_ns=7).render(batch, writer))
+    writer.runs(Decoder(ProcResolver(str(proc)), wall_offset_ns=7).runs(batch))
     assert by_lines.getvalue() == by_events.getvalue()
     first = by_lines.getvalue().splitlines()[0].split()
     assert first[1:] == ["500", "501", "sender", "tgkill", "SIGUSR1", "700", "701", "target",
                          "0", "delivered"]
+
+
+def test_runs_group_equal_records_and_number_them_in_order(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path / "proc", {700: (700, "leader"), 701: (700, "worker"),
+                                         702: (702, "other"), 703: (703, "third")})
+    runs = Decoder(ProcResolver(str(proc)), wall_offset_ns=7).runs(mixed_batch())
+    kinds = [("event", item.id) if isinstance(item, Event) else ("run", count)
+             for item, count in zip(runs.items, runs.lengths, strict=True)]
+    # 50 equal tgkills, the failure, the kernel signal, the fan-out call and its two
+    # recipients (Events off the hot path, ids 53-55), then 5 equal kills.
+    assert kinds == [("run", 50), ("run", 1), ("run", 1), ("event", 53), ("event", 54),
+                     ("event", 55), ("run", 5)]
+    assert (runs.first_id, runs.wall_offset_ns, len(runs)) == (1, 7, 60)
+    shape = runs.items[0]
+    assert not isinstance(shape, Event)
+    assert (shape.via, shape.target_tid) == ("tgkill", 701)
+    assert runs.ktimes[:50] == [1010 + i for i in range(50)]
+    assert [e.id for e in runs.events()] == list(range(1, 61))

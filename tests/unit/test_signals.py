@@ -9,14 +9,18 @@ import pytest
 
 from sigscope.model import signals as signals_module
 from sigscope.model.signals import (
+    CORE_SIGNALS,
+    DEFAULT_IGNORE_SIGNALS,
     GLIBC_SIGRTMIN,
     KERNEL_SIGRTMIN,
+    OUTCOMES,
     SIGNALS,
     SIGRTMAX,
+    STOP_SIGNALS,
     SignalSpecError,
     code_name,
     errno_name,
-    generate_result_name,
+    outcome_name,
     parse_signal,
     parse_signal_list,
     rt_range,
@@ -176,7 +180,21 @@ def test_errno_name(value, name):
     assert errno_name(value) == name
 
 
-def test_generate_result_name():
-    assert [generate_result_name(n) for n in range(6)] == [
-        "delivered", "ignored", "already_pending", "overflow_fail", "lose_info", "5",
+def test_outcome_name_follows_the_trace_signal_enum():
+    # enum TRACE_SIGNAL_* order; OVERFLOW_FAIL is reported as "overflow" (the CLI's word).
+    assert [outcome_name(n) for n in range(6)] == [
+        "delivered", "ignored", "already_pending", "overflow", "lose_info", "5",
     ]
+    assert list(OUTCOMES) == [outcome_name(n) for n in range(5)]
+    assert outcome_name(-1) is None and outcome_name(None) is None
+
+
+def test_default_action_sets_are_signal_7():
+    names = {number: name for name, number in SIGNALS.items()}
+    assert {names[n] for n in STOP_SIGNALS} == {"SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU"}
+    assert {names[n] for n in DEFAULT_IGNORE_SIGNALS} == {"SIGCHLD", "SIGURG", "SIGWINCH"}
+    assert {names[n] for n in CORE_SIGNALS} == {
+        "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE", "SIGSEGV", "SIGXCPU",
+        "SIGXFSZ", "SIGSYS"}
+    assert not (STOP_SIGNALS & DEFAULT_IGNORE_SIGNALS or STOP_SIGNALS & CORE_SIGNALS
+                or DEFAULT_IGNORE_SIGNALS & CORE_SIGNALS)

@@ -14,7 +14,7 @@ import pytest
 
 from sigscope import errors, top
 from sigscope.bpf.asm import AsmError
-from sigscope.bpf.btf import BtfError
+from sigscope.bpf.btf_scan import BtfScanError
 from sigscope.bpf.privileges import PrivilegeError
 from sigscope.bpf.program import VerifierError
 from sigscope.bpf.readers.ringbuf import ReaderError
@@ -162,7 +162,7 @@ def test_for_cli_turns_parameters_into_flags() -> None:
     (SignalSpecError, errors.UsageError, ValueError),
     (PrivilegeError, errors.SetupError, PermissionError),
     (TracefsError, errors.SetupError, Exception),
-    (BtfError, errors.SetupError, Exception),
+    (BtfScanError, errors.SetupError, Exception),
     (ExporterError, errors.SetupError, RuntimeError),
     (BPFError, errors.KernelError, OSError),
     (VerifierError, errors.KernelError, OSError),

@@ -18,6 +18,7 @@ from sigscope.errors import UsageError
 from sigscope.model import record as rec
 from sigscope.model.filters import Filters
 from sigscope.programs import count as top_probes
+from sigscope.programs import signal as signal_probes
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tracefs"
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -49,7 +50,8 @@ def resolver() -> top.KeyResolver:
 
 def test_key_layout_is_64_bytes_and_aligned() -> None:
     assert top_probes.KEY_SIZE == 64
-    fields = top_probes.unpack_key(raw_key())
+    names = [name for name, _ in top_probes.KEY_FIELDS]
+    fields = dict(zip(names, top_probes.KEY_STRUCT.unpack(raw_key()), strict=True))
     assert fields["sender_tgid"] == 100 and fields["target_pid"] == 200
     assert fields["outcome"] == 0 and fields["sender_comm"].startswith(b"snd")
 
@@ -188,9 +190,9 @@ def test_counting_programs_assemble_with_the_fixture_formats() -> None:
     for percpu in (True, False):
         fds = top_probes.CountMapFds(inflight=3, counts=4, counters=5, percpu=percpu)
         cfg = top_probes.probe_config(Filters(comm="x", failed_only=False), fds)
-        program = top_probes.build_signal_generate(cfg, gen)
+        program = signal_probes.build_signal_generate(cfg, gen)
         generate = asm.resolve(program)
-        assert asm.assemble(top_probes.build_sys_enter(cfg, "kill", enter))
+        assert asm.assemble(signal_probes.build_sys_enter(cfg, "kill", enter))
         text = asm.dump(program)
         assert "map_update_elem" in text and "ringbuf_output" not in text
         atomics[percpu] = sum(1 for i in generate if i.code == 0xDB)  # BPF_STX|BPF_ATOMIC|DW

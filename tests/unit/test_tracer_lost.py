@@ -56,10 +56,15 @@ def test_lost_counts_buffer_and_inflight_skipped_counts_recursion_misses() -> No
     assert (tracer.lost, tracer.skipped) == (0, 3)
 
 
-def test_lost_after_close_is_the_final_count() -> None:
+def test_lost_after_close_is_the_count_taken_at_close() -> None:
     tracer = Tracer()
-    tracer.finished = True
-    tracer._final_lost = 42
+    counters = FakeCounters({probes.COUNTER_LOST: 40, probes.COUNTER_INFLIGHT_FULL: 2})
+    tracer._counters = counters  # type: ignore[assignment]
+    tracer._reader = SimpleNamespace(read=lambda *_args: b"", close=lambda: None)  # type: ignore
+    tracer.started = True
+    assert tracer.close() == []
+    assert tracer.finished and tracer.lost == 42
+    counters.values[probes.COUNTER_LOST] = 1000  # the counters are gone after close
     assert tracer.lost == 42
 
 

@@ -24,7 +24,8 @@ src in the high nibble), s16 off, s32 imm, little-endian.
 from __future__ import annotations
 
 import struct
-from typing import Iterable, Iterator, List, NamedTuple, Optional, Sequence, Union
+from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 from sigscope.errors import InternalError
 
@@ -249,7 +250,7 @@ _HELPER_NAMES = (
 HELPERS: dict[str, int] = {name: index for index, name in enumerate(_HELPER_NAMES) if index}
 
 
-def helper_id(helper: Union[str, int]) -> int:
+def helper_id(helper: str | int) -> int:
     """The BPF_FUNC_* id of a helper given as ``"ringbuf_reserve"``, ``"bpf_ringbuf_reserve"``
     or an int."""
     if isinstance(helper, bool):
@@ -265,7 +266,7 @@ def helper_id(helper: Union[str, int]) -> int:
         raise AsmError(f"unknown BPF helper {helper!r}") from None
 
 
-def helper_name(helper_id: int) -> Optional[str]:
+def helper_name(helper_id: int) -> str | None:
     """``"bpf_<name>"`` for a known helper id, else None."""
     if 0 < helper_id < len(_HELPER_NAMES):
         return "bpf_" + _HELPER_NAMES[helper_id]
@@ -291,8 +292,8 @@ class Insn(NamedTuple):
     src: int = 0
     off: int = 0
     imm: int = 0
-    label: Optional[str] = None
-    target: Optional[str] = None
+    label: str | None = None
+    target: str | None = None
 
     @property
     def is_label(self) -> bool:
@@ -306,7 +307,7 @@ class Insn(NamedTuple):
         return _INSN.pack(self.code, (self.src << 4) | self.dst, self.off, self.imm)
 
 
-InsnList = Union[Insn, Iterable]
+InsnList = Insn | Iterable
 
 
 def _check_fields(insn: Insn) -> None:
@@ -347,7 +348,7 @@ def _off16(off: int) -> int:
     return off
 
 
-def _op(op: Union[int, str], table: dict[str, int], kind: str) -> int:
+def _op(op: int | str, table: dict[str, int], kind: str) -> int:
     if isinstance(op, str):
         try:
             return table[op.upper()]
@@ -358,7 +359,7 @@ def _op(op: Union[int, str], table: dict[str, int], kind: str) -> int:
     return op
 
 
-def _size(size: Union[int, str]) -> int:
+def _size(size: int | str) -> int:
     return _op(size, _SIZES, "size")
 
 
@@ -370,22 +371,22 @@ def _s32(value: int) -> int:
 
 # --- ALU ---------------------------------------------------------------------------------
 
-def alu64_imm(op: Union[int, str], dst: int, imm: int) -> Insn:
+def alu64_imm(op: int | str, dst: int, imm: int) -> Insn:
     """dst = dst <op> imm (64-bit; imm is sign-extended)."""
     return Insn(BPF_ALU64 | _op(op, _ALU_OPS, "ALU") | BPF_K, _reg(dst), 0, 0, _imm32(imm))
 
 
-def alu64_reg(op: Union[int, str], dst: int, src: int) -> Insn:
+def alu64_reg(op: int | str, dst: int, src: int) -> Insn:
     """dst = dst <op> src (64-bit)."""
     return Insn(BPF_ALU64 | _op(op, _ALU_OPS, "ALU") | BPF_X, _reg(dst), _reg(src), 0, 0)
 
 
-def alu32_imm(op: Union[int, str], dst: int, imm: int) -> Insn:
+def alu32_imm(op: int | str, dst: int, imm: int) -> Insn:
     """w_dst = w_dst <op> imm (32-bit; the upper half of dst is zeroed)."""
     return Insn(BPF_ALU | _op(op, _ALU_OPS, "ALU") | BPF_K, _reg(dst), 0, 0, _imm32(imm))
 
 
-def alu32_reg(op: Union[int, str], dst: int, src: int) -> Insn:
+def alu32_reg(op: int | str, dst: int, src: int) -> Insn:
     """w_dst = w_dst <op> w_src (32-bit)."""
     return Insn(BPF_ALU | _op(op, _ALU_OPS, "ALU") | BPF_X, _reg(dst), _reg(src), 0, 0)
 
@@ -437,17 +438,17 @@ def bswap(dst: int, bits: int) -> Insn:
 
 # --- memory ------------------------------------------------------------------------------
 
-def ldx(size: Union[int, str], dst: int, src: int, off: int) -> Insn:
+def ldx(size: int | str, dst: int, src: int, off: int) -> Insn:
     """dst = *(size *)(src + off)."""
     return Insn(BPF_LDX | _size(size) | BPF_MEM, _reg(dst), _reg(src), _off16(off), 0)
 
 
-def stx(size: Union[int, str], dst: int, src: int, off: int) -> Insn:
+def stx(size: int | str, dst: int, src: int, off: int) -> Insn:
     """*(size *)(dst + off) = src."""
     return Insn(BPF_STX | _size(size) | BPF_MEM, _reg(dst), _reg(src), _off16(off), 0)
 
 
-def st(size: Union[int, str], dst: int, off: int, imm: int) -> Insn:
+def st(size: int | str, dst: int, off: int, imm: int) -> Insn:
     """*(size *)(dst + off) = imm."""
     return Insn(BPF_ST | _size(size) | BPF_MEM, _reg(dst), 0, _off16(off), _imm32(imm))
 
@@ -456,7 +457,7 @@ _ATOMIC_OPS = {"ADD": BPF_ADD, "OR": BPF_OR, "AND": BPF_AND, "XOR": BPF_XOR,
                "XCHG": BPF_XCHG, "CMPXCHG": BPF_CMPXCHG}
 
 
-def atomic_op(size: Union[int, str], op: Union[int, str], dst: int, src: int, off: int,
+def atomic_op(size: int | str, op: int | str, dst: int, src: int, off: int,
               fetch: bool = False) -> Insn:
     """Atomic read-modify-write of *(size *)(dst + off) with src (W or DW only).
 
@@ -472,7 +473,7 @@ def atomic_op(size: Union[int, str], op: Union[int, str], dst: int, src: int, of
     return Insn(BPF_STX | size | BPF_ATOMIC, _reg(dst), _reg(src), _off16(off), imm)
 
 
-def atomic_add(size: Union[int, str], dst: int, src: int, off: int,
+def atomic_add(size: int | str, dst: int, src: int, off: int,
                fetch: bool = False) -> Insn:
     """lock *(size *)(dst + off) += src (with ``fetch``: src receives the old value)."""
     return atomic_op(size, BPF_ADD, dst, src, off, fetch)
@@ -480,14 +481,14 @@ def atomic_add(size: Union[int, str], dst: int, src: int, off: int,
 
 # --- 64-bit immediates (two slots) -------------------------------------------------------
 
-def _ld_imm64_pair(dst: int, src: int, low: int, high: int) -> List[Insn]:
+def _ld_imm64_pair(dst: int, src: int, low: int, high: int) -> list[Insn]:
     return [
         Insn(BPF_LD | BPF_DW | BPF_IMM, _reg(dst), src, 0, _s32(low)),
         Insn(0, 0, 0, 0, _s32(high)),
     ]
 
 
-def ld_imm64(dst: int, imm: int) -> List[Insn]:
+def ld_imm64(dst: int, imm: int) -> list[Insn]:
     """dst = imm (any signed or unsigned 64-bit value); two slots."""
     if isinstance(imm, bool) or not isinstance(imm, int) or not -(1 << 63) <= imm < (1 << 64):
         raise AsmError(f"immediate {imm!r} out of 64-bit range")
@@ -495,53 +496,53 @@ def ld_imm64(dst: int, imm: int) -> List[Insn]:
     return _ld_imm64_pair(dst, 0, imm, imm >> 32)
 
 
-def ld_map_fd(dst: int, fd: int) -> List[Insn]:
+def ld_map_fd(dst: int, fd: int) -> list[Insn]:
     """dst = pointer to the map with this fd (BPF_PSEUDO_MAP_FD); two slots."""
     return _ld_imm64_pair(dst, BPF_PSEUDO_MAP_FD, _imm32(fd), 0)
 
 
-def ld_map_value(dst: int, fd: int, offset: int = 0) -> List[Insn]:
+def ld_map_value(dst: int, fd: int, offset: int = 0) -> list[Insn]:
     """dst = address of the value of an array map (key 0) plus offset (BPF_PSEUDO_MAP_VALUE)."""
     return _ld_imm64_pair(dst, BPF_PSEUDO_MAP_VALUE, _imm32(fd), _imm32(offset))
 
 
 # --- jumps -------------------------------------------------------------------------------
 
-def _jump(code: int, dst: int, src: int, imm: int, target: Union[str, int]) -> Insn:
+def _jump(code: int, dst: int, src: int, imm: int, target: str | int) -> Insn:
     """A jump to a label name, or (int) to a raw slot offset."""
     if isinstance(target, str):
         return Insn(code, dst, src, 0, imm, target=target)
     return Insn(code, dst, src, _off16(target), imm)
 
 
-def jmp_imm(op: Union[int, str], dst: int, imm: int, target: Union[str, int]) -> Insn:
+def jmp_imm(op: int | str, dst: int, imm: int, target: str | int) -> Insn:
     """if dst <op> imm goto target (64-bit compare; imm sign-extended)."""
     return _jump(BPF_JMP | _op(op, _JMP_OPS, "jump") | BPF_K, _reg(dst), 0, _imm32(imm), target)
 
 
-def jmp_reg(op: Union[int, str], dst: int, src: int, target: Union[str, int]) -> Insn:
+def jmp_reg(op: int | str, dst: int, src: int, target: str | int) -> Insn:
     """if dst <op> src goto target (64-bit compare)."""
     return _jump(BPF_JMP | _op(op, _JMP_OPS, "jump") | BPF_X, _reg(dst), _reg(src), 0, target)
 
 
-def jmp32_imm(op: Union[int, str], dst: int, imm: int, target: Union[str, int]) -> Insn:
+def jmp32_imm(op: int | str, dst: int, imm: int, target: str | int) -> Insn:
     """if w_dst <op> imm goto target (32-bit compare)."""
     return _jump(BPF_JMP32 | _op(op, _JMP_OPS, "jump") | BPF_K, _reg(dst), 0, _imm32(imm),
                  target)
 
 
-def jmp32_reg(op: Union[int, str], dst: int, src: int, target: Union[str, int]) -> Insn:
+def jmp32_reg(op: int | str, dst: int, src: int, target: str | int) -> Insn:
     """if w_dst <op> w_src goto target (32-bit compare)."""
     return _jump(BPF_JMP32 | _op(op, _JMP_OPS, "jump") | BPF_X, _reg(dst), _reg(src), 0,
                  target)
 
 
-def ja(target: Union[str, int]) -> Insn:
+def ja(target: str | int) -> Insn:
     """goto target."""
     return _jump(BPF_JMP | BPF_JA, 0, 0, 0, target)
 
 
-def call(helper: Union[str, int]) -> Insn:
+def call(helper: str | int) -> Insn:
     """Call a helper by name (with or without ``bpf_``) or id; args r1..r5, result r0."""
     return Insn(BPF_JMP | BPF_CALL, 0, 0, 0, helper_id(helper))
 
@@ -584,7 +585,7 @@ def _label_slots(flat: Sequence[Insn]) -> dict[str, int]:
     slots: dict[str, int] = {}
     slot = 0
     for insn in flat:
-        if insn.is_label:
+        if insn.label is not None:
             if insn.label in slots:
                 raise AsmError(f"duplicate label {insn.label!r}")
             slots[insn.label] = slot
@@ -593,7 +594,7 @@ def _label_slots(flat: Sequence[Insn]) -> dict[str, int]:
     return slots
 
 
-def resolve(insns: InsnList, keep_labels: bool = False) -> List[Insn]:
+def resolve(insns: InsnList, keep_labels: bool = False) -> list[Insn]:
     """Flatten and give every jump with a ``target`` its slot offset.
 
     Label pseudo-instructions are dropped unless ``keep_labels``; jumps keep their ``target``
@@ -601,7 +602,7 @@ def resolve(insns: InsnList, keep_labels: bool = False) -> List[Insn]:
     """
     flat = list(flatten(insns))
     slots = _label_slots(flat)
-    out: List[Insn] = []
+    out: list[Insn] = []
     slot = 0
     for insn in flat:
         if insn.is_label:
@@ -642,7 +643,7 @@ def assemble(insns: InsnList) -> bytes:
     return b"".join(insn.encode() for insn in resolved)
 
 
-def disassemble(data: bytes) -> List[Insn]:
+def disassemble(data: bytes) -> list[Insn]:
     """Decode program bytes into Insn values (one per slot; no labels)."""
     if len(data) % _INSN.size:
         raise AsmError(f"program length {len(data)} is not a multiple of {_INSN.size}")
@@ -675,7 +676,7 @@ def _mem(size: int, reg: int, off: int) -> str:
     return f"*({_SIZE_TYPES[size]} *)(r{reg} {off:+d})"
 
 
-def _text(insn: Insn, next_insn: Optional[Insn]) -> str:
+def _text(insn: Insn, next_insn: Insn | None) -> str:
     """Text of one instruction (for ld_imm64, next_insn is its second slot)."""
     code = insn.code
     cls = code & 0x07
@@ -750,7 +751,7 @@ def _atomic_text(insn: Insn) -> str:
     return f".insn atomic code={insn.code:#04x} imm={insn.imm:#x}"
 
 
-def dump(insns: Union[bytes, InsnList]) -> str:
+def dump(insns: bytes | InsnList) -> str:
     """Readable listing, one instruction per line with its slot index, labels on own lines.
 
     Accepts a (nested) instruction list or assembled program bytes.

@@ -10,7 +10,7 @@ written to tracefs.
 from __future__ import annotations
 
 import ctypes
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 from sigscope.bpf import kernel, uapi
 from sigscope.bpf.program import Program
@@ -37,7 +37,7 @@ class Attachment(Closable):
     """A program attached somewhere; close() (or leaving the with-block) detaches it."""
 
     def __init__(
-        self, description: str, method: str, perf_fd: Optional[int], link_fd: Optional[int]
+        self, description: str, method: str, perf_fd: int | None, link_fd: int | None
     ) -> None:
         self.description = description
         self.method = method
@@ -95,7 +95,7 @@ def _tracepoint_id(system: str, name: str) -> int:
 
 
 def attach_tracepoint(
-    prog: Program, system: str, name: str, use_link: Optional[bool] = None
+    prog: Program, system: str, name: str, use_link: bool | None = None
 ) -> Attachment:
     """Attach a BPF_PROG_TYPE_TRACEPOINT program to tracepoint `system`:`name`.
 
@@ -117,7 +117,7 @@ def attach_tracepoint(
     except BPFError as err:
         err.detail = f"tracepoint {description}"
         raise
-    link_fd: Optional[int] = None
+    link_fd: int | None = None
     try:
         if use_link:
             link_attr = LinkCreateAttr(

@@ -1,19 +1,20 @@
 """Find the members of a few named structs in the kernel's BTF without indexing all of it.
 
-``btf.Btf`` reads all 5 MB of vmlinux BTF and walks every one of its 100k+ types (~60 ms in
-Python): start-up cannot afford that just to learn where ``task_struct.comm`` is. A struct's
-record can be found directly instead: its name is one string of the (deduplicated) string
-section, and its record is the 4-byte-aligned spot of the type section holding that string's
-offset followed by an ``info`` word of kind STRUCT. The sections are read from their start in
-64 KiB steps, only as far as needed: the core structs come early (``task_struct`` and ``cred``
-within the first 25 KiB of types here), so finding both takes well under a millisecond.
+A full parser (the tests' ``btf_full.Btf``) reads all 5 MB of vmlinux BTF and walks every one
+of its 100k+ types (tens of ms in Python: bench/README.md): start-up cannot afford that just to
+learn where ``task_struct.comm`` is. A struct's record can be found directly instead: its name
+is one string of the (deduplicated) string section, and its record is the 4-byte-aligned spot
+of the type section holding that string's offset followed by an ``info`` word of kind STRUCT.
+The sections are read from their start in 64 KiB steps, only as far as needed: the core structs
+come early (``task_struct`` and ``cred`` within the first 25 KiB of types here), so finding
+both reads a small fraction of the file.
 
 Only direct, non-bitfield members are reported, with the distance to the next member (an upper
 bound of the member's size). Anything malformed or missing raises ``BtfScanError``: callers
 fall back to a way that needs no offsets.
 
-    members = vmlinux_struct_members("task_struct")
-    members["comm"]      # ScannedMember(offset=1752, span=16)
+    members = vmlinux_struct_members("task_struct")["task_struct"]
+    members["comm"]      # ScannedMember(offset=..., span=16): offsets vary by kernel build
 """
 
 from __future__ import annotations

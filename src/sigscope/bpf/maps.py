@@ -10,7 +10,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import re
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from collections.abc import Iterator, Sequence
+from typing import Generic, TypeVar
 
 from sigscope.bpf import kernel, uapi
 from sigscope.bpf.kernel import possible_cpus
@@ -29,7 +30,6 @@ from sigscope.bpf.syscall import (
 __all__ = [
     "ArrayMap",
     "HashMap",
-    "LRUHashMap",
     "Map",
     "PerCPUArrayMap",
     "PerCPUHashMap",
@@ -40,7 +40,8 @@ __all__ = [
     "validate_object_name",
 ]
 
-Value = Union[bytes, List[bytes]]
+# A map's value as lookup() returns it: bytes, or for per-CPU maps one bytes per possible CPU.
+_V = TypeVar("_V", bytes, list[bytes])
 
 _OBJECT_NAME = re.compile(r"[A-Za-z0-9_.]*")
 # Errors meaning "this kernel or this map type has no batch operations".
@@ -65,8 +66,10 @@ def _round_up_8(size: int) -> int:
     return (size + 7) & ~7
 
 
-class Map(FdOwner):
-    """A BPF map; the object owns the fd (close() or use as a context manager)."""
+class Map(FdOwner, Generic[_V]):
+    """A BPF map; the object owns the fd (close() or use as a context manager). Its values are
+    bytes (``Map[bytes]``), or one bytes per possible CPU for per-CPU maps
+    (``Map[list[bytes]]``)."""
 
     kind = "map"
 
@@ -96,7 +99,7 @@ class Map(FdOwner):
                 f"value_size={value_size} max_entries={max_entries}"
             )
             raise
-        self._fd: Optional[int] = fd
+        self._fd: int | None = fd
         self.map_type = map_type
         self.key_size = key_size
         self.value_size = value_size
@@ -122,10 +125,10 @@ class Map(FdOwner):
     def _raw_value_size(self) -> int:
         return self.value_size
 
-    def _decode_value(self, raw: bytes) -> Value:
-        return raw
+    def _decode_value(self, raw: bytes) -> _V:
+        return raw  # type: ignore[return-value]  # per-CPU maps override
 
-    def _encode_value(self, value: Value, command: str) -> bytes:
+    def _encode_value(self, value: _V | bytes, command: str) -> bytes:
         if not isinstance(value, (bytes, bytearray)):
             raise self._size_error(command, "value must be bytes")
         if len(value) != self.value_size:
@@ -158,7 +161,7 @@ class Map(FdOwner):
 
     # --- element operations ------------------------------------------------------------------
 
-    def lookup(self, key: bytes) -> Optional[Value]:
+    def lookup(self, key: bytes) -> _V | None:
         """The value stored under `key`, or None when there is none."""
         key_buf = self._key_buffer(key, "BPF_MAP_LOOKUP_ELEM")
         value_buf = ctypes.create_string_buffer(max(self._raw_value_size, 1))
@@ -173,7 +176,7 @@ class Map(FdOwner):
             raise
         return self._decode_value(value_buf.raw[: self._raw_value_size])
 
-    def update(self, key: bytes, value: Value, flags: int = uapi.BPF_ANY) -> None:
+    def update(self, key: bytes, value: _V | bytes, flags: int = uapi.BPF_ANY) -> None:
         key_buf = self._key_buffer(key, "BPF_MAP_UPDATE_ELEM")
         raw = self._encode_value(value, "BPF_MAP_UPDATE_ELEM")
         value_buf = ctypes.create_string_buffer(raw, max(len(raw), 1))
@@ -199,7 +202,7 @@ class Map(FdOwner):
 
     def keys(self) -> Iterator[bytes]:
         """Iterate the keys (BPF_MAP_GET_NEXT_KEY). Safe against concurrent deletion."""
-        current: Optional[ctypes.Array] = None
+        current: ctypes.Array | None = None
         next_buf = ctypes.create_string_buffer(max(self.key_size, 1))
         while True:
             attr = MapGetNextKeyAttr(
@@ -217,7 +220,7 @@ class Map(FdOwner):
             yield key
             current = ctypes.create_string_buffer(key, max(self.key_size, 1))
 
-    def items(self) -> List[Tuple[bytes, Value]]:
+    def items(self) -> list[tuple[bytes, _V]]:
         """(key, value) pairs, one lookup per key; keys deleted meanwhile are skipped."""
         pairs = []
         for key in self.keys():
@@ -226,7 +229,7 @@ class Map(FdOwner):
                 pairs.append((key, value))
         return pairs
 
-    def lookup_batch(self, batch_size: int = 256) -> List[Tuple[bytes, Value]]:
+    def lookup_batch(self, batch_size: int = 256) -> list[tuple[bytes, _V]]:
         """All (key, value) pairs via BPF_MAP_LOOKUP_BATCH, or by iteration when the kernel or
         the map type has no batch operations."""
         if not kernel.has_map_batch():
@@ -238,13 +241,13 @@ class Map(FdOwner):
                 return self.items()
             raise
 
-    def _lookup_batch(self, batch_size: int) -> List[Tuple[bytes, Value]]:
+    def _lookup_batch(self, batch_size: int) -> list[tuple[bytes, _V]]:
         count = max(1, min(batch_size, self.max_entries))
         # The batch token is opaque; hash maps use a u32 bucket, arrays a key.
         token_size = max(self.key_size, 8)
         in_token = ctypes.create_string_buffer(token_size)
         out_token = ctypes.create_string_buffer(token_size)
-        pairs: List[Tuple[bytes, Value]] = []
+        pairs: list[tuple[bytes, _V]] = []
         first = True
         while True:
             keys = ctypes.create_string_buffer(max(self.key_size * count, 1))
@@ -287,23 +290,14 @@ class Map(FdOwner):
             self.delete(key)
 
 
-class HashMap(Map):
+class HashMap(Map[bytes]):
     def __init__(
         self, key_size: int, value_size: int, max_entries: int, name: str = "", flags: int = 0
     ) -> None:
         super().__init__(uapi.BPF_MAP_TYPE_HASH, key_size, value_size, max_entries, name, flags)
 
 
-class LRUHashMap(Map):
-    """A hash map that evicts its least recently used entry when full, instead of failing."""
-
-    def __init__(
-        self, key_size: int, value_size: int, max_entries: int, name: str = "", flags: int = 0
-    ) -> None:
-        super().__init__(uapi.BPF_MAP_TYPE_LRU_HASH, key_size, value_size, max_entries, name, flags)
-
-
-class ArrayMap(Map):
+class ArrayMap(Map[bytes]):
     """Keys are u32 indexes (4 bytes); entries always exist and start zeroed."""
 
     def __init__(self, value_size: int, max_entries: int, name: str = "", flags: int = 0) -> None:
@@ -314,24 +308,24 @@ class ArrayMap(Map):
         for key in list(self.keys()):
             self.update(key, zero)
 
-    def _zero_value(self) -> Value:
+    def _zero_value(self) -> bytes:
         return bytes(self.value_size)
 
 
-class _PerCPUValues(Map):
+class _PerCPUValues(Map[list[bytes]]):
     """Values are lists with one bytes value per possible CPU."""
 
     @property
     def _raw_value_size(self) -> int:
         return _round_up_8(self.value_size) * possible_cpus()
 
-    def _decode_value(self, raw: bytes) -> Value:
+    def _decode_value(self, raw: bytes) -> list[bytes]:
         stride = _round_up_8(self.value_size)
         return [
             raw[cpu * stride : cpu * stride + self.value_size] for cpu in range(possible_cpus())
         ]
 
-    def _encode_value(self, value: Value, command: str) -> bytes:
+    def _encode_value(self, value: list[bytes] | bytes, command: str) -> bytes:
         """A list gives each CPU its value; a single bytes value is written to every CPU."""
         cpus = possible_cpus()
         per_cpu: Sequence[bytes]
@@ -375,7 +369,7 @@ class PerCPUArrayMap(_PerCPUValues):
             self.update(key, zero)
 
 
-class RingBufMap(Map):
+class RingBufMap(Map[bytes]):
     """BPF_MAP_TYPE_RINGBUF; `size_bytes` must be a power of two and a multiple of the page
     size. Read it with ringbuf.RingBufReader; it has no keys."""
 
@@ -391,16 +385,16 @@ class RingBufMap(Map):
         return self.max_entries
 
 
-class PerfEventArrayMap(Map):
+class PerfEventArrayMap(Map[bytes]):
     """BPF_MAP_TYPE_PERF_EVENT_ARRAY indexed by CPU id; values are perf event fds (u32)."""
 
-    def __init__(self, name: str = "", max_entries: Optional[int] = None) -> None:
+    def __init__(self, name: str = "", max_entries: int | None = None) -> None:
         if max_entries is None:
             max_entries = max(kernel.possible_cpu_ids()) + 1
         super().__init__(uapi.BPF_MAP_TYPE_PERF_EVENT_ARRAY, 4, 4, max_entries, name)
 
 
-class StackTraceMap(Map):
+class StackTraceMap(Map[bytes]):
     """BPF_MAP_TYPE_STACK_TRACE: u32 stack ids to arrays of `max_depth` u64 addresses."""
 
     def __init__(

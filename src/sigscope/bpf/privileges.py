@@ -9,7 +9,6 @@ judged right.
 from __future__ import annotations
 
 import resource
-from typing import Optional
 
 from sigscope.errors import SetupError
 
@@ -40,7 +39,7 @@ class PrivilegeError(SetupError, PermissionError):
         return self.args[0]
 
 
-def effective_capabilities(status_text: Optional[str] = None) -> int:
+def effective_capabilities(status_text: str | None = None) -> int:
     """The CapEff bit mask of this process (or parsed from the given /proc/<pid>/status text)."""
     if status_text is None:
         with open("/proc/self/status") as status:
@@ -55,7 +54,7 @@ def has_capability(mask: int, capability: int) -> bool:
     return bool(mask >> capability & 1)
 
 
-def check_privileges(cap_eff: Optional[int] = None) -> None:
+def check_privileges(cap_eff: int | None = None) -> None:
     """Raise PrivilegeError unless CAP_SYS_ADMIN or both CAP_BPF and CAP_PERFMON are effective.
 
     `cap_eff` overrides the mask read from /proc/self/status (for tests).

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import ctypes
 import errno
-from typing import Iterable, List, NamedTuple, Optional, Union
+from collections.abc import Iterable
+from typing import NamedTuple
 
 from sigscope.bpf import uapi
 from sigscope.bpf.maps import validate_object_name
@@ -101,7 +102,7 @@ class ProgInfo(NamedTuple):
         )
 
 
-def _instructions_bytes(insns: Union[bytes, bytearray, Iterable]) -> bytes:
+def _instructions_bytes(insns: bytes | bytearray | Iterable) -> bytes:
     if isinstance(insns, (bytes, bytearray)):
         code = bytes(insns)
     else:
@@ -121,14 +122,14 @@ class Program(FdOwner):
     verifier_log: str = ""  # the log of a load that asked for one (log_level > 0)
 
     def __init__(self, fd: int, prog_type: int, name: str) -> None:
-        self._fd: Optional[int] = fd
+        self._fd: int | None = fd
         self.prog_type = prog_type
         self.name = name
 
     @classmethod
     def load(
         cls,
-        insns: Union[bytes, list],
+        insns: bytes | list,
         prog_type: int = uapi.BPF_PROG_TYPE_TRACEPOINT,
         name: str = "",
         license: str = "GPL",
@@ -161,7 +162,7 @@ class Program(FdOwner):
                 fd = bpf(uapi.BPF_PROG_LOAD, attr)
                 err = 0
             except BPFError as error:
-                fd, err = -1, error.errno
+                fd, err = -1, error.errno or 0
             if log_buf is not None:
                 log_text = log_buf.value.decode("utf-8", "replace")
             return fd, err, log_text
@@ -192,9 +193,9 @@ class Program(FdOwner):
         return ProgInfo.from_struct(obj_get_info_by_fd(self.fd, BpfProgInfo()))
 
 
-def loaded_program_ids() -> List[int]:
+def loaded_program_ids() -> list[int]:
     """Ids of every BPF program loaded on the system (BPF_PROG_GET_NEXT_ID)."""
-    ids: List[int] = []
+    ids: list[int] = []
     current = 0
     while True:
         attr = ObjIdAttr(start_id=current)
@@ -208,7 +209,7 @@ def loaded_program_ids() -> List[int]:
         ids.append(current)
 
 
-def program_info_by_id(prog_id: int) -> Optional[ProgInfo]:
+def program_info_by_id(prog_id: int) -> ProgInfo | None:
     """Info of the program with this id, or None when it is gone."""
     try:
         fd = bpf(uapi.BPF_PROG_GET_FD_BY_ID, ObjIdAttr(start_id=prog_id))
@@ -230,7 +231,7 @@ class RunTimeStats:
     """
 
     def __init__(self) -> None:
-        self._fd: Optional[int] = bpf(
+        self._fd: int | None = bpf(
             uapi.BPF_ENABLE_STATS, EnableStatsAttr(type=uapi.BPF_STATS_RUN_TIME)
         )
 
@@ -247,10 +248,10 @@ class RunTimeStats:
 
 
 def load_programs(
-    specs: Iterable[tuple[str, Union[bytes, list]]],
+    specs: Iterable[tuple[str, bytes | list]],
     prog_type: int = uapi.BPF_PROG_TYPE_TRACEPOINT,
     parallel: int = 2,
-) -> List[Program]:
+) -> list[Program]:
     """Load several programs, in order, with up to `parallel` verifications at once.
 
     Verification is most of a tracer's start-up and runs in the loading thread, outside the
@@ -272,7 +273,7 @@ def load_programs(
         finally:
             slots.release()
 
-    building_failed: Optional[BaseException] = None
+    building_failed: BaseException | None = None
     try:
         for index, (name, insns) in enumerate(specs):
             code = _instructions_bytes(insns)

@@ -12,9 +12,12 @@ import ctypes
 import errno as errno_module
 import functools
 import os
+from typing import TypeVar
 
 from sigscope.bpf import kernel, uapi
 from sigscope.errors import KernelError
+
+_Info = TypeVar("_Info", bound=ctypes.Structure)
 
 __all__ = [
     "BPFError",
@@ -432,7 +435,7 @@ def close_fd(fd: int) -> None:
             raise
 
 
-def obj_get_info_by_fd(fd: int, info: ctypes.Structure) -> ctypes.Structure:
+def obj_get_info_by_fd(fd: int, info: _Info) -> _Info:
     """Fill `info` (BpfProgInfo, BpfMapInfo, ...) for a bpf object fd and return it."""
     attr = ObjGetInfoByFdAttr(
         bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info)

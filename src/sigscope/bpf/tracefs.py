@@ -12,7 +12,8 @@ import errno
 import functools
 import os
 import re
-from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from sigscope.errors import SetupError
 
@@ -32,12 +33,12 @@ __all__ = [
 
 TRACEFS_MOUNT_POINT = "/sys/kernel/tracing"
 # Newer kernels expose tracefs on its own mount point; older setups only have it under debugfs.
-TRACEFS_SEARCH_PATHS: Tuple[PathLike, ...] = (TRACEFS_MOUNT_POINT, "/sys/kernel/debug/tracing")
+TRACEFS_SEARCH_PATHS: tuple[PathLike, ...] = (TRACEFS_MOUNT_POINT, "/sys/kernel/debug/tracing")
 
 
 # A directory given as str or os.PathLike (tests pass pathlib paths; sigscope uses str: pathlib
 # costs start-up time).
-PathLike = Union[str, "os.PathLike[str]"]
+PathLike = str | os.PathLike[str]
 
 
 class TracefsError(SetupError):
@@ -60,7 +61,7 @@ class Field(NamedTuple):
     offset: int
     size: int
     signed: bool
-    array_len: Optional[int] = None
+    array_len: int | None = None
     data_loc: bool = False
     rel_loc: bool = False
 
@@ -71,7 +72,7 @@ class EventFormat(NamedTuple):
     system: str
     name: str
     id: int
-    fields: Dict[str, Field]
+    fields: dict[str, Field]
 
     def field(self, name: str) -> Field:
         try:
@@ -96,7 +97,7 @@ _DECLARATION = re.compile(
 _DIMENSION = re.compile(r"\[([^\]]*)\]")
 
 
-def _array_length(dims: str) -> Optional[int]:
+def _array_length(dims: str) -> int | None:
     if not dims:
         return None
     length = 1
@@ -150,9 +151,9 @@ def _parse_field(line: str) -> Field:
 
 def parse_format(text: str, system: str = "") -> EventFormat:
     """Parse the text of an event ``format`` file (common_* and event fields alike)."""
-    name: Optional[str] = None
-    event_id: Optional[int] = None
-    fields: Dict[str, Field] = {}
+    name: str | None = None
+    event_id: int | None = None
+    fields: dict[str, Field] = {}
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith("print fmt:"):
@@ -196,7 +197,7 @@ def _has_events(root: PathLike) -> bool:
 def locate_tracefs(
     search_paths: Sequence[PathLike] = TRACEFS_SEARCH_PATHS,
     mount_point: PathLike = TRACEFS_MOUNT_POINT,
-    mount: Optional[Callable[[PathLike], None]] = mount_tracefs,
+    mount: Callable[[PathLike], None] | None = mount_tracefs,
 ) -> PathLike:
     """The first of `search_paths` with an ``events/`` directory; else mount tracefs on
     `mount_point` (unless `mount` is None) and return it. Uncached; see :func:`tracefs_root`."""
@@ -234,13 +235,13 @@ def _events_of(format_path: str) -> str:
     return os.path.dirname(os.path.dirname(os.path.dirname(format_path)))
 
 
-def _event_dir(system: str, name: str, root: Optional[PathLike]) -> str:
+def _event_dir(system: str, name: str, root: PathLike | None) -> str:
     base = root if root is not None else tracefs_root()
     return os.path.join(base, "events", system, name)
 
 
 @functools.cache
-def event_format(system: str, name: str, root: Optional[PathLike] = None) -> EventFormat:
+def event_format(system: str, name: str, root: PathLike | None = None) -> EventFormat:
     """Parse ``<tracefs>/events/<system>/<name>/format`` (cached per event)."""
     path = os.path.join(_event_dir(system, name, root), "format")
     try:
@@ -264,7 +265,7 @@ def event_format(system: str, name: str, root: Optional[PathLike] = None) -> Eve
     return EventFormat(system=system, name=name, id=parsed.id, fields=parsed.fields)
 
 
-def available(system: str, name: str, root: Optional[PathLike] = None) -> bool:
+def available(system: str, name: str, root: PathLike | None = None) -> bool:
     """Whether the tracepoint exists. A missing or unmountable tracefs still raises TracefsError,
     so the caller reports that rather than a misleading "event not available"."""
     return os.path.isfile(os.path.join(_event_dir(system, name, root), "format"))

@@ -68,10 +68,6 @@ BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
 BPF_MAP_TYPE_LPM_TRIE = 11
 BPF_MAP_TYPE_RINGBUF = 27
 
-PERCPU_MAP_TYPES = frozenset(
-    {BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_PERCPU_HASH}
-)
-
 # --- enum bpf_prog_type --------------------------------------------------------------------------
 BPF_PROG_TYPE_UNSPEC = 0
 BPF_PROG_TYPE_SOCKET_FILTER = 1

@@ -35,7 +35,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable, Sequence
-    from typing import TextIO
+    from typing import NoReturn, TextIO
 
 LOST_CHECK_INTERVAL_S = 0.1
 # Bounds of -i/--interval and -d/--duration, in seconds. Below MIN_INTERVAL_S a table is
@@ -129,8 +129,6 @@ examples:
 """ + EXIT_CODES
 
 COMMANDS = ("trace", "top", "send", "selftest")
-SEND_VIAS = ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo",
-             "pidfd_send_signal")
 VALUE_VIAS = ("rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_send_signal")
 
 
@@ -240,7 +238,7 @@ def _parser_class():  # argparse is imported only once the signal handlers are i
     import argparse
 
     class Parser(argparse.ArgumentParser):
-        def error(self, message: str) -> None:  # one line, exit 2, like every other error
+        def error(self, message: str) -> NoReturn:  # one line, exit 2, like every other error
             raise ArgumentError(f"{self.prog}: {message}")
 
     return Parser
@@ -273,6 +271,9 @@ def add_filter_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     import argparse
 
+    from sigscope.model.record import SYSCALL_VIAS
+    from sigscope.trace_settings import BUFFER_KINDS, DEFAULT_BUFFER_SIZE
+
     raw = argparse.RawDescriptionHelpFormatter
     parser_class = _parser_class()
     # `sigscope` alone is `sigscope trace`, so its help shows the trace examples too.
@@ -288,9 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "arguments and return value) and kernel-generated signals, one record "
                            "per send attempt and recipient.")
     add_filter_options(trace)
-    trace.add_argument("--buffer", choices=("auto", "ringbuf", "perf"), default="auto",
+    trace.add_argument("--buffer", choices=BUFFER_KINDS, default=BUFFER_KINDS[0],
                        help="event transport (default: ring buffer when the kernel has it)")
-    trace.add_argument("--buffer-size", type=_size, default=16 << 20, metavar="SIZE",
+    trace.add_argument("--buffer-size", type=_size, default=DEFAULT_BUFFER_SIZE, metavar="SIZE",
                        help="kernel buffer size (default 16M, at most 1G)")
     trace.add_argument("-j", "--json", action="store_true", help="JSON Lines output")
     trace.add_argument("-t", "--timestamp", action="store_true",
@@ -302,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     send = sub.add_parser("send", help="send a signal through any of the six syscalls",
                           epilog=SEND_EXAMPLES, formatter_class=raw)
-    send.add_argument("--via", default="kill", choices=SEND_VIAS)
+    send.add_argument("--via", default="kill", choices=SYSCALL_VIAS)
     send.add_argument("--tid", type=_id, help="target thread (tkill, tgkill, "
                       "rt_tgsigqueueinfo)")
     send.add_argument("--value", type=_int_value, help="sigval for the sigqueue variants "
@@ -441,9 +442,8 @@ def _report(err: BaseException) -> int:
 
 def filters_from_args(args: argparse.Namespace):
     """The Filters of the command line (raises UsageError in the API's words)."""
-    from sigscope.model.filters import Filters
+    from sigscope.model.filters import Filters, make_filters
     from sigscope.model.signals import parse_signal_list
-    from sigscope.tracer import make_filters
 
     def signals(specs: list[str] | None) -> frozenset[int] | None:
         if specs is None:
@@ -519,7 +519,7 @@ def run_trace(args: argparse.Namespace) -> int:
         as_lines = writer.renders_lines and not args.fate
         while not tracer.expired():
             if as_lines:
-                writer.lines(tracer.poll_lines(writer))
+                writer.runs(tracer.poll_runs())
             else:
                 writer.events(tracer.poll())
             now = time.monotonic()
@@ -550,14 +550,15 @@ def _print_programs(tracer) -> int:
 
 
 def add_top_parser(sub, raw) -> None:
-    from sigscope.top_settings import DEFAULT_MAX_KEYS, MAP_KINDS, SORT_KEYS
+    from sigscope.top_settings import DEFAULT_INTERVAL_S, DEFAULT_MAX_KEYS, MAP_KINDS, SORT_KEYS
 
     top = sub.add_parser("top", help="count signals in the kernel: who signals whom, how often",
                          epilog=TOP_EXAMPLES, formatter_class=raw,
                          description="Count signals in the kernel, by sender, target, signal, "
                          "via, result and outcome, and print them every interval.")
     add_filter_options(top)
-    top.add_argument("-i", "--interval", type=_interval, default=1.0, metavar="SECONDS",
+    top.add_argument("-i", "--interval", type=_interval, default=DEFAULT_INTERVAL_S,
+                     metavar="SECONDS",
                      help=f"seconds between updates (default 1; {MIN_INTERVAL_S:g} to "
                           f"{MAX_INTERVAL_S:g})")
     top.add_argument("--sort", choices=SORT_KEYS, default="count", help="row order")
@@ -576,7 +577,7 @@ def add_top_parser(sub, raw) -> None:
     top.add_argument("--max-keys", type=_positive_int, default=DEFAULT_MAX_KEYS, metavar="N",
                      help=f"keys the kernel map holds (default {DEFAULT_MAX_KEYS}); more go "
                           "to 'other'")
-    top.add_argument("--map-kind", choices=MAP_KINDS, default="auto",
+    top.add_argument("--map-kind", choices=MAP_KINDS, default=MAP_KINDS[0],
                      help="count map: per-CPU hash (auto) or one shared hash")
 
 

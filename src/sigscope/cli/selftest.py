@@ -13,6 +13,7 @@ import threading
 from typing import TextIO
 
 from sigscope.bpf import kernel
+from sigscope.model.event import Event
 from sigscope.tracer import Tracer, make_filters
 
 
@@ -27,7 +28,8 @@ def _roundtrip(buffer: str) -> list[str]:
         signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
         tracer.stop()
         for event in tracer:
-            if event.sender_pid == me and event.target_pid == me and event.outcome == "ignored":
+            if (isinstance(event, Event) and event.sender_pid == me and event.target_pid == me
+                    and event.outcome == "ignored"):
                 seen.append(event.via)
     return seen
 

@@ -5,31 +5,37 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sigscope.model.origins import ORIGINS
-from sigscope.model.signals import code_name, errno_name, signal_name
+from sigscope.model.origins import ORIGINS  # noqa: F401 (re-exported)
+from sigscope.model.signals import (
+    OUTCOMES,
+    SI_KERNEL,
+    SI_TIMER,
+    SI_USER,
+    SIGNALS,
+    SYS_SECCOMP,
+    code_name,
+    errno_name,
+    outcome_name,
+    signal_name,
+)
 
-# What signal_generate's `result` says became of the signal (enum TRACE_SIGNAL_*), in the
-# names sigscope reports.
-OUTCOMES = ("delivered", "ignored", "already_pending", "overflow", "lose_info")
+__all__ = ["ORIGINS", "OUTCOMES", "Event", "Runs", "Shape", "kernel_origin", "outcome_name"]
 
-__all__ = ["ORIGINS", "OUTCOMES", "VALUE_FIELDS", "Event", "Shape", "kernel_origin",
-           "outcome_name"]
+# Where a kernel-generated signal came from (via == "kernel").
 
-_SIGNUM = {
-    "SIGHUP": 1, "SIGINT": 2, "SIGQUIT": 3, "SIGILL": 4, "SIGTRAP": 5, "SIGABRT": 6, "SIGBUS": 7,
-    "SIGFPE": 8, "SIGKILL": 9, "SIGSEGV": 11, "SIGPIPE": 13, "SIGALRM": 14, "SIGCHLD": 17,
-    "SIGCONT": 18, "SIGTSTP": 20, "SIGTTIN": 21, "SIGTTOU": 22, "SIGURG": 23, "SIGXCPU": 24,
-    "SIGXFSZ": 25, "SIGVTALRM": 26, "SIGPROF": 27, "SIGWINCH": 28, "SIGIO": 29, "SIGSYS": 31,
-}
-SI_USER, SI_KERNEL, SI_QUEUE, SI_TIMER, SI_TKILL = 0, 0x80, -1, -2, -6
-SYS_SECCOMP = 1
-_FAULT_SIGNALS = {_SIGNUM[n] for n in ("SIGILL", "SIGTRAP", "SIGBUS", "SIGFPE", "SIGSEGV")}
-_TIMER_SIGNALS = {_SIGNUM[n] for n in ("SIGALRM", "SIGVTALRM", "SIGPROF")}
-_TTY_SIGNALS = {_SIGNUM[n] for n in ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTSTP", "SIGTTIN",
-                                     "SIGTTOU", "SIGWINCH", "SIGCONT")}
-_IO_SIGNALS = {_SIGNUM[n] for n in ("SIGIO", "SIGURG")}
-_RLIMIT_SIGNALS = {_SIGNUM[n] for n in ("SIGXCPU", "SIGXFSZ")}
-_SIGKILL = _SIGNUM["SIGKILL"]
+
+def _numbers(*names: str) -> frozenset[int]:
+    return frozenset(SIGNALS[name] for name in names)
+
+
+_FAULT_SIGNALS = _numbers("SIGILL", "SIGTRAP", "SIGBUS", "SIGFPE", "SIGSEGV")
+_TIMER_SIGNALS = _numbers("SIGALRM", "SIGVTALRM", "SIGPROF")
+_TTY_SIGNALS = _numbers("SIGHUP", "SIGINT", "SIGQUIT", "SIGTSTP", "SIGTTIN", "SIGTTOU",
+                        "SIGWINCH", "SIGCONT")
+_IO_SIGNALS = _numbers("SIGIO", "SIGURG")
+_RLIMIT_SIGNALS = _numbers("SIGXCPU", "SIGXFSZ")
+_SIGCHLD, _SIGSYS, _SIGPIPE, _SIGKILL = (
+    SIGNALS["SIGCHLD"], SIGNALS["SIGSYS"], SIGNALS["SIGPIPE"], SIGNALS["SIGKILL"])
 
 
 def kernel_origin(sig: int, code: int, stack_origin: str | None = None) -> str:
@@ -40,13 +46,13 @@ def kernel_origin(sig: int, code: int, stack_origin: str | None = None) -> str:
         return "timer"
     if sig == _SIGKILL:
         return stack_origin if stack_origin is not None else "other"
-    if sig == _SIGNUM["SIGCHLD"]:
+    if sig == _SIGCHLD:
         return "child"
     if sig in _FAULT_SIGNALS and (code > 0 or code == SI_KERNEL):
         return "fault"
-    if sig == _SIGNUM["SIGSYS"] and code == SYS_SECCOMP:
+    if sig == _SIGSYS and code == SYS_SECCOMP:
         return "seccomp"
-    if sig == _SIGNUM["SIGPIPE"]:
+    if sig == _SIGPIPE:
         return "pipe"
     if sig in _RLIMIT_SIGNALS:
         return "rlimit"
@@ -58,62 +64,46 @@ def kernel_origin(sig: int, code: int, stack_origin: str | None = None) -> str:
     return "other"
 
 
-def outcome_name(result: int | None) -> str | None:
-    if result is None or result < 0:
-        return None
-    return OUTCOMES[result] if result < len(OUTCOMES) else str(result)
-
-
-# The fields that make an Event's value, in constructor order.
-VALUE_FIELDS = (
-    "id", "ktime_ns", "time_ns", "sig", "via", "sender_pid", "sender_tid", "sender_comm",
-    "sender_uid", "target_pid", "target_tid", "target_comm", "arg_pid", "arg_tid", "arg_pidfd",
-    "code", "result", "outcome", "group", "stack_origin",
+# The fields of a Shape: what a run of Events has in common, everything but id and times.
+SHAPE_FIELDS = (
+    "sig", "via", "sender_pid", "sender_tid", "sender_comm", "sender_uid", "target_pid",
+    "target_tid", "target_comm", "arg_pid", "arg_tid", "arg_pidfd", "code", "result", "outcome",
+    "group", "stack_origin",
 )
+# The fields that make an Event's value.
+VALUE_FIELDS = ("id", "ktime_ns", "time_ns", *SHAPE_FIELDS)
 
 
 class Shape:
-    """What a run of Events has in common: every field but id and times (see Decoder).
-    Outputs may keep what they rendered for it in `rendered`, keyed by output."""
+    """What a run of Events has in common: every field but id and times, by name (the
+    Decoder builds one per distinct record and shares it between the Events of equal records).
 
-    __slots__ = ("fields", "rendered")
+    Field meanings are those of the Event properties of the same names. Outputs may keep what
+    they rendered for a shape in ``rendered``, keyed by output name (a template str)."""
 
-    def __init__(self, fields: tuple) -> None:
-        self.fields = fields
-        self.rendered: dict[str, object] = {}
-
-
-class Event:
-    """One signal send attempt and recipient.
-
-    Times: ``ktime_ns`` is CLOCK_MONOTONIC as the kernel took it; ``time_ns`` the same instant
-    on the wall clock (UTC). Target fields are None when neither the kernel nor /proc could tell.
-    ``result``/``error`` are the syscall's return and errno name (None for via == "kernel");
-    ``outcome`` is what the kernel did with the signal (None when nothing was generated).
-    ``stack_origin`` is, for a kernel-generated SIGKILL, the origin its kernel stack names
-    (model/origins.py; None when no stack was taken or the path names none); ``origin``
-    combines it with the signal and si_code.
-
-    ``shape`` is shared with events that differ only in id and time (set by the decoder), so
-    outputs can reuse what they rendered for the previous one; ``fate`` is, with --fate, the
-    Fate (sigscope.fate) of this signal once known (the tracer also yields it after this Event).
-    Neither is part of the event's value. (A plain class with slots rather than a dataclass:
-    one is built per record, and `dataclasses` costs start-up time.)
-    """
-
-    __slots__ = VALUE_FIELDS + ("shape", "fate")
+    __slots__ = (*SHAPE_FIELDS, "rendered")
 
     def __init__(
-        self, id: int, ktime_ns: int, time_ns: int, sig: int, via: str, sender_pid: int,
-        sender_tid: int, sender_comm: str, sender_uid: int, target_pid: int | None,
-        target_tid: int | None, target_comm: str | None, arg_pid: int | None,
-        arg_tid: int | None, arg_pidfd: int | None, code: int | None, result: int | None,
-        outcome: str | None, group: bool | None = None, stack_origin: str | None = None,
-        shape: Shape | None = None, fate: Any = None,
+        self,
+        *,
+        sig: int,
+        via: str,
+        sender_pid: int,
+        sender_tid: int,
+        sender_comm: str,
+        sender_uid: int,
+        target_pid: int | None,
+        target_tid: int | None,
+        target_comm: str | None,
+        arg_pid: int | None,
+        arg_tid: int | None,
+        arg_pidfd: int | None,
+        code: int | None,
+        result: int | None,
+        outcome: str | None,
+        group: bool | None = None,
+        stack_origin: str | None = None,
     ) -> None:
-        self.id = id
-        self.ktime_ns = ktime_ns
-        self.time_ns = time_ns
         self.sig = sig
         self.via = via
         self.sender_pid = sender_pid
@@ -131,16 +121,151 @@ class Event:
         self.outcome = outcome
         self.group = group
         self.stack_origin = stack_origin
-        self.shape = shape
-        self.fate = fate
+        self.rendered: dict[str, str] = {}
 
-    def _values(self) -> tuple:
-        return tuple(getattr(self, name) for name in VALUE_FIELDS)
+    def values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in SHAPE_FIELDS)
+
+
+class Event:
+    """One signal send attempt and recipient: a Shape (what it shares with equal records) plus
+    an id and its times.
+
+    Times: ``ktime_ns`` is CLOCK_MONOTONIC as the kernel took it; ``time_ns`` the same instant
+    on the wall clock (UTC), both in ns. Target fields are None when neither the kernel nor
+    /proc could tell. ``result``/``error`` are the syscall's return and errno name (None for
+    via == "kernel"); ``outcome`` is what the kernel did with the signal (one of OUTCOMES; None
+    when nothing was generated); ``group`` whether the kernel queued it for the whole process
+    (None when nothing was generated).
+
+    ``shape`` is shared with events that differ only in id and time (built by the decoder), so
+    outputs can reuse what they rendered for the previous one; ``fate`` is, with --fate, the
+    Fate (sigscope.fate) of this signal once known (the tracer also yields it after this Event).
+    Neither is part of the event's value. (A plain class with slots rather than a dataclass:
+    one is built per record, and `dataclasses` costs start-up time.) ``Event.of(...)`` builds
+    one from field values.
+    """
+
+    __slots__ = ("id", "ktime_ns", "time_ns", "shape", "fate")
+
+    def __init__(self, id: int, ktime_ns: int, time_ns: int, shape: Shape) -> None:
+        self.id = id
+        self.ktime_ns = ktime_ns
+        self.time_ns = time_ns
+        self.shape = shape
+        self.fate: Any = None
+
+    @classmethod
+    def of(
+        cls,
+        id: int,
+        ktime_ns: int,
+        time_ns: int,
+        *,
+        sig: int,
+        via: str,
+        sender_pid: int,
+        sender_tid: int,
+        sender_comm: str,
+        sender_uid: int,
+        target_pid: int | None,
+        target_tid: int | None,
+        target_comm: str | None,
+        arg_pid: int | None,
+        arg_tid: int | None,
+        arg_pidfd: int | None,
+        code: int | None,
+        result: int | None,
+        outcome: str | None,
+        group: bool | None = None,
+        stack_origin: str | None = None,
+    ) -> Event:
+        """An Event from field values (a Shape of its own)."""
+        shape = Shape(
+            sig=sig, via=via, sender_pid=sender_pid, sender_tid=sender_tid,
+            sender_comm=sender_comm, sender_uid=sender_uid, target_pid=target_pid,
+            target_tid=target_tid, target_comm=target_comm, arg_pid=arg_pid, arg_tid=arg_tid,
+            arg_pidfd=arg_pidfd, code=code, result=result, outcome=outcome, group=group,
+            stack_origin=stack_origin)
+        return cls(id, ktime_ns, time_ns, shape)
+
+    @property
+    def sig(self) -> int:
+        return self.shape.sig
+
+    @property
+    def via(self) -> str:
+        return self.shape.via
+
+    @property
+    def sender_pid(self) -> int:
+        return self.shape.sender_pid
+
+    @property
+    def sender_tid(self) -> int:
+        return self.shape.sender_tid
+
+    @property
+    def sender_comm(self) -> str:
+        return self.shape.sender_comm
+
+    @property
+    def sender_uid(self) -> int:
+        return self.shape.sender_uid
+
+    @property
+    def target_pid(self) -> int | None:
+        return self.shape.target_pid
+
+    @property
+    def target_tid(self) -> int | None:
+        return self.shape.target_tid
+
+    @property
+    def target_comm(self) -> str | None:
+        return self.shape.target_comm
+
+    @property
+    def arg_pid(self) -> int | None:
+        return self.shape.arg_pid
+
+    @property
+    def arg_tid(self) -> int | None:
+        return self.shape.arg_tid
+
+    @property
+    def arg_pidfd(self) -> int | None:
+        return self.shape.arg_pidfd
+
+    @property
+    def code(self) -> int | None:
+        return self.shape.code
+
+    @property
+    def result(self) -> int | None:
+        return self.shape.result
+
+    @property
+    def outcome(self) -> str | None:
+        return self.shape.outcome
+
+    @property
+    def group(self) -> bool | None:
+        return self.shape.group
+
+    @property
+    def stack_origin(self) -> str | None:
+        """For a kernel-generated SIGKILL, the origin its kernel stack names (model/origins.py;
+        None when no stack was taken or the path names none)."""
+        return self.shape.stack_origin
+
+    def _values(self) -> tuple[object, ...]:
+        return (self.id, self.ktime_ns, self.time_ns, *self.shape.values())
 
     def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
+        if not isinstance(other, Event):
             return NotImplemented
-        return self._values() == other._values()  # type: ignore[attr-defined]
+        return self._values() == other._values()
 
     __hash__ = None  # type: ignore[assignment]  # mutable (fate is filled in later)
 
@@ -200,3 +325,44 @@ class Event:
             "error": self.error,
             "outcome": self.outcome,
         }
+
+
+class Runs:
+    """A decoded batch as Decoder.runs() hands it to the outputs: runs of equal records.
+
+    ``items[i]`` is a Shape shared by the next ``lengths[i]`` records, whose kernel times are
+    the next ``lengths[i]`` entries of ``ktimes`` (ns); or, with ``lengths[i] == 0``, an Event
+    (a record off the hot path, with its own id and times). Ids are consecutive in order, from
+    ``first_id``; a record's wall-clock time is its ktime + ``wall_offset_ns``. Flat lists, not
+    an object per run: a batch of interleaved senders (every run one record long) allocates
+    nothing per record that lives on (no tuples, no garbage collector work)."""
+
+    __slots__ = ("items", "lengths", "ktimes", "first_id", "wall_offset_ns")
+
+    def __init__(self, first_id: int, wall_offset_ns: int) -> None:
+        self.items: list[Shape | Event] = []
+        self.lengths: list[int] = []
+        self.ktimes: list[int] = []
+        self.first_id = first_id
+        self.wall_offset_ns = wall_offset_ns
+
+    def __len__(self) -> int:
+        """Records in the batch (Events included)."""
+        return len(self.ktimes) + self.lengths.count(0)
+
+    def events(self) -> list[Event]:
+        """One Event per record, in order (the Event path)."""
+        events: list[Event] = []
+        append, extend = events.append, events.extend
+        ktimes, offset = self.ktimes, self.wall_offset_ns
+        event_id, at = self.first_id, 0
+        for item, count in zip(self.items, self.lengths, strict=True):
+            if isinstance(item, Event):
+                append(item)
+                event_id += 1
+                continue
+            extend([Event(i, ktime, ktime + offset, item)
+                    for i, ktime in enumerate(ktimes[at:at + count], event_id)])
+            at += count
+            event_id += count
+        return events

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 from sigscope.errors import UsageError
 from sigscope.model.record import VIA_NAMES
+from sigscope.model.signals import parse_signal_list
 
 MAX_IN_KERNEL_IDS = 16  # each pid/tid compared costs an instruction per event
 # include/linux/threads.h: PID_MAX_LIMIT of 64-bit kernels, above any pid_max.
@@ -33,7 +35,7 @@ class Filters(_FilterValues):
 
     __slots__ = ()
 
-    def __new__(cls, *args: object, **kwargs: object) -> Filters:
+    def __new__(cls, *args: Any, **kwargs: Any) -> Filters:
         self = super().__new__(cls, *args, **kwargs)
         unknown = set(self.vias) - set(VIA_NAMES)
         if unknown:
@@ -77,3 +79,60 @@ class Filters(_FilterValues):
         if self.comm is None:
             return None
         return self.comm.encode()[:15].ljust(16, b"\0")
+
+
+def make_filters(
+    signals: Iterable[int] | str | None = None,
+    exclude_signals: Iterable[int] | str | None = None,
+    pids: Iterable[int] = (),
+    target_ids: Iterable[int] = (),
+    comm: str | None = None,
+    vias: Iterable[str] | str | None = None,
+    failed_only: bool = False,
+    kill_only: bool = False,
+) -> Filters:
+    """Filters from the API's arguments (those of ``trace()``).
+
+    ``signals``/``exclude_signals``: numbers or a spec like "USR1,SIGRTMIN+3"; ``vias``: names,
+    or one comma-separated string ("kill,tgkill"). Filters that can match nothing
+    (``signals`` all excluded, an empty ``vias``, ``vias`` of only "kernel" with ``kill_only``
+    or ``failed_only``) raise UsageError rather than trace nothing."""
+    def as_set(value: Iterable[int] | str) -> frozenset[int]:
+        return parse_signal_list(value) if isinstance(value, str) else frozenset(value)
+
+    wanted: frozenset[int] | None = None
+    excluded: frozenset[int] = frozenset()
+    if signals is not None:
+        wanted = as_set(signals)
+        if not wanted:
+            raise FilterError("signals= is empty: name at least one signal")
+    if exclude_signals is not None:
+        excluded = as_set(exclude_signals)
+        if not excluded:
+            raise FilterError("exclude_signals= is empty: name at least one signal")
+        # With signals=, the exclusion narrows the wanted set; alone it stays an exclusion
+        # (numbers no signal has, sent by mistake, still show).
+        if wanted is not None:
+            wanted -= excluded
+            excluded = frozenset()
+            if not wanted:
+                raise FilterError("exclude_signals= leaves out every signal of signals=: "
+                                 "nothing to trace")
+    if isinstance(vias, str):
+        vias = [v.strip() for v in vias.split(",") if v.strip()]
+    via_set = frozenset(vias) if vias is not None else frozenset(VIA_NAMES)
+    if not via_set:
+        raise FilterError("vias= is empty: name at least one send path")
+    if kill_only:
+        if via_set <= {"kernel"}:
+            raise FilterError("kill_only= leaves out 'kernel', the only send path in vias=: "
+                             "nothing to trace")
+        via_set -= {"kernel"}
+    if failed_only and via_set <= {"kernel"}:
+        raise FilterError("failed_only= keeps failed sends only, and vias= has only 'kernel' "
+                         "(the kernel's own signals never fail): nothing to trace")
+    return Filters(
+        sender_pids=frozenset(pids), target_ids=frozenset(target_ids), signals=wanted,
+        excluded_signals=excluded,
+        comm=comm, vias=via_set, failed_only=failed_only,
+    )

@@ -75,6 +75,8 @@ VIA_NAMES = (
 )
 VIA_CODES = {name: code for code, name in enumerate(VIA_NAMES)}
 SYSCALL_VIAS = VIA_NAMES[1:]
+# Thread-directed calls that name the thread group too: arg_pid is the tgid, arg_tid the tid.
+TGID_VIAS = frozenset({"tgkill", "rt_tgsigqueueinfo"})
 
 
 class Field(NamedTuple):
@@ -141,7 +143,3 @@ REST_STRUCT = struct.Struct("<" + "".join(f.fmt for f in list(FIELDS.values())[4
 def offset(name: str) -> int:
     """Byte offset of a record field, for the program builder."""
     return FIELDS[name].offset
-
-
-def size(name: str) -> int:
-    return FIELDS[name].size

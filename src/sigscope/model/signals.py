@@ -15,25 +15,34 @@ from __future__ import annotations
 
 import errno as _errno
 import re
-from typing import Dict, FrozenSet, Mapping, Tuple
+from collections.abc import Mapping
 
 from sigscope.errors import UsageError
 
 __all__ = [
     "CODE_NAMES",
-    "GENERATE_RESULTS",
+    "CORE_SIGNALS",
+    "DEFAULT_IGNORE_SIGNALS",
     "GENERIC_CODES",
+    "OUTCOMES",
+    "SIGCHLD",
+    "SIGCONT",
+    "SIGKILL",
     "SIGNALS",
     "KERNEL_SIGRTMIN",
     "SIGRTMAX",
+    "SIGSTOP",
+    "STOP_SIGNALS",
+    "SYS_SECCOMP",
     "SI_QUEUE",
+    "SI_TIMER",
     "SI_TKILL",
     "SI_USER",
     "SI_KERNEL",
     "SignalSpecError",
     "code_name",
     "errno_name",
-    "generate_result_name",
+    "outcome_name",
     "parse_signal",
     "parse_signal_list",
     "rt_range",
@@ -88,18 +97,18 @@ SIGRTMAX = 64  # _NSIG: the last signal, for the kernel and every C library on L
 # library cannot be asked.
 GLIBC_SIGRTMIN = 34
 
-_NAME_BY_NUMBER: Dict[int, str] = {number: name for name, number in SIGNALS.items()}
+_NAME_BY_NUMBER: dict[int, str] = {number: name for name, number in SIGNALS.items()}
 
 _SPEC_HELP = "use a name like SIGUSR1 or USR1, a number 1-64, or SIGRTMIN+N/SIGRTMAX-N"
 
-_rt_range: Tuple[int, int] | None = None
+_rt_range: tuple[int, int] | None = None
 
 
 class SignalSpecError(UsageError):
     """A signal spec given by the user could not be parsed (one-line message)."""
 
 
-def _ask_libc() -> Tuple[int, int]:
+def _ask_libc() -> tuple[int, int]:
     """(SIGRTMIN, SIGRTMAX) from the C library this process runs with. glibc and musl both
     export __libc_current_sigrtmin/__libc_current_sigrtmax (their SIGRTMIN/SIGRTMAX macros
     call them); a value outside the kernel's 32..64 is not believed."""
@@ -115,7 +124,7 @@ def _ask_libc() -> Tuple[int, int]:
     return GLIBC_SIGRTMIN, SIGRTMAX
 
 
-def rt_range() -> Tuple[int, int]:
+def rt_range() -> tuple[int, int]:
     """(SIGRTMIN, SIGRTMAX) as this system's C library numbers them: (34, 64) with glibc.
     Asked once (a dlsym and two calls, ~0.2 ms), when a real-time signal is first named or
     parsed; glibc's values when the C library does not say."""
@@ -187,13 +196,15 @@ def parse_signal(spec: str) -> int:
             )
         return number
     name = text if text.startswith("SIG") else "SIG" + text
-    number = SIGNALS.get(name, _ALIASES.get(name))
-    if number is None:
+    found = SIGNALS.get(name)
+    if found is None:
+        found = _ALIASES.get(name)
+    if found is None:
         raise SignalSpecError(f"unknown signal {spec.strip()!r}: {_SPEC_HELP}")
-    return number
+    return found
 
 
-def parse_signal_list(spec: str) -> FrozenSet[int]:
+def parse_signal_list(spec: str) -> frozenset[int]:
     """Parse a comma-separated list such as "USR1,TERM,12" (empty items are ignored)."""
     items = [item for item in spec.split(",") if item.strip()]
     if not items:
@@ -229,7 +240,7 @@ GENERIC_CODES: Mapping[int, str] = {
 }
 
 
-def _numbered(*names: str) -> Dict[int, str]:
+def _numbered(*names: str) -> dict[int, str]:
     """Positive per-signal codes are numbered from 1 in UAPI order."""
     return {index: name for index, name in enumerate(names, start=1) if name}
 
@@ -252,7 +263,8 @@ _CLD_CODES = _numbered(
     "CLD_EXITED", "CLD_KILLED", "CLD_DUMPED", "CLD_TRAPPED", "CLD_STOPPED", "CLD_CONTINUED",
 )
 _POLL_CODES = _numbered("POLL_IN", "POLL_OUT", "POLL_MSG", "POLL_ERR", "POLL_PRI", "POLL_HUP")
-_SYS_CODES = _numbered("SYS_SECCOMP")
+SYS_SECCOMP = 1  # SIGSYS si_code: seccomp(2) SECCOMP_RET_TRAP
+_SYS_CODES = {SYS_SECCOMP: "SYS_SECCOMP"}
 
 # Per-signal positive codes. Signals without their own set use the POLL_* codes (the UAPI says
 # so: fcntl(F_SETSIG) delivers any signal with POLL_* reasons).
@@ -327,18 +339,36 @@ def errno_name(value: int) -> str:
 
 
 # --- signal_generate `result` ------------------------------------------------------------------
-# include/trace/events/signal.h, enum TRACE_SIGNAL_*.
-GENERATE_RESULTS: Tuple[str, ...] = (
+# include/trace/events/signal.h, enum TRACE_SIGNAL_* (DELIVERED, IGNORED, ALREADY_PENDING,
+# OVERFLOW_FAIL, LOSE_INFO), in the names sigscope reports: index = the tracepoint's `result`.
+OUTCOMES: tuple[str, ...] = (
     "delivered",
     "ignored",
     "already_pending",
-    "overflow_fail",
+    "overflow",
     "lose_info",
 )
 
 
-def generate_result_name(result: int) -> str:
-    """What signal_generate's `result` says became of the signal, e.g. "ignored"."""
-    if 0 <= result < len(GENERATE_RESULTS):
-        return GENERATE_RESULTS[result]
-    return str(result)
+def outcome_name(result: int | None) -> str | None:
+    """What signal_generate's `result` says became of the signal, e.g. "ignored"; None when
+    nothing was generated (None or negative: record.GEN_NONE); str(result) when unknown."""
+    if result is None or result < 0:
+        return None
+    return OUTCOMES[result] if result < len(OUTCOMES) else str(result)
+
+
+# --- signals by default action ---------------------------------------------------------------
+# signal(7), "Standard signals"; the kernel's sig_kernel_stop/sig_kernel_ignore/
+# sig_kernel_coredump masks (include/linux/signal.h). Every other standard signal terminates.
+SIGKILL = SIGNALS["SIGKILL"]
+SIGCHLD = SIGNALS["SIGCHLD"]
+SIGCONT = SIGNALS["SIGCONT"]
+SIGSTOP = SIGNALS["SIGSTOP"]
+STOP_SIGNALS: frozenset[int] = frozenset(
+    SIGNALS[name] for name in ("SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU"))
+DEFAULT_IGNORE_SIGNALS: frozenset[int] = frozenset(
+    SIGNALS[name] for name in ("SIGCHLD", "SIGURG", "SIGWINCH"))
+CORE_SIGNALS: frozenset[int] = frozenset(
+    SIGNALS[name] for name in ("SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE",
+                               "SIGSEGV", "SIGXCPU", "SIGXFSZ", "SIGSYS"))

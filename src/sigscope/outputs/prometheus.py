@@ -15,14 +15,15 @@ from __future__ import annotations
 import os
 import re
 import threading
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
 from sigscope import __version__
-from sigscope.errors import SetupError, UsageError
-
-METRICS_PATH = "/metrics"
-# The port deploy/ and the docs use; nothing in this module depends on it.
-DEFAULT_PORT = 9567
+from sigscope.errors import UsageError
+from sigscope.model.counts import CountRow, Health
+from sigscope.outputs.exporter_base import (  # noqa: F401 (METRICS_PATH: re-exported)
+    METRICS_PATH,
+    ExporterError,
+)
 
 # Every label a user may keep, in the order they appear in the output when all are kept.
 LABEL_NAMES: Tuple[str, ...] = (
@@ -41,56 +42,6 @@ DEFAULT_LABELS: Tuple[str, ...] = ("signal", "via", "outcome", "sender_comm", "t
 MISSING_DEPENDENCY = (
     "the Prometheus exporter needs prometheus-client: pip install 'sigscope[prometheus]'"
 )
-
-
-class ExporterError(SetupError, RuntimeError):
-    """A one-line, user-facing failure of the exporter (missing dependency, cannot listen)."""
-
-
-class CountRow(NamedTuple):
-    """One aggregated key of the kernel count map and its cumulative count since start.
-
-    ``target_pid``/``target_comm`` are None when the signal had no single resolved target (e.g. a
-    process-group kill or a failed send to a pid that does not exist); ``result``/``error`` are
-    None when no sending syscall was involved (kernel-generated signals); ``outcome`` is None when
-    the fate of the signal is not known (yet).
-    """
-
-    sender_pid: int
-    sender_comm: str
-    target_pid: Optional[int]
-    target_comm: Optional[str]
-    sig: int
-    signal: str
-    via: str
-    result: Optional[int]
-    error: Optional[str]
-    outcome: Optional[str]
-    count: int
-
-
-class Health(NamedTuple):
-    """Health of the counting side; counters are cumulative since start.
-
-    lost_events: signals that matched the filters but could not be counted (the in-flight map
-                 was full, a call was still in flight when the programs were detached).
-    map_full:    1 while the kernel map holds max_keys keys (new label sets then go to the
-                 "other" bucket), else 0.
-    other:       signals counted in the "other" bucket (their key did not fit the map).
-    records:     signals counted in total, keyed and "other" alike.
-    keys:        keys held in the kernel map now.
-    max_keys:    keys the kernel map can hold (0: not known).
-    skipped:     probe runs the kernel skipped (another BPF program was running on that CPU,
-                 bpf_prog_info.recursion_misses): unknown whether they matched the filters.
-    """
-
-    lost_events: int
-    map_full: int
-    other: int
-    records: int
-    keys: int = 0
-    max_keys: int = 0
-    skipped: int = 0
 
 
 Snapshot = Callable[[], Tuple[List[CountRow], Health]]

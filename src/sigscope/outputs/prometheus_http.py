@@ -11,7 +11,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Tuple
 
-from sigscope.outputs.prometheus import METRICS_PATH, ExporterError
+from sigscope.outputs.exporter_base import METRICS_PATH, ExporterError
 
 log = logging.getLogger("sigscope.outputs.prometheus")
 
@@ -74,7 +74,8 @@ class MetricsServer:
         self._httpd = httpd
         self._thread = thread
         address = httpd.server_address
-        self.host: str = address[0]
+        host = address[0]  # a str for AF_INET/AF_INET6 sockets
+        self.host: str = host if isinstance(host, str) else bytes(host).decode()
         self.port: int = address[1]
 
     @property

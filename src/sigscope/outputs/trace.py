@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
-from sigscope.model.event import Event
+from sigscope.model.event import Event, Runs
 from sigscope.outputs.escape import printable
 
 if TYPE_CHECKING:
@@ -70,8 +70,8 @@ class TextWriter:
         seconds, nanos = divmod(event.time_ns, 1_000_000_000)
         return self.stamp(seconds) + f".{nanos // 1000:06d}"
 
-    # The LineRenderer protocol of decode.py (the storm path: records straight to lines); used
-    # for the plain live table (not with -t or --fate).
+    # The storm path (runs of one shape straight to lines, render_runs): used for the plain
+    # live table (not with -t or --fate).
     name = "text"
 
     def stamp(self, seconds: int) -> str:
@@ -95,21 +95,29 @@ class TextWriter:
             _dash(e.outcome))
 
     def lines(self, lines: list[str]) -> None:
-        """Lines rendered by Decoder.render()."""
+        """Lines rendered already (render())."""
         _write_lines(self.out, lines)
+
+    def render(self, runs: Runs) -> list[str]:
+        """The lines of Decoder.runs() output: exactly line() of each record's Event."""
+        return render_runs(runs, self.name, self.template, self.stamp, self.line)
+
+    def runs(self, runs: Runs) -> None:
+        """Write Decoder.runs() output (only when renders_lines)."""
+        _write_lines(self.out, self.render(runs))
 
     @property
     def renders_lines(self) -> bool:
-        """Whether Decoder.render() can produce this output (the plain table)."""
+        """Whether runs() can produce this output (the plain table)."""
         return not (self.relative or self.fate)
 
-    def events(self, events: list[Event]) -> None:
+    def events(self, events: Sequence[Event | Fate]) -> None:
         if self.fate:
             self._fate_events(events)
             return
-        _write_lines(self.out, [self.line(e) for e in events])
+        _write_lines(self.out, [self.line(e) for e in events if isinstance(e, Event)])
 
-    def _fate_events(self, items: list[Event | Fate]) -> None:
+    def _fate_events(self, items: Sequence[Event | Fate]) -> None:
         from sigscope.fate import QUEUED_OUTCOMES, SIGCONT, format_latency  # only with --fate
 
         fmt = _FATE_TEXT_FORMAT.format
@@ -146,8 +154,8 @@ class TextWriter:
 
 
 # Lines are joined and written this many at a time: a larger string is a fresh multi-page
-# allocation each time, and its page faults cost more (measured: ten times more per line in a
-# VM) than the extra write calls.
+# allocation each time, and its page faults cost more (measured in a VM: bench/README.md) than
+# the extra write calls.
 _WRITE_CHUNK_LINES = 256
 
 
@@ -155,6 +163,55 @@ def _write_lines(out: TextIO, lines: list[str]) -> None:
     write = out.write
     for start in range(0, len(lines), _WRITE_CHUNK_LINES):
         write("\n".join(lines[start:start + _WRITE_CHUNK_LINES]) + "\n")
+
+
+def render_runs(
+    runs: Runs,
+    name: str,
+    template: Callable[[Event], str],
+    stamp: Callable[[int], str],
+    line: Callable[[Event], str],
+) -> list[str]:
+    """Lines of Decoder.runs() output, in order: the storm path of an output.
+
+    Each shape is rendered once, by ``template(event)``, to a %-format string whose holes are,
+    in order: the event id (%d), the wall-clock second as ``stamp(seconds)`` renders it (%s),
+    the microseconds within it (%06d), and ktime_ns (%d); it is kept in ``shape.rendered[name]``.
+    Then each record of a run costs one % and one append. Events (records off the hot path)
+    are rendered by ``line(event)``."""
+    lines: list[str] = []
+    append = lines.append
+    second, second_text = -1, ""
+    ktimes, offset = runs.ktimes, runs.wall_offset_ns
+    event_id, at = runs.first_id, 0
+    for item, count in zip(runs.items, runs.lengths, strict=True):
+        if isinstance(item, Event):
+            append(line(item))
+            event_id += 1
+            continue
+        text = item.rendered.get(name)
+        if text is None:
+            ktime = ktimes[at]
+            text = item.rendered[name] = template(Event(event_id, ktime, ktime + offset, item))
+        if count == 1:  # no slice, no inner loop: records of two senders interleaved
+            ktime = ktimes[at]
+            wall = ktime + offset
+            seconds = wall // 1_000_000_000
+            if seconds != second:
+                second, second_text = seconds, stamp(seconds)
+            append(text % (event_id, second_text, wall % 1_000_000_000 // 1000, ktime))
+            event_id += 1
+            at += 1
+            continue
+        for ktime in ktimes[at:at + count]:
+            wall = ktime + offset
+            seconds = wall // 1_000_000_000
+            if seconds != second:
+                second, second_text = seconds, stamp(seconds)
+            append(text % (event_id, second_text, wall % 1_000_000_000 // 1000, ktime))
+            event_id += 1
+        at += count
+    return lines
 
 
 # Placeholders that JSON-encode to text no real value can produce.
@@ -171,6 +228,8 @@ class JsonWriter:
     """
 
     def __init__(self, out: TextIO) -> None:
+        import json  # here, not at the top: the text table's start-up does without it
+
         self.out = out
         # Compact separators: a storm writes hundreds of MB of these. Non-ASCII characters as
         # themselves where the output is UTF-8, else as \uNNNN: valid JSON either way.
@@ -183,7 +242,7 @@ class JsonWriter:
     def header(self) -> None:
         pass
 
-    # The LineRenderer protocol of decode.py (the storm path: records straight to lines).
+    # The storm path (runs of one shape straight to lines, render_runs).
     name = "json"
     renders_lines = True
 
@@ -198,23 +257,26 @@ class JsonWriter:
         if not isinstance(e, Event):  # a Fate
             return self._dumps(e.to_dict())
         shape = e.shape
-        if shape is None:
-            template = self._template(e)
-        else:
-            template = shape.rendered.get("json")  # type: ignore[assignment]
-            if template is None:
-                template = shape.rendered["json"] = self._template(e)
+        template = shape.rendered.get("json")
+        if template is None:
+            template = shape.rendered["json"] = self._template(e)
         seconds, nanos = divmod(e.time_ns, 1_000_000_000)
         if seconds != self._second:
             self._second = seconds
             self._second_text = self.stamp(seconds)
         return template % (e.id, self._second_text, nanos // 1000, e.ktime_ns)
 
-    event_json = line
-
     def lines(self, lines: list[str]) -> None:
-        """Lines rendered by Decoder.render()."""
+        """Lines rendered already (render())."""
         _write_lines(self.out, lines)
+
+    def render(self, runs: Runs) -> list[str]:
+        """The lines of Decoder.runs() output: exactly line() of each record's Event."""
+        return render_runs(runs, self.name, self.template, self.stamp, self.line)
+
+    def runs(self, runs: Runs) -> None:
+        """Write Decoder.runs() output."""
+        _write_lines(self.out, self.render(runs))
 
     def _template(self, e: Event) -> str:
         d = e.to_dict()
@@ -224,7 +286,7 @@ class JsonWriter:
                 .replace(self._dumps(_HOLE_TIME), '"%s.%06dZ"')
                 .replace(self._dumps(_HOLE_KTIME), "%d"))
 
-    def events(self, events: list[Event]) -> None:
+    def events(self, events: Sequence[Event | Fate]) -> None:
         """Signal records; with --fate also {"type": "fate"} records (Fate.to_dict())."""
         if not events:
             return
@@ -233,15 +295,13 @@ class JsonWriter:
         append = lines.append
         second, second_text = self._second, self._second_text
         for e in events:
+            if not isinstance(e, Event):  # a Fate
+                append(self._dumps(e.to_dict()))
+                continue
             try:
                 template = e.shape.rendered["json"]
-            except (AttributeError, KeyError):  # a Fate, an Event without shape, a new shape
-                if not isinstance(e, Event):  # a Fate
-                    append(self._dumps(e.to_dict()))
-                    continue
-                template = self._template(e)
-                if e.shape is not None:
-                    e.shape.rendered["json"] = template
+            except KeyError:  # a new shape
+                template = e.shape.rendered["json"] = self._template(e)
             seconds, nanos = divmod(e.time_ns, 1_000_000_000)
             if seconds != second:
                 second = seconds

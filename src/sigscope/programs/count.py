@@ -33,7 +33,6 @@ from typing import NamedTuple
 
 from sigscope.bpf import asm
 from sigscope.bpf.asm import DW, R0, R1, R2, R3, R4, R10, W
-from sigscope.bpf.tracefs import EventFormat
 from sigscope.bpf.uapi import BPF_NOEXIST
 from sigscope.model import record as rec
 from sigscope.model.filters import Filters
@@ -214,18 +213,3 @@ def probe_config(filters: Filters, fds: CountMapFds,
         emit=partial(emit_count, fds=fds, keep=keep),
     )
 
-
-def build_sys_enter(cfg: probes.ProbeConfig, call: str, fmt: EventFormat) -> list:
-    return probes.build_sys_enter(cfg, call, fmt)
-
-
-def build_signal_generate(cfg: probes.ProbeConfig, fmt: EventFormat) -> list:
-    return probes.build_signal_generate(cfg, fmt)
-
-
-def build_sys_exit(cfg: probes.ProbeConfig, call: str, fmt: EventFormat) -> list:
-    return probes.build_sys_exit(cfg, call, fmt)
-
-
-def unpack_key(key: bytes) -> dict[str, int | bytes]:
-    return dict(zip((name for name, _ in KEY_FIELDS), KEY_STRUCT.unpack(key), strict=True))

@@ -26,6 +26,7 @@ from sigscope.bpf import asm
 from sigscope.bpf.asm import DW, R0, R1, R2, R3, R6, R7, R8, R9, R10, B, W
 from sigscope.bpf.tracefs import EventFormat
 from sigscope.model import record as rec
+from sigscope.model.signals import SIGKILL
 from sigscope.programs.common import _STACK_KEY, _STACK_RECORD, _Labels
 from sigscope.programs.signal import (
     ProbeConfig,
@@ -38,7 +39,6 @@ from sigscope.programs.signal import (
     _zero_stack_record,
 )
 
-SIGKILL = 9
 # What each program reads from its tracepoint (names as in the tracefs format files).
 DELIVER_FIELDS = ("sig", "errno", "code", "sa_handler", "sa_flags")
 EXIT_FIELDS = ("group_dead",)

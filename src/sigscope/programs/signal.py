@@ -55,9 +55,9 @@ OUTPUT_PERF = "perf"
 # next INFLIGHT_PROBES that is not busy. Only the owner touches a busy slot, so preemption and
 # migration inside the call do not matter. generate and exit find the slot among the same
 # INFLIGHT_PROBES by its owner word. Array lookups are inlined by the verifier: this replaces
-# a hash lookup (a helper call, ~25 ns here) in each of the three programs. When every probed
+# a hash lookup (a helper call; bench/README.md) in each of the three programs. When every probed
 # slot is busy the call is counted in COUNTER_INFLIGHT_FULL, as a full map was before.
-INFLIGHT_SLOTS = 1024        # user space scans them all (fate horizon): ~1 ms
+INFLIGHT_SLOTS = 1024        # user space scans them all (fate horizon; cost: bench/README.md)
 INFLIGHT_PROBES = 4
 INFLIGHT_BUSY = 1 << 30      # above any thread id (PID_MAX_LIMIT is 1 << 22)
 _OWNER = rec.RECORD_SIZE                # offset of the owner word in a slot
@@ -514,7 +514,7 @@ def _inflight_full(cfg: ProbeConfig, full: str, labels: _Labels) -> list:
 def _build_sys_enter_task(cfg: ProbeConfig, call: str, enter: EventFormat, layout: TaskLayout,
                           suppressed: bool) -> list:
     """build_sys_enter reading the sender from its task_struct: two helper calls (task, time)
-    instead of four (pid_tgid, comm, uid, time), ~90 ns less per call here."""
+    instead of four (pid_tgid, comm, uid, time): two helper calls less per call."""
     labels, out, full = _Labels(), "out", "inflight_full"
     sig = enter.field("sig")
     prog = [*_task_prologue(layout), *_sender_filters(cfg, out, labels)]

@@ -1,6 +1,7 @@
 """Reading the sender of a signal straight from its task_struct.
 
-On this kind of machine every BPF helper call costs 25-30 ns (return-stack mitigations), while
+On this kind of machine every BPF helper call costs tens of ns (return-stack mitigations;
+figures in bench/README.md), while
 loads through a BTF-typed pointer are inlined: so the probes read the sender's pid, tgid, comm
 and uid from `bpf_get_current_task_btf()` at offsets from the running kernel's BTF, with
 exactly the results of get_current_pid_tgid/get_current_comm/get_current_uid_gid.
@@ -35,9 +36,9 @@ class TaskLayout(NamedTuple):
 def task_layout() -> TaskLayout | None:
     """The sender fields' offsets, or None when they cannot be read directly: no BTF, a
     kernel without bpf_get_current_task_btf, or no right to load programs (then the programs
-    use get_current_comm/get_current_uid_gid, which cost ~25-30 ns each per call here).
-    Found by a targeted BTF scan (~0.3 ms; a full parse would add ~60 ms to start-up) and
-    checked by loading a program that makes exactly those reads (~1 ms)."""
+    use get_current_comm/get_current_uid_gid, a helper call each per record). Found by a
+    targeted BTF scan (a full parse would cost start-up time) and checked by loading a program
+    that makes exactly those reads (costs in bench/README.md)."""
     try:
         found = btf_scan.vmlinux_struct_members("task_struct", "cred")
         task, cred = found["task_struct"], found["cred"]
@@ -125,8 +126,9 @@ def _task_sender_to_stack(layout: TaskLayout, comm: bytes | None, fail: str,
     """The sender's comm and uid into the stack record, read from its task (uid:
     task->cred->uid, which get_current_uid_gid maps through the initial user namespace, where
     the mapping is the identity); jump to fail unless the comm equals `comm` (None: any).
-    The uid is read first, before any branch: the verifier takes ~0.7 ms over each load
-    through task->cred on each path that reaches it (it looks types up by name). Uses r1-r5."""
+    The uid is read first, before any branch: the verifier spends time (bench/README.md) over
+    each load through task->cred on each path that reaches it (it looks types up by name).
+    Uses r1-r5."""
     prog = [
         asm.ldx(DW, R5, R10, _STACK_TASK),
         asm.ldx(DW, R1, R5, layout.cred),

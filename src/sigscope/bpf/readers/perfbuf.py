@@ -78,7 +78,7 @@ class PerfWalk(NamedTuple):
 
 
 _BULK_WINDOW = 32
-_BULK_MIN = 8  # below this a batch is cheaper record by record (measured)
+_BULK_MIN = 8  # below this a batch is cheaper record by record (bench/README.md)
 
 
 def walk_perf(
@@ -330,15 +330,28 @@ class PerfBufReader:
         self._epoll.poll(timeout_ms / 1000.0 if timeout_ms >= 0 else -1)
         return any(ring.pending() for ring in self._rings)
 
-    def read(self, record_size: int | None = None, max_bytes: int | None = None) -> Records:
-        """All samples now in the rings, CPU by CPU (each CPU's in order); frees their space.
+    def read(self, record_size: int, max_bytes: int | None = None) -> bytes:
+        """All samples now in the rings, CPU by CPU (each CPU's in order), each exactly
+        `record_size` bytes, concatenated; frees their space. Samples of another length are
+        skipped and counted in `.malformed`.
 
         `max_bytes` is accepted for the Reader interface and ignored: perf records vary in size,
         so a ring is always consumed up to data_head (each CPU's ring bounds the batch).
-
-        Same contract as RingBufReader.read. Order across CPUs is not defined: a task that
-        migrates may have later samples in a lower-numbered CPU's ring.
+        Order across CPUs is not defined: a task that migrates may have later samples in a
+        lower-numbered CPU's ring.
         """
+        records = self._walk(record_size)
+        assert isinstance(records, bytes)
+        return records
+
+    def read_each(self) -> list[bytes]:
+        """Every sample now in the rings, CPU by CPU, as its raw data (with the kernel's
+        padding: up to 7 bytes); frees their space."""
+        records = self._walk(None)
+        assert isinstance(records, list)
+        return records
+
+    def _walk(self, record_size: int | None) -> Records:
         listed: list[bytes] = []
         joined: list[bytes] = []
         for ring in self._rings:
@@ -354,10 +367,10 @@ class PerfBufReader:
             ring.tail[0] = walk.tail
             self.lost += walk.lost
             self.malformed += walk.malformed
-            if record_size is None:
+            if isinstance(walk.records, list):
                 listed.extend(walk.records)
             else:
-                joined.append(walk.records)  # type: ignore[arg-type]
+                joined.append(walk.records)
         if record_size is None:
             return listed
         return joined[0] if len(joined) == 1 else b"".join(joined)

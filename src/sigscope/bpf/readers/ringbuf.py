@@ -24,7 +24,7 @@ import mmap
 import os
 import select
 import struct
-from typing import TYPE_CHECKING, NamedTuple, Protocol, Union
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol, Union
 
 from sigscope.bpf.uapi import BPF_RINGBUF_BUSY_BIT, BPF_RINGBUF_DISCARD_BIT, BPF_RINGBUF_HDR_SZ
 from sigscope.errors import KernelError
@@ -36,8 +36,8 @@ PAGE_SIZE = mmap.PAGESIZE
 
 _U32 = struct.Struct("<I")
 
-# The records one read() returns: a list (one bytes per record) or, with a record size, the
-# fixed-size records concatenated.
+# What a walk over a ring collects: a list (one bytes per record) or, with a record size, the
+# fixed-size records concatenated. The readers' methods each return one of the two.
 Records = Union["list[bytes]", bytes]
 
 
@@ -55,7 +55,9 @@ class Reader(Protocol):
 
     def poll(self, timeout_ms: int) -> bool: ...
 
-    def read(self, record_size: int | None = None, max_bytes: int | None = None) -> Records: ...
+    def read(self, record_size: int, max_bytes: int | None = None) -> bytes: ...
+
+    def read_each(self) -> list[bytes]: ...
 
     def close(self) -> None: ...
 
@@ -69,7 +71,7 @@ def round_up8(n: int) -> int:
 # gather equally placed payloads, all with strided memoryview copies (C loops, no per-record
 # Python objects).
 
-_FORMAT_OF_WIDTH = {8: "Q", 4: "I", 2: "H", 1: "B"}
+_FORMAT_OF_WIDTH: dict[int, Literal["Q", "I", "H", "B"]] = {8: "Q", 4: "I", 2: "H", 1: "B"}
 
 
 def column(region: memoryview, stride: int, offset: int, width: int) -> bytes:
@@ -132,7 +134,7 @@ class RingWalk(NamedTuple):
 # Bulk runs are attempted over a window that doubles while runs stay uniform and drops back to
 # this after a mismatch, so a ring full of odd records costs O(n) and not O(n^2).
 _BULK_WINDOW = 32
-_BULK_MIN = 8  # below this a batch is cheaper record by record (measured)
+_BULK_MIN = 8  # below this a batch is cheaper record by record (bench/README.md)
 
 
 def walk_ring(
@@ -271,7 +273,8 @@ class RingBufReader:
             self._epoll.register(fd, select.EPOLLIN)
         except OSError as err:
             self.close()
-            raise ReaderError(f"cannot epoll ring buffer map: {os.strerror(err.errno)}") from err
+            reason = os.strerror(err.errno or 0)
+            raise ReaderError(f"cannot epoll ring buffer map: {reason}") from err
 
     # positions -------------------------------------------------------------------------------
 
@@ -305,14 +308,23 @@ class RingBufReader:
         self._epoll.poll(timeout_ms / 1000.0 if timeout_ms >= 0 else -1)
         return self.available_bytes() > 0
 
-    def read(self, record_size: int | None = None, max_bytes: int | None = None) -> Records:
-        """All committed records now in the ring, oldest first; frees their space.
+    def read(self, record_size: int, max_bytes: int | None = None) -> bytes:
+        """The committed records now in the ring, oldest first, each exactly `record_size`
+        bytes, concatenated into one bytes for struct.iter_unpack; frees their space. Records of
+        another length are skipped and counted in `.malformed`. With `max_bytes`, at most about
+        that many bytes of the ring are consumed; the rest waits for the next read."""
+        records = self._walk(record_size, max_bytes)
+        assert isinstance(records, bytes)
+        return records
 
-        Without `record_size`: a list of bytes, one per record. With it: the records (each
-        exactly `record_size` bytes) concatenated into one bytes for struct.iter_unpack; records
-        of another length are skipped and counted in `.malformed`. With `max_bytes`, at most
-        about that many bytes of the ring are consumed; the rest waits for the next read.
-        """
+    def read_each(self) -> list[bytes]:
+        """Every committed record now in the ring, oldest first, as one bytes each (any
+        length); frees their space."""
+        records = self._walk(None, None)
+        assert isinstance(records, list)
+        return records
+
+    def _walk(self, record_size: int | None, max_bytes: int | None) -> Records:
         if not self._views:
             raise ReaderError("ring buffer reader is closed")
         consumer = self._consumer_pos[0]

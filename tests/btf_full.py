@@ -1,4 +1,9 @@
-"""A small, lazy reader of the kernel's BTF (``/sys/kernel/btf/vmlinux``).
+"""A small, lazy reader of the kernel's BTF (``/sys/kernel/btf/vmlinux``): the tests' oracle.
+
+Not part of the product: sigscope reads the few offsets it needs with the quick scan of
+``sigscope.bpf.btf_scan`` (start-up cost ~1 ms instead of ~60 ms for a full parse). This full,
+independent parser checks the scan's answers on the running kernel (tests/kernel) and is itself
+tested on synthetic blobs (tests/unit/test_btf.py).
 
 BPF programs that read kernel memory (``bpf_probe_read_kernel`` on a ``task_struct``) need the
 byte offsets of struct fields on the *running* kernel. Without compiler-side CO-RE we take them
@@ -21,7 +26,6 @@ import time
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
 
 from sigscope.errors import SetupError
 
@@ -80,7 +84,7 @@ KIND_NAMES = {
 #   ENUM: btf_enum (8) x vlen; FUNC_PROTO: btf_param (8) x vlen; VAR: btf_var (4);
 #   DATASEC: btf_var_secinfo (12) x vlen; DECL_TAG: btf_decl_tag (4); ENUM64: btf_enum64 (12)
 #   x vlen. FUNC keeps its linkage in vlen and has no trailing data.
-_TRAILER: Dict[int, Tuple[int, int]] = {
+_TRAILER: dict[int, tuple[int, int]] = {
     BTF_KIND_INT: (4, 0),
     BTF_KIND_PTR: (0, 0),
     BTF_KIND_ARRAY: (12, 0),
@@ -154,8 +158,8 @@ class Struct:
     name: str
     kind: int
     size: int
-    members: Dict[str, Member]
-    anonymous: Tuple[Member, ...]
+    members: dict[str, Member]
+    anonymous: tuple[Member, ...]
 
     @property
     def is_union(self) -> bool:
@@ -165,20 +169,20 @@ class Struct:
 class Btf:
     """Parsed BTF: type locations are known at once, everything else is decoded on demand."""
 
-    def __init__(self, data: Union[bytes, bytearray, memoryview], source: str = "<bytes>") -> None:
+    def __init__(self, data: bytes | bytearray | memoryview, source: str = "<bytes>") -> None:
         self.source = source
         self._data = memoryview(bytes(data)) if not isinstance(data, bytes) else memoryview(data)
         started = time.perf_counter()
         self._parse_header()
         self._scan_types()
         self.parse_seconds = time.perf_counter() - started
-        self._name_index: Optional[Dict[str, List[int]]] = None
-        self._structs: Dict[int, Struct] = {}
+        self._name_index: dict[str, list[int]] | None = None
+        self._structs: dict[int, Struct] = {}
 
     # --- loading ---------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, path: Union[str, Path] = VMLINUX_BTF_PATH) -> Btf:
+    def load(cls, path: str | Path = VMLINUX_BTF_PATH) -> Btf:
         """Read and index a BTF file; the kernel's vmlinux BTF is cached per process."""
         path = str(path)
         if path == VMLINUX_BTF_PATH:
@@ -319,9 +323,9 @@ class Btf:
         self._check_id(type_id)
         return self.string(self._name_offs[type_id])
 
-    def _name_lookup(self) -> Dict[str, List[int]]:
+    def _name_lookup(self) -> dict[str, list[int]]:
         if self._name_index is None:
-            index: Dict[str, List[int]] = {}
+            index: dict[str, list[int]] = {}
             strings = self._strings
             find = strings.find
             infos, name_offs = self._infos, self._name_offs
@@ -334,7 +338,7 @@ class Btf:
             self._name_index = index
         return self._name_index
 
-    def find_type(self, name: str, kinds: Optional[frozenset] = None) -> Optional[int]:
+    def find_type(self, name: str, kinds: frozenset | None = None) -> int | None:
         """Id of the first named STRUCT/UNION/TYPEDEF/ENUM called ``name`` (of ``kinds``)."""
         for type_id in self._name_lookup().get(name, ()):
             if kinds is None or self.kind(type_id) in kinds:
@@ -367,18 +371,18 @@ class Btf:
             "has no size"
         )
 
-    def _array(self, type_id: int) -> Tuple[int, int, int]:
+    def _array(self, type_id: int) -> tuple[int, int, int]:
         """(element type, index type, number of elements) of an ARRAY."""
         return struct.unpack_from(self._endian + "III", self._data, self._starts[type_id] + 12)
 
-    def array_length(self, type_id: int) -> Optional[int]:
+    def array_length(self, type_id: int) -> int | None:
         """Element count when ``type_id`` resolves to an ARRAY, else None."""
         resolved = self.resolve(type_id)
         if self.kind(resolved) != BTF_KIND_ARRAY:
             return None
         return self._array(resolved)[2]
 
-    def _legacy_int_bitfield(self, type_id: int) -> Tuple[int, int]:
+    def _legacy_int_bitfield(self, type_id: int) -> tuple[int, int]:
         """(extra bit offset, bit count) for a member typed by a bitfield INT (kind_flag=0)."""
         if self.kind(type_id) != BTF_KIND_INT:
             return 0, 0
@@ -406,8 +410,8 @@ class Btf:
             )
         unpack_from = struct.Struct(self._endian + "III").unpack_from
         bitfields_in_offset = self._kind_flag(type_id)
-        members: Dict[str, Member] = {}
-        anonymous: List[Member] = []
+        members: dict[str, Member] = {}
+        anonymous: list[Member] = []
         pos = self._starts[type_id] + 12
         for _ in range(self._vlen(type_id)):
             name_off, member_type, offset = unpack_from(self._data, pos)
@@ -444,7 +448,7 @@ class Btf:
             raise BtfError(f"struct {name} not found in kernel BTF ({self.source})")
         return self.struct_by_id(type_id)
 
-    def _find_member(self, parent: Struct, field: str, depth: int = 0) -> Optional[Member]:
+    def _find_member(self, parent: Struct, field: str, depth: int = 0) -> Member | None:
         """``field`` in ``parent`` or, transparently, in its anonymous struct/union members;
         the returned Member's offset is relative to ``parent``."""
         member = parent.members.get(field)
@@ -525,15 +529,10 @@ class Btf:
         return name
 
 
-_vmlinux_cache: Optional[Btf] = None
+_vmlinux_cache: Btf | None = None
 
 
-def load_vmlinux() -> Btf:
-    """The running kernel's BTF, parsed once per process."""
-    return Btf.load(VMLINUX_BTF_PATH)
-
-
-def available(path: Union[str, Path] = VMLINUX_BTF_PATH) -> bool:
+def available(path: str | Path = VMLINUX_BTF_PATH) -> bool:
     """True when the BTF file exists and parses."""
     try:
         Btf.load(path)
