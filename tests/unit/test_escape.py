@@ -12,7 +12,7 @@ from test_decode import call, fake_proc, recipient
 
 from sigscope import top
 from sigscope.decode import Decoder, ProcResolver
-from sigscope.outputs.escape import printable
+from sigscope.model.escape import printable
 from sigscope.outputs.trace import JsonWriter, TextWriter
 
 EVIL = "\x1b[31mRED\n\x1b[0m"
@@ -55,7 +55,7 @@ def test_text_table_escapes_on_both_paths(tmp_path: Path) -> None:
     by_events, by_lines = io.StringIO(), io.StringIO()
     TextWriter(by_events).events(Decoder(ProcResolver(str(proc)), wall_offset_ns=7).decode(batch))
     writer = TextWriter(by_lines)
-    writer.lines(Decoder(ProcResolver(str(proc)), wall_offset_ns=7).render(batch, writer))
+    writer.runs(Decoder(ProcResolver(str(proc)), wall_offset_ns=7).runs(batch))
     assert by_lines.getvalue() == by_events.getvalue()  # the storm path equals the Event path
     text = by_lines.getvalue()
     assert "\x1b" not in text

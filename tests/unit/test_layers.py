@@ -18,6 +18,7 @@ PACKAGE = SRC / "sigscope"
 
 # Lowest first; a module may import its own layer and those below (docs/ARCHITECTURE.md).
 LAYERS = {
+    "base": -1,     # errors.py: imports nothing, so every layer may raise its classes
     "bpf": 0,
     "model": 1,
     "programs": 2,
@@ -37,6 +38,8 @@ def layer_of(module: str) -> str:
     parts = module.split(".")
     if len(parts) == 1 or parts[1] in ("__main__", "__init__"):
         return "package"
+    if parts[1] == "errors":
+        return "base"
     if parts[1] in ("bpf", "model", "programs", "outputs", "cli"):
         return parts[1]
     return "tool"
@@ -123,7 +126,8 @@ TRACE_MODULES = {
     "sigscope.bpf.kernel", "sigscope.bpf.maps", "sigscope.bpf.privileges",
     "sigscope.bpf.program", "sigscope.bpf.readers", "sigscope.bpf.readers.perfbuf",
     "sigscope.bpf.readers.ringbuf", "sigscope.bpf.syscall", "sigscope.bpf.tracefs",
-    "sigscope.bpf.uapi",
+    "sigscope.bpf.uapi", "sigscope.errors", "sigscope.model.escape", "sigscope.model.origins",
+    "sigscope.kstack", "sigscope.programs.origin",
 }
 # Standard library packages it may import (their submodules included); C accelerator modules
 # (leading underscore) are not listed. A superset for Python 3.10-3.13.
@@ -132,7 +136,7 @@ TRACE_STDLIB = {
     "errno", "fnmatch", "functools", "gettext", "itertools", "keyword", "locale", "lzma",
     "mmap", "operator", "re", "reprlib", "resource", "select", "shutil", "signal", "sre_compile",
     "sre_constants", "sre_parse", "stat", "struct", "textwrap", "types", "typing", "warnings",
-    "weakref", "zlib", "colorsys", "difflib", "heapq",
+    "weakref", "zlib", "colorsys", "difflib", "heapq", "bisect", "math",
 }
 NEVER_AT_START = {"json", "dataclasses", "http", "socketserver", "logging", "threading",
                   "prometheus_client", "sigscope.fate", "sigscope.top", "sigscope.send",

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from sigscope.model.event import Event, Runs
-from sigscope.outputs.escape import printable
+from sigscope.model.escape import printable
 
 if TYPE_CHECKING:
     from sigscope.fate import Fate
