@@ -44,10 +44,10 @@ from sigscope.decode import ProcResolver
 from sigscope.errors import SigscopeError, UsageError
 from sigscope.model import record as rec
 from sigscope.model.counts import CountRow, Health
+from sigscope.model.escape import printable
 from sigscope.model.event import outcome_name
 from sigscope.model.filters import Filters, make_filters
 from sigscope.model.signals import errno_name, signal_name
-from sigscope.model.escape import printable
 from sigscope.programs import count as top_probes
 from sigscope.programs import signal as probes
 from sigscope.programs.signal import COUNTER_INFLIGHT_FULL

@@ -6,8 +6,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
-from sigscope.model.event import Event, Runs
 from sigscope.model.escape import printable
+from sigscope.model.event import Event, Runs
 
 if TYPE_CHECKING:
     from sigscope.fate import Fate
