@@ -181,9 +181,7 @@ def cmd_probe(table: Table, args: argparse.Namespace) -> int:
     (kernel,) = pick(table, [args.kernel])
     probe = Path(__file__).with_name("probe_features.py")
     res = boot_and_report(kernel, f"python3 {shlex.quote(str(probe))} --json "
-                                  f"{shlex.quote(str(res_path := '$KM_OUT/features.json'))}",
-                          args.timeout, stream=True)
-    del res_path
+                                  "$KM_OUT/features.json", args.timeout, stream=True)
     try:
         measured = json.loads((res.out / "features.json").read_text())
     except (OSError, ValueError):
