@@ -230,11 +230,14 @@ def cmd_test(table: Table, args: argparse.Namespace) -> int:
             else "FAIL")
         rows.append({"kernel": k.name, "result": result, "status": res.status,
                      "summary": summary_line(res.output), "wall_s": round(res.wall, 1),
-                     "boot_s": res.guest_times.get("start"), "log": str(res.out)})
+                     "boot_s": res.guest_times.get("start"), "log": str(res.out),
+                     "console": res.console_alerts()})
     print()
     print(f"{'KERNEL':<12} {'RESULT':<9} {'WALL':>6}  PYTEST SUMMARY")
     for r in rows:
-        print(f"{r['kernel']:<12} {r['result']:<9} {r['wall_s']:>5.0f}s  {r['summary'] or '-'}")
+        alerts = " ".join(f"[{k} x{v}]" for k, v in r["console"].items())
+        print(f"{r['kernel']:<12} {r['result']:<9} {r['wall_s']:>5.0f}s  {r['summary'] or '-'}"
+              + (f"  console: {alerts}" if alerts else ""))
     for r in rows:
         print(f"  {r['kernel']}: {r['log']}")
     if args.json:

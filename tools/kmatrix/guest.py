@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -20,6 +21,8 @@ from .table import Kernel
 MEMORY = "2G"
 SMP = 2  # the CI hosts have 2 cores; one vCPU thread each under thread=multi TCG
 NO_STATUS = 125  # exit status when the guest never reported one (boot failure, timeout)
+ALERTS = {"soft-lockup": re.compile(r"soft lockup"), "rcu-stall": re.compile(r"rcu.*stall"),
+          "oops": re.compile(r"\bBUG:|Oops"), "warning": re.compile(r"WARNING: CPU")}
 
 
 @dataclass
@@ -36,6 +39,19 @@ class Result:
             return (self.out / "cmd.log").read_text(errors="replace")
         except OSError:
             return ""
+
+    def console_alerts(self) -> dict[str, int]:
+        """How often the guest kernel complained (soft lockups, RCU stalls, oopses, warnings)."""
+        try:
+            text = (self.out / "console.log").read_text(errors="replace")
+        except OSError:
+            return {}
+        counts: dict[str, int] = {}
+        for line in text.splitlines():
+            for label, rx in ALERTS.items():
+                if rx.search(line):
+                    counts[label] = counts.get(label, 0) + 1
+        return counts
 
     def console_tail(self, lines: int = 30) -> str:
         try:
