@@ -70,6 +70,8 @@ def parser() -> argparse.ArgumentParser:
         r.add_argument("kernel", metavar="KERNEL")
         r.add_argument("--timeout", type=float, help="seconds (default: 20 min x86_64, "
                                                      "25 min arm64)")
+        r.add_argument("--append", default="", metavar="ARGS",
+                       help="extra kernel command line, e.g. loglevel=7 for stack traces")
         if name == "run":
             r.add_argument("command", nargs="*", metavar="-- COMMAND",
                            help="joined with spaces if several words; one word is a script")
@@ -80,6 +82,7 @@ def parser() -> argparse.ArgumentParser:
                    help=f"default: {' '.join(DEFAULT_TEST_KERNELS)}")
     t.add_argument("pytest_args", nargs="*", metavar="-- PYTEST_ARGS")
     t.add_argument("--timeout", type=float, help="per guest, seconds")
+    t.add_argument("--append", default="", metavar="ARGS", help="extra kernel command line")
     t.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     return p
 
@@ -157,10 +160,13 @@ def cmd_fetch(table: Table, names: list[str], refresh: bool) -> int:
     return 0
 
 
-def boot_and_report(kernel: Kernel, command: str, timeout: float | None,
-                    stream: bool) -> guest.Result:
+def boot_and_report(kernel: Kernel, command: str, args: argparse.Namespace,
+                    stream: bool = True) -> guest.Result:
     res = guest.boot(kernel, command, CHECKOUT, guest_env(kernel),
-                     timeout=timeout or TIMEOUTS[kernel.arch], stream=stream)
+                     timeout=args.timeout or TIMEOUTS[kernel.arch], stream=stream,
+                     append=args.append)
+    if stream and not res.output.endswith("\n"):
+        print(flush=True)
     boot_s = res.guest_times.get("start")
     log(f"{kernel.name}: status {res.status}, wall {res.wall:.0f}s"
         + (f", boot {boot_s:.1f}s guest time" if boot_s is not None else "")
@@ -174,14 +180,14 @@ def boot_and_report(kernel: Kernel, command: str, timeout: float | None,
 def cmd_run(table: Table, args: argparse.Namespace) -> int:
     (kernel,) = pick(table, [args.kernel])
     command = args.command[0] if len(args.command) == 1 else shlex.join(args.command)
-    return boot_and_report(kernel, command, args.timeout, stream=True).status
+    return boot_and_report(kernel, command, args).status
 
 
 def cmd_probe(table: Table, args: argparse.Namespace) -> int:
     (kernel,) = pick(table, [args.kernel])
     probe = Path(__file__).with_name("probe_features.py")
     res = boot_and_report(kernel, f"python3 {shlex.quote(str(probe))} --json "
-                                  "$KM_OUT/features.json", args.timeout, stream=True)
+                                  "$KM_OUT/features.json", args)
     try:
         measured = json.loads((res.out / "features.json").read_text())
     except (OSError, ValueError):
@@ -224,7 +230,7 @@ def cmd_test(table: Table, args: argparse.Namespace) -> int:
                 raise build_error[0]
         cmd = shlex.join([str(python[k.arch]), *PYTEST, *args.pytest_args])
         log(f"{k.name}: {cmd}")
-        res = boot_and_report(k, cmd, args.timeout, stream=True)
+        res = boot_and_report(k, cmd, args)
         result = "pass" if res.status == 0 else (
             "timeout" if res.timed_out else "no-status" if res.status == guest.NO_STATUS
             else "FAIL")
