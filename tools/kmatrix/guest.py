@@ -70,7 +70,8 @@ def qemu_argv(kernel: Kernel, image: Path, initrd: Path, out: Path, root: Path,
     else:
         argv = ["qemu-system-aarch64", "-M", "virt", "-cpu", "max,pauth-impdef=on"]
         console = "ttyAMA0"
-    cmdline = (f"console={console} panic=-1 loglevel=4 sysrq_always_enabled=1 km_out={out}"
+    # loglevel=5: warnings and the stack dumps that follow a soft lockup report reach the log.
+    cmdline = (f"console={console} panic=-1 loglevel=5 sysrq_always_enabled=1 km_out={out}"
                + (f" km_ckout={checkout}" if checkout else "") + (f" {append}" if append else ""))
     argv += ["-accel", "tcg,thread=multi", "-smp", str(SMP), "-m", MEMORY,
              "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
