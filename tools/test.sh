@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian/Ubuntu machine, as root.
 # Installs what it needs (python3-venv, a C compiler for the benchmark generator test), builds a
-# virtualenv in .venv, installs sigscope with its test extras, then runs ruff and pytest.
+# virtualenv in .venv, installs sigscope with its test extras, then runs ruff and pytest, then
+# (under CI=true or SIGSCOPE_KMATRIX=1) tests/kernel in other kernels: tools/kernel-matrix test.
+# Quick host-only loop: SIGSCOPE_KMATRIX=0 ./tools/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,4 +21,14 @@ python3 -m venv .venv
 
 .venv/bin/ruff check .
 # Unit tests run anywhere; kernel tests run as root (and may not skip under CI=true).
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+
+# Then tests/kernel in other kernels under qemu (docs/KERNEL-MATRIX.md): under CI=true or with
+# SIGSCOPE_KMATRIX=1; SIGSCOPE_KMATRIX=0 skips it (the quick host-only edit-test loop).
+# The default kernel set is DEFAULT_TEST_KERNELS in tools/kmatrix/table.py (~25 min, 2 cores).
+case "${SIGSCOPE_KMATRIX:-}" in
+  0) exit 0 ;;
+  1) ;;
+  *) [ "${CI:-}" = true ] || exit 0 ;;
+esac
+exec ./tools/kernel-matrix test
