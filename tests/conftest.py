@@ -3,15 +3,27 @@
 Kernel tests (marked ``kernel``, or living under tests/kernel/) need root, BPF and tracefs. Outside
 CI they skip when those are missing; under ``CI=true`` a kernel test may not skip itself: any skip
 there is reported as a failure, so a green CI always means the real kernel paths ran.
+
+Kernel features (names of sigscope.bpf.features.FEATURES): a test that needs one says so with
+``@pytest.mark.needs("perf_event_link")`` or calls ``require_feature("perf_event_link")``. The
+kernel-matrix runner sets ``SIGSCOPE_EXPECT_MISSING`` (a comma list of the features its table
+says the guest kernel lacks; unset on the host, where nothing is expected missing). Then:
+
+- present, but listed missing: FAIL (the table or the probe is wrong);
+- absent and listed: skip (predicted; allowed under CI=true);
+- absent and not listed: FAIL under CI=true, else skip.
+
+Every kernel test also runs inside an fd-leak check: the process's open fds after the test
+(after a garbage collection) may not outnumber those before it.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 
 import pytest
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from kernel_features import IN_CI, PREDICTED, require_feature
 
 
 def _kernel_unavailable_reason() -> str | None:
@@ -36,6 +48,31 @@ def pytest_runtest_setup(item):
         if IN_CI:
             pytest.fail(f"CI=true but {reason}: kernel tests may not skip in CI")
         pytest.skip(reason)
+    for marker in item.iter_markers("needs"):
+        require_feature(*marker.args)
+
+
+@pytest.fixture(autouse=True)
+def _no_fd_leak(request):
+    """Kernel tests: fail when the test left more fds open than it found."""
+    if request.node.get_closest_marker("kernel") is None:
+        yield
+        return
+    gc.collect()
+    before = set(os.listdir("/proc/self/fd"))
+    yield
+    gc.collect()
+    after = set(os.listdir("/proc/self/fd"))
+    leaked = after - before
+    if len(after) > len(before):
+        targets = []
+        for fd in sorted(leaked, key=int):
+            try:
+                targets.append(f"{fd}->{os.readlink(f'/proc/self/fd/{fd}')}")
+            except OSError:
+                targets.append(fd)
+        pytest.fail(f"fd leak: {len(after) - len(before)} more open fds after the test "
+                    f"({', '.join(targets)})", pytrace=False)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -43,5 +80,7 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     if IN_CI and report.skipped and item.get_closest_marker("kernel") is not None:
+        if PREDICTED in str(report.longrepr):
+            return  # the matrix table says this kernel lacks what the test needs
         report.outcome = "failed"
         report.longrepr = f"kernel test skipped under CI=true: {report.longrepr}"

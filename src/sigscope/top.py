@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable
 from typing import IO, Any, NamedTuple
 
-from sigscope.bpf.kernel import possible_cpus
+from sigscope.bpf.arch import possible_cpus
 from sigscope.bpf.maps import HashMap, Map, PerCPUArrayMap, PerCPUHashMap
 from sigscope.decode import ProcResolver
 from sigscope.model import record as rec
@@ -160,8 +160,9 @@ class Counter(ProbeSession):
         max_keys: int = DEFAULT_MAX_KEYS,
         map_kind: str = "auto",
         resolver: KeyResolver | None = None,
+        claim: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(claim)
         if not 1 <= max_keys <= MAX_MAX_KEYS:
             raise TopError(f"--max-keys must be between 1 and {MAX_MAX_KEYS}, not {max_keys}")
         if map_kind not in MAP_KINDS:
@@ -185,7 +186,7 @@ class Counter(ProbeSession):
     # --- lifecycle -------------------------------------------------------------------------
 
     def _setup(self) -> None:
-        inflight = self._own(probes.make_inflight_map())
+        inflight = self._own(probes.make_inflight_map(self.claim))
         self._inflight = inflight
         counters = self._own(PerCPUArrayMap(8, top_probes.NUM_COUNTERS, name="sigscope_count"))
         kind = PerCPUHashMap if self.percpu else HashMap
@@ -193,7 +194,7 @@ class Counter(ProbeSession):
                                 name="sigscope_top"))
         self._counters, self._counts = counters, counts  # type: ignore[assignment]
         fds = top_probes.CountMapFds(inflight.fd, counts.fd, counters.fd, self.percpu)
-        cfg = top_probes.probe_config(self.filters, fds)
+        cfg = top_probes.probe_config(self.filters, fds, claim=self.claim)
         self._load_and_attach(probes.signal_probe_plans(cfg, prefix="t"))
 
     def close(self) -> Snapshot | None:
@@ -235,7 +236,7 @@ class Counter(ProbeSession):
                 rows[key] = rows.get(key, 0) + count
             other = self._counters.sum_u64(struct.pack("<I", top_probes.COUNTER_OTHER))
             lost = self._counters.sum_u64(struct.pack("<I", COUNTER_INFLIGHT_FULL))
-            lost += max(0, self._recursion_misses() - self._recursion_at_start)
+            lost += max(0, (self._recursion_misses() or 0) - self._recursion_at_start)
             lost += self._unfinished
             return Snapshot(rows, other, lost, len(pairs), now)
 

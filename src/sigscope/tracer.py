@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from sigscope.bpf import kernel
+from sigscope.bpf import arch, features
 from sigscope.bpf.maps import Map, PerCPUArrayMap, PerfEventArrayMap, RingBufMap
 from sigscope.bpf.readers.perfbuf import PerfBufReader
 from sigscope.bpf.readers.ringbuf import RingBufReader
@@ -71,8 +71,9 @@ class Tracer(ProbeSession):
         duration: float | None = None,
         poll_interval_ms: int = DEFAULT_POLL_INTERVAL_MS,
         fate: bool = False,
+        claim: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(claim)
         if buffer not in BUFFER_KINDS:
             choices = ", ".join(BUFFER_KINDS)
             raise TraceError(f"unknown buffer kind {buffer!r}: choose from {choices}")
@@ -92,6 +93,7 @@ class Tracer(ProbeSession):
 
             self.fate_tracker = FateTracker(self.decoder.wall_offset_ns)
         self.fate_exit_codes: bool | None = None  # False: no BTF, deaths are "unknown"
+        self.fate_exit_source: str | None = None  # programs/fate.py EXIT_*, once started
         self._fate_scan: tuple[int, int] = (0, 0)  # (when, horizon) of the last in-flight scan
         self._reader: RingBufReader | PerfBufReader | None = None
         self._counters: PerCPUArrayMap | None = None
@@ -111,9 +113,9 @@ class Tracer(ProbeSession):
     def _setup(self) -> None:
         kind = self.buffer_kind
         if kind == "auto":
-            kind = "ringbuf" if kernel.has_ringbuf() else "perf"
+            kind = "ringbuf" if features.has("ringbuf") else "perf"
         self.buffer_kind = kind
-        inflight = self._own(probes.make_inflight_map())
+        inflight = self._own(probes.make_inflight_map(self.claim))
         counters = self._own(PerCPUArrayMap(8, probes.NUM_COUNTERS, name="sigscope_count"))
         self._counters = counters
         self._inflight = inflight
@@ -125,13 +127,14 @@ class Tracer(ProbeSession):
             events = self._own(PerfEventArrayMap(name="sigscope_events"))
             output = probes.OUTPUT_PERF
         cfg = probes.ProbeConfig(self.filters, output,
-                                 probes.MapFds(inflight.fd, events.fd, counters.fd))
+                                 probes.MapFds(inflight.fd, events.fd, counters.fd),
+                                 claim=self.claim)
         # The reader first: a perf buffer's per-CPU events must be in the map before any
         # program writes to it.
         if kind == "ringbuf":
             self._reader = RingBufReader(events)  # type: ignore[arg-type]
         else:
-            ncpu = max(1, kernel.possible_cpus())
+            ncpu = max(1, arch.possible_cpus())
             pages = _pow2_floor(self.buffer_size // _PAGE_SIZE // ncpu)
             self._reader = PerfBufReader(events, pages_per_cpu=pages)  # type: ignore[arg-type]
         plans = list(self._fate_plans(cfg)) if self.fate else []  # first: no delivery missed
@@ -149,20 +152,19 @@ class Tracer(ProbeSession):
                 for _, tracepoints, insns in plans]
 
     def _fate_plans(self, cfg: probes.ProbeConfig) -> list[tuple[str, tuple, list]]:
-        """The --fate programs. The exit code's offset in task_struct comes from the kernel's
-        BTF; without it deaths are reported as "unknown" (fate_exit_codes is False)."""
-        from sigscope.bpf.btf import Btf, BtfError
+        """The --fate programs. The exit code's offset in task_struct (and how the exit
+        program knows a thread group died, fate_exit_source) come from the kernel's BTF and
+        the tracepoint's format; without BTF deaths are reported as "unknown"
+        (fate_exit_codes is False)."""
         from sigscope.programs import fate as fate_probes
 
-        try:
-            exit_code_offset: int | None = Btf.load().member_offset("task_struct", "exit_code")
-        except (BtfError, OSError):
-            exit_code_offset = None
-        self.fate_exit_codes = exit_code_offset is not None
+        layout = fate_probes.exit_layout()
+        self.fate_exit_codes = layout is not None
         formats = {event: event_format(system, event)
                    for _, system, event in fate_probes.FATE_TRACEPOINTS}
+        self.fate_exit_source = fate_probes.exit_source(formats["sched_process_exit"], layout)
         return [(name, ((system, event),), insns) for name, system, event, insns in
-                fate_probes.build_fate_programs(cfg, formats, exit_code_offset)]
+                fate_probes.build_fate_programs(cfg, formats, layout)]
 
     def stop(self) -> None:
         """Ask the iteration to end (safe from a signal handler); pending events still drain."""
@@ -331,14 +333,15 @@ class Tracer(ProbeSession):
                 lost += self._counters.sum_u64(struct.pack("<I", index))
         # Not self._reader.lost: a perf buffer's PERF_RECORD_LOST counts the same failed writes
         # the programs count themselves (and arrives late, or never for the last ones).
-        lost += self._recursion_misses() - self._recursion_at_start
+        lost += max(0, (self._recursion_misses() or 0) - self._recursion_at_start)
         return lost + self._unfinished
 
     @property
     def lost(self) -> int:
         """Records the kernel could not hand us: buffer full, in-flight map full, and probe
         runs the kernel skipped because another BPF program was running on that CPU
-        (bpf_prog_info.recursion_misses)."""
+        (bpf_prog_info.recursion_misses; where the kernel cannot count those, before Linux
+        5.12, skipped_runs_counted is False and they are not in this number)."""
         if self.finished:
             return getattr(self, "_final_lost", 0)
         return self._lost_now()

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
+from sigscope.bpf.btf_scan import NO_BTF_ENV, vmlinux_btf_disabled
+
 VMLINUX_BTF_PATH = "/sys/kernel/btf/vmlinux"
 
 BTF_MAGIC = 0xEB9F
@@ -188,6 +190,9 @@ class Btf:
 
     @classmethod
     def _load_file(cls, path: str) -> Btf:
+        if path == VMLINUX_BTF_PATH and vmlinux_btf_disabled():
+            raise BtfError(f"kernel BTF disabled by {NO_BTF_ENV}: kernel struct offsets "
+                           "cannot be read")
         try:
             with open(path, "rb") as f:
                 data = f.read()
@@ -337,6 +342,18 @@ class Btf:
         for type_id in self._name_lookup().get(name, ()):
             if kinds is None or self.kind(type_id) in kinds:
                 return type_id
+        return None
+
+    def find_func(self, name: str) -> Optional[int]:
+        """Id of the FUNC called ``name`` (functions are not in the name index: a linear scan,
+        ~30 ms on vmlinux; for feature probes)."""
+        wanted = name.encode() + b"\0"
+        strings, infos, name_offs = self._strings, self._infos, self._name_offs
+        for type_id in range(1, len(infos)):
+            if (infos[type_id] >> 24) & 0x1F == BTF_KIND_FUNC:
+                off = name_offs[type_id]
+                if strings[off:off + len(wanted)] == wanted:
+                    return type_id
         return None
 
     def resolve(self, type_id: int, through_pointers: bool = False) -> int:

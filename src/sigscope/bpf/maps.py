@@ -12,8 +12,8 @@ import errno
 import re
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
-from sigscope.bpf import kernel, uapi
-from sigscope.bpf.kernel import possible_cpus
+from sigscope.bpf import arch, uapi
+from sigscope.bpf.arch import possible_cpus
 from sigscope.bpf.syscall import (
     BPFError,
     BpfMapInfo,
@@ -228,9 +228,8 @@ class Map(FdOwner):
 
     def lookup_batch(self, batch_size: int = 256) -> List[Tuple[bytes, Value]]:
         """All (key, value) pairs via BPF_MAP_LOOKUP_BATCH, or by iteration when the kernel or
-        the map type has no batch operations."""
-        if not kernel.has_map_batch():
-            return self.items()
+        the map type has no batch operations (the command's own refusal says so: this layer
+        sits below features.py, whose `map_batch` probe reports the same fact)."""
         try:
             return self._lookup_batch(batch_size)
         except BPFError as err:
@@ -396,7 +395,7 @@ class PerfEventArrayMap(Map):
 
     def __init__(self, name: str = "", max_entries: Optional[int] = None) -> None:
         if max_entries is None:
-            max_entries = max(kernel.possible_cpu_ids()) + 1
+            max_entries = max(arch.possible_cpu_ids()) + 1
         super().__init__(uapi.BPF_MAP_TYPE_PERF_EVENT_ARRAY, 4, 4, max_entries, name)
 
 

@@ -185,12 +185,13 @@ def emit_count(
     ]
 
 
-def probe_config(filters: Filters, fds: CountMapFds) -> probes.ProbeConfig:
-    """signal.py's configuration with the counting output."""
+def probe_config(filters: Filters, fds: CountMapFds,
+                 claim: str | None = None) -> probes.ProbeConfig:
+    """signal.py's configuration with the counting output (`claim`: ProbeConfig.claim)."""
     return probes.ProbeConfig(
         filters, probes.OUTPUT_RINGBUF,
         probes.MapFds(inflight=fds.inflight, events=fds.counts, counters=fds.counters),
-        emit=partial(emit_count, fds=fds),
+        emit=partial(emit_count, fds=fds), claim=claim,
     )
 
 
