@@ -52,15 +52,30 @@ def pytest_runtest_setup(item):
         require_feature(*marker.args)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _memlock_unlimited():
+    """As sigscope itself does at start: before Linux 5.11 BPF maps and programs are charged
+    to RLIMIT_MEMLOCK, whose default is too small for the tests' maps."""
+    if os.geteuid() == 0:
+        from sigscope.bpf.privileges import raise_memlock_limit
+
+        raise_memlock_limit()
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _no_fd_leak(request):
-    """Kernel tests: fail when the test left more fds open than it found."""
+    """Kernel tests: fail when the test left more fds open than it found (checked only when
+    the test itself passed: a failure midway leaves its children's pipes to the collector)."""
     if request.node.get_closest_marker("kernel") is None:
         yield
         return
     gc.collect()
     before = set(os.listdir("/proc/self/fd"))
     yield
+    report = getattr(request.node, "rep_call", None)
+    if report is None or not report.passed:
+        return
     gc.collect()
     after = set(os.listdir("/proc/self/fd"))
     leaked = after - before
@@ -79,6 +94,8 @@ def _no_fd_leak(request):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
+    if report.when == "call":
+        item.rep_call = report  # for _no_fd_leak
     if IN_CI and report.skipped and item.get_closest_marker("kernel") is not None:
         if PREDICTED in str(report.longrepr):
             return  # the matrix table says this kernel lacks what the test needs

@@ -21,7 +21,7 @@ from sigscope.model.record import VIA_NAMES
 from sigscope.send import SendError, send_signal
 
 SIGUSR1, SIGUSR2 = 10, 12
-TIMEOUT = 15.0
+TIMEOUT = 60.0  # a bound, not a wait: generous for qemu (TCG) guests of the kernel matrix
 SUMMARY = re.compile(r"^sigscope: (\d+) records, (\d+) lost$")
 
 

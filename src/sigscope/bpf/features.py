@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from sigscope.bpf import asm, btf_scan, uapi
 from sigscope.bpf.asm import DW, R0, R1, R10, W
+from sigscope.bpf.privileges import raise_memlock_limit
 from sigscope.bpf.syscall import (
     BPFError,
     BpfProgInfo,
@@ -267,6 +268,9 @@ def has(name: str) -> bool:
     feature = FEATURES[name]
     if feature.needs_btf and btf_scan.vmlinux_btf_disabled():
         return False
+    # Before Linux 5.11 maps and programs are charged to RLIMIT_MEMLOCK: a probe must not
+    # fail (and report a feature absent) only because the default limit is small.
+    raise_memlock_limit()
     return bool(feature.probe())
 
 

@@ -224,6 +224,9 @@ def _report(err: BaseException) -> int:
     from sigscope.bpf.privileges import PrivilegeError
 
     if os.environ.get("SIGSCOPE_DEBUG"):
+        log = getattr(err, "log", "")  # a VerifierError's full verifier log: only on request
+        if log:
+            print(log, file=sys.stderr)
         raise err
     message = str(err) or type(err).__name__
     print(f"sigscope: error: {message}", file=sys.stderr)
