@@ -130,6 +130,7 @@ class FateRecord:
     flags: int = 0
     exit_code: int | None = None
     group_dead: bool = False
+    group_unknown: bool = False  # KIND_EXIT without BTF or group_dead: group_dead means nothing
 
     @classmethod
     def from_row(cls, row: tuple) -> FateRecord:
@@ -142,7 +143,8 @@ class FateRecord:
         return cls(kind=kind, ktime_ns=get("ktime_ns"), pid=get("sender_tgid"),
                    tid=get("sender_tid"), comm=comm, sig=get("sig"), code=get("gen_code"),
                    handler=get("ret") & 0xFFFFFFFFFFFFFFFF, flags=get("arg_tid") & 0xFFFFFFFF,
-                   exit_code=exit_code, group_dead=bool(get("gen_group")))
+                   exit_code=exit_code, group_dead=bool(get("gen_group")),
+                   group_unknown=bool(get("flags") & rec.FLAG_GROUP_UNKNOWN))
 
 
 @dataclass(slots=True)
@@ -252,6 +254,9 @@ class FateTracker:
         self._npending = 0
         self._awaiting_exit: dict[int, list[_Delivered]] = {}  # tid -> fatal deliveries
         self._dying: dict[int, FateRecord] = {}  # tgid -> first SIGKILL delivery of a group exit
+        # Processes a thread of which exited when the kernel cannot say whether the group died
+        # (FLAG_GROUP_UNKNOWN): their signals still queued at the end are unknown, not pending.
+        self._maybe_dead: set[int] = set()
         self.untracked = 0   # queued signals not followed (table full)
         self.unmatched = 0   # deliveries/consumptions of signals we did not see generated
 
@@ -280,12 +285,14 @@ class FateTracker:
 
     def finish(self, end_ktime_ns: int | None = None) -> list[Fate]:
         """At the end of tracing (kernel time `end_ktime_ns`): everything held, then every
-        signal still queued is ``pending`` and a fatal delivery whose exit was not seen is
-        ``unknown``."""
+        signal still queued is ``pending`` (``unknown`` when a thread of its process exited and
+        the kernel could not say whether the process died) and a fatal delivery whose exit was
+        not seen is ``unknown``."""
         fates = self.advance(1 << 64)
-        for queue in self._queues.values():
+        for key, queue in self._queues.items():
+            effect = "unknown" if self._owner.get(key) in self._maybe_dead else "pending"
             for event in queue:
-                fate = self._fate(event, None, "pending")
+                fate = self._fate(event, None, effect)
                 if end_ktime_ns is not None:
                     fate.ktime_ns = end_ktime_ns
                     fate.time_ns = end_ktime_ns + self.wall_offset_ns
@@ -424,6 +431,10 @@ class FateTracker:
 
     def _on_exit(self, record: FateRecord, fates: list[Fate]) -> None:
         exit_code = record.exit_code
+        if record.group_unknown:
+            if len(self._maybe_dead) >= self.max_pending:
+                self._maybe_dead.clear()  # only "unknown" instead of "pending" is at stake
+            self._maybe_dead.add(record.pid)
         for d in self._awaiting_exit.pop(record.tid, ()):
             fates.append(self._death(d.event, d.record, exit_code))
         signo = exit_code & 0x7F if exit_code is not None else 0

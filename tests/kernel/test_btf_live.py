@@ -152,4 +152,6 @@ def test_bpf_reads_our_task_at_btf_offsets() -> None:
     assert pid == tid
     assert parent_tgid == seen["ppid"] == os.getppid()
     assert exit_code == 0
-    assert comm.rstrip(b"\0") == seen["comm"]
+    # Up to the NUL: a kernel that renames without padding (5.10: strlcpy) leaves older bytes
+    # after it in task->comm.
+    assert comm.split(b"\0", 1)[0] == seen["comm"]

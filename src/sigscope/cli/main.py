@@ -18,9 +18,9 @@ from sigscope import __version__
 _RAW = argparse.RawDescriptionHelpFormatter
 
 LOST_CHECK_INTERVAL_S = 0.1
-# Said once, in the summary, where the kernel has no bpf_prog_info.recursion_misses (< 5.12).
-_SKIPPED_UNCOUNTED = (" (this kernel cannot count probe runs it skipped: those are not in "
-                      "'lost')")
+# Said once, with the summary, where the kernel has no bpf_prog_info.recursion_misses (< 5.12).
+_SKIPPED_UNCOUNTED = ("sigscope: this kernel cannot count the probe runs it skipped (no "
+                      "recursion_misses before Linux 5.12): 'lost' leaves them out")
 EXIT_ERROR = 1
 EXIT_USAGE = 2  # also: not enough privileges, as bcc tools do
 
@@ -303,8 +303,9 @@ def run_trace(args: argparse.Namespace) -> int:
         writer.flush()
     finally:
         tracer.close()
-    print(f"sigscope: {tracer.records} records, {tracer.lost} lost"
-          f"{_SKIPPED_UNCOUNTED if not tracer.skipped_runs_counted else ''}", file=sys.stderr)
+    if not tracer.skipped_runs_counted:
+        print(_SKIPPED_UNCOUNTED, file=sys.stderr)
+    print(f"sigscope: {tracer.records} records, {tracer.lost} lost", file=sys.stderr)
     return 0
 
 
@@ -420,8 +421,9 @@ def run_top(args: argparse.Namespace) -> int:
         os.close(wake_write)
     total = final.total if final is not None else 0
     print(f"sigscope: {total} signals counted, {final.other if final else 0} in other, "
-          f"{final.lost if final else 0} lost"
-          f"{_SKIPPED_UNCOUNTED if not counter.skipped_runs_counted else ''}", file=sys.stderr)
+          f"{final.lost if final else 0} lost", file=sys.stderr)
+    if not counter.skipped_runs_counted:
+        print(_SKIPPED_UNCOUNTED, file=sys.stderr)
     return 0
 
 

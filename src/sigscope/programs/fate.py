@@ -19,7 +19,9 @@ user space sees one stream ordered per CPU, and every record carries its kernel 
     thread whose decrement reached 0 (exactly group_dead) and also on a sibling still exiting
     alongside it (whose record then says, as truly, that the group is dead);
   - else (no BTF) nothing: every thread's exit is written with its exit code and the group's
-    death unknown (FLAG_EXIT_CODE_UNKNOWN, gen_group 0), so fatal deliveries end "unknown".
+    death unknown (FLAG_EXIT_CODE_UNKNOWN | FLAG_GROUP_UNKNOWN), so fatal deliveries end
+    "unknown", and so do signals still queued at the end to a process one of whose threads
+    exited (it may be dead: not "pending").
 * ``syscalls:sys_exit_rt_sigtimedwait`` — sigwaitinfo/sigtimedwait dequeue without
   signal_deliver; a positive return value is the signal consumed.
 * ``syscalls:sys_enter_rt_sigaction`` — a handler set to SIG_IGN (or SIG_DFL for a signal whose
@@ -183,6 +185,8 @@ def build_process_exit(cfg: ProbeConfig, fmt: EventFormat, layout: ExitLayout | 
             prog += [asm.jmp_imm("JEQ", R9, 0, out)]
         prog += [asm.mov64_imm(R8, 0)]
         flags = rec.FLAG_EXIT_CODE_UNKNOWN
+        if source == EXIT_UNKNOWN:
+            flags |= rec.FLAG_GROUP_UNKNOWN
     else:
         keep = labels("keep")
         prog += [asm.call("get_current_task"), asm.stx(DW, R10, R0, _STACK_RECORD)]
