@@ -143,6 +143,7 @@ class FateRecord:
     group_dead: bool = False
     target_pid: int = 0  # KIND_SIGCONT: the process and thread the SIGCONT was generated for
     target_tid: int = 0
+    group_unknown: bool = False  # KIND_EXIT without BTF or group_dead: group_dead means nothing
 
     @classmethod
     def from_row(cls, row: tuple) -> FateRecord:
@@ -156,7 +157,8 @@ class FateRecord:
                    tid=get("sender_tid"), comm=comm, sig=get("sig"), code=get("gen_code"),
                    handler=get("ret") & 0xFFFFFFFFFFFFFFFF, flags=get("arg_tid") & 0xFFFFFFFF,
                    exit_code=exit_code, group_dead=bool(get("gen_group")),
-                   target_pid=get("arg_pid"), target_tid=get("target_tid"))
+                   target_pid=get("arg_pid"), target_tid=get("target_tid"),
+                   group_unknown=bool(get("flags") & rec.FLAG_GROUP_UNKNOWN))
 
 
 @dataclass(slots=True)
@@ -275,6 +277,9 @@ class FateTracker:
         # tgid -> a SIGNAL_CLD_* note was seen set and nothing since shows it taken (a thread
         # of the process running get_signal(), which takes it before any delivery).
         self._cld_noted: dict[int, bool] = {}
+        # Processes a thread of which exited when the kernel cannot say whether the group died
+        # (FLAG_GROUP_UNKNOWN): their signals still queued at the end are unknown, not pending.
+        self._maybe_dead: set[int] = set()
         self.untracked = 0   # queued signals not followed (table full)
         self.unmatched = 0   # deliveries/consumptions of signals we did not see generated
 
@@ -303,12 +308,15 @@ class FateTracker:
 
     def finish(self, end_ktime_ns: int | None = None) -> list[Fate]:
         """At the end of tracing (kernel time `end_ktime_ns`): everything held, then every
-        signal still queued is ``pending`` and a fatal delivery whose exit was not seen is
-        ``unknown``."""
+        signal still queued is ``pending`` (``unknown`` when a thread of its process exited and
+        the kernel could not say whether the process died) and a fatal delivery whose exit was
+        not seen is ``unknown``."""
         fates = self.advance(1 << 64)
-        for (scope, owner, _sig), queue in self._queues.items():
+        for key, queue in self._queues.items():
+            scope, owner, _sig = key
+            effect = "unknown" if self._owner.get(key) in self._maybe_dead else "pending"
             for event in queue:
-                fate = self._fate(event, None, "pending")
+                fate = self._fate(event, None, effect)
                 # Where it is pending: its process's shared queue, or one thread's own.
                 fate.pid = event.target_pid if scope == "thread" else owner
                 fate.tid = owner if scope == "thread" else None
@@ -493,6 +501,10 @@ class FateTracker:
 
     def _on_exit(self, record: FateRecord, fates: list[Fate]) -> None:
         exit_code = record.exit_code
+        if record.group_unknown:
+            if len(self._maybe_dead) >= self.max_pending:
+                self._maybe_dead.clear()  # only "unknown" instead of "pending" is at stake
+            self._maybe_dead.add(record.pid)
         for d in self._awaiting_exit.pop(record.tid, ()):
             fates.append(self._death(d.event, d.record, exit_code))
         signo = exit_code & 0x7F if exit_code is not None else 0

@@ -2,7 +2,7 @@
 
 Going around libc matters here: glibc's kill()/sigqueue() wrappers pick the syscall for us, and
 sigscope needs to exercise (and test the tracing of) each syscall path exactly. Syscall numbers come
-from bpf/kernel.py, the one place for per-architecture differences.
+from bpf/arch.py, the one place for per-architecture differences.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import errno
 import os
 import struct
 
-from sigscope.bpf.kernel import UnsupportedArchError, syscall_numbers
+from sigscope.bpf.arch import UnsupportedArchError, syscall_numbers
 from sigscope.errors import SigscopeError
 from sigscope.model.record import SYSCALL_VIAS
 from sigscope.model.signals import SI_QUEUE, errno_name, signal_name

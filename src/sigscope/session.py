@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
+from sigscope.bpf import features
 from sigscope.bpf.attach import Attachment, attach_tracepoint
 from sigscope.bpf.maps import Map
 from sigscope.bpf.privileges import check_privileges, raise_memlock_limit
@@ -24,7 +25,13 @@ class ProbeSession:
     """Subclasses build their maps and programs in `_setup()` with `_own()` and
     `_load_and_attach()`; `start()` and `_detach()`/`_teardown()` do the rest."""
 
-    def __init__(self) -> None:
+    def __init__(self, claim: str | None = None) -> None:
+        # How calls claim their in-flight record (programs/signal.py CLAIM_*); None: what this
+        # kernel supports (probes.inflight_claim()), decided at start.
+        if claim is not None and claim not in probes.CLAIMS:
+            raise ValueError(f"unknown in-flight claim {claim!r}: one of "
+                             f"{', '.join(probes.CLAIMS)}")
+        self.claim = claim
         self._maps: list[Map] = []
         self._programs: list[Program] = []
         self._attachments: list[Attachment] = []
@@ -42,12 +49,15 @@ class ProbeSession:
         check_privileges()
         raise_memlock_limit()
         tracefs_root()
+        features.check_essentials()
+        if self.claim is None:
+            self.claim = probes.inflight_claim()
         try:
             self._setup()
         except BaseException:
             self._teardown()
             raise
-        self._recursion_at_start = self._recursion_misses()
+        self._recursion_at_start = self._recursion_misses() or 0
         self.started = True
         return self
 
@@ -92,12 +102,32 @@ class ProbeSession:
             m.close()
         self._maps.clear()
 
-    def _recursion_misses(self) -> int:
-        """Runs the kernel skipped because another BPF program was running on that CPU."""
+    @property
+    def skipped_runs_counted(self) -> bool:
+        """Whether the kernel counts the probe runs it skips (bpf_prog_info.recursion_misses,
+        Linux 5.12): without it, runs skipped because another BPF program was running on the
+        CPU are lost without a trace, and `lost` cannot include them."""
+        return features.has("recursion_misses")
+
+    @property
+    def skipped_runs(self) -> int | None:
+        """Probe runs the kernel skipped since start (bpf_prog_info.recursion_misses; reported
+        apart from `lost`: whether they matched the filters is unknown) while the probes are
+        loaded; None when this kernel cannot count them (before Linux 5.12)."""
+        if not self.skipped_runs_counted:
+            return None
+        return max(0, (self._recursion_misses() or 0) - self._recursion_at_start)
+
+    def _recursion_misses(self) -> int | None:
+        """Runs the kernel skipped because another BPF program was running on that CPU; None
+        when the kernel cannot count them (skipped_runs_counted is False)."""
         total = 0
         for prog in self._programs:
             try:
-                total += prog.info().recursion_misses
+                misses = prog.info().recursion_misses
             except OSError:
-                pass
+                continue
+            if misses is None:
+                return None
+            total += misses
         return total

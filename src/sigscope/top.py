@@ -38,7 +38,7 @@ import time
 from collections.abc import Iterable
 from typing import IO, Any, NamedTuple
 
-from sigscope.bpf.kernel import possible_cpus
+from sigscope.bpf.arch import possible_cpus
 from sigscope.bpf.maps import HashMap, Map, PerCPUArrayMap, PerCPUHashMap
 from sigscope.decode import ProcResolver
 from sigscope.errors import SigscopeError, UsageError
@@ -234,10 +234,13 @@ class Counter(ProbeSession):
         map_kind: str = "auto",
         resolver: KeyResolver | None = None,
         keep: Iterable[str] | None = None,
+        claim: str | None = None,
     ) -> None:
         """``keep``: the key fields to count by (top_probes.KEY_FIELDS names, e.g. from
-        ``key_fields(labels)``); None keeps them all. Raises UsageError for bad values."""
-        super().__init__()
+        ``key_fields(labels)``); None keeps them all; ``claim``: the in-flight claim
+        (programs.signal.CLAIMS; None: chosen by the kernel's features). Raises UsageError for
+        bad values."""
+        super().__init__(claim)
         if not isinstance(max_keys, int) or not 1 <= max_keys <= MAX_MAX_KEYS:
             raise UsageError(f"max_keys= must be from 1 to {MAX_MAX_KEYS}, not {max_keys!r}")
         if map_kind not in MAP_KINDS:
@@ -268,7 +271,7 @@ class Counter(ProbeSession):
     # --- lifecycle -------------------------------------------------------------------------
 
     def _setup(self) -> None:
-        inflight = self._own(probes.make_inflight_map())
+        inflight = self._own(probes.make_inflight_map(self.claim))
         self._inflight = inflight
         counters = self._own(PerCPUArrayMap(8, top_probes.NUM_COUNTERS, name="sigscope_count"))
         kind = PerCPUHashMap if self.percpu else HashMap
@@ -276,7 +279,7 @@ class Counter(ProbeSession):
                                 name="sigscope_top"))
         self._counters, self._counts = counters, counts
         fds = top_probes.CountMapFds(inflight.fd, counts.fd, counters.fd, self.percpu)
-        cfg = top_probes.probe_config(self.filters, fds, keep=self.keep)
+        cfg = top_probes.probe_config(self.filters, fds, keep=self.keep, claim=self.claim)
         self._load_and_attach(probes.signal_probe_plans(cfg, prefix="t"))
 
     def close(self) -> Snapshot | None:
@@ -319,7 +322,7 @@ class Counter(ProbeSession):
             other = self._counters.sum_u64(struct.pack("<I", top_probes.COUNTER_OTHER))
             lost = self._counters.sum_u64(struct.pack("<I", COUNTER_INFLIGHT_FULL))
             lost += self._unfinished
-            skipped = max(0, self._recursion_misses() - self._recursion_at_start)
+            skipped = self.skipped_runs or 0
             return Snapshot(rows, other, lost, len(pairs), now, skipped)
 
     # --- for the Prometheus exporter -------------------------------------------------------

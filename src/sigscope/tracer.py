@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, TypeAlias
 
-from sigscope.bpf import kernel
+from sigscope.bpf import arch, features
 from sigscope.bpf.maps import Map, PerCPUArrayMap, PerfEventArrayMap, RingBufMap
 from sigscope.bpf.readers.perfbuf import PerfBufReader
 from sigscope.bpf.readers.ringbuf import RingBufReader
@@ -88,8 +88,9 @@ class Tracer(ProbeSession):
         poll_interval_ms: int = DEFAULT_POLL_INTERVAL_MS,
         fate: bool = False,
         follow_signalfd: bool = True,
+        claim: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(claim)
         # --fate: follow signalfd reads (programs/fate_signalfd.py). Costs every read(2) on
         # the system ~1.7 us while tracing (measured here): two more syscall tracepoints.
         self.follow_signalfd = follow_signalfd
@@ -119,6 +120,7 @@ class Tracer(ProbeSession):
 
             self.fate_tracker = FateTracker(self.decoder.wall_offset_ns)
         self.fate_exit_codes: bool | None = None  # False: no BTF, deaths are "unknown"
+        self.fate_exit_source: str | None = None  # programs/fate.py EXIT_*, once started
         self._fate_scan: tuple[int, int] = (0, 0)  # (when, horizon) of the last in-flight scan
         self._reader: RingBufReader | PerfBufReader | None = None
         self._counters: PerCPUArrayMap | None = None
@@ -138,9 +140,9 @@ class Tracer(ProbeSession):
     def _setup(self) -> None:
         kind = self.buffer_kind
         if kind == "auto":
-            kind = "ringbuf" if kernel.has_ringbuf() else "perf"
+            kind = "ringbuf" if features.has("ringbuf") else "perf"
         self.buffer_kind = kind
-        inflight = self._own(probes.make_inflight_map())
+        inflight = self._own(probes.make_inflight_map(self.claim))
         counters = self._own(PerCPUArrayMap(8, probes.NUM_COUNTERS, name="sigscope_count"))
         self._counters = counters
         self._inflight = inflight
@@ -161,13 +163,14 @@ class Tracer(ProbeSession):
             self.decoder.stacks = KernelStacks(stacks)
         cfg = probes.ProbeConfig(self.filters, output,
                                  probes.MapFds(inflight.fd, events.fd, counters.fd,
-                                               stacks.fd if stacks is not None else -1))
+                                               stacks.fd if stacks is not None else -1),
+                                 claim=self.claim)
         # The reader first: a perf buffer's per-CPU events must be in the map before any
         # program writes to it.
         if kind == "ringbuf":
             self._reader = RingBufReader(events)  # type: ignore[arg-type]
         else:
-            ncpu = max(1, kernel.possible_cpus())
+            ncpu = max(1, arch.possible_cpus())
             pages = _pow2_floor(self.buffer_size // _PAGE_SIZE // ncpu)
             self._reader = PerfBufReader(events, pages_per_cpu=pages)  # type: ignore[arg-type]
         plans = list(self._fate_plans(cfg)) if self.fate else []  # first: no delivery missed
@@ -217,23 +220,19 @@ class Tracer(ProbeSession):
                 for _, tracepoints, insns in plans]
 
     def _fate_plans(self, cfg: probes.ProbeConfig) -> list[tuple[str, tuple, list]]:
-        """The --fate programs. The exit code's offset in task_struct comes from the kernel's
-        BTF; without it deaths are reported as "unknown" (fate_exit_codes is False)."""
-        from sigscope.bpf import btf_scan
+        """The --fate programs. The exit code's offset in task_struct (and how the exit
+        program knows a thread group died, fate_exit_source) come from the kernel's BTF and
+        the tracepoint's format; without BTF deaths are reported as "unknown"
+        (fate_exit_codes is False)."""
         from sigscope.programs import fate as fate_probes
 
-        exit_code_offset: int | None = None
-        try:
-            member = btf_scan.vmlinux_struct_members("task_struct")["task_struct"]["exit_code"]
-            if member.span >= 4:  # int exit_code
-                exit_code_offset = member.offset
-        except (btf_scan.BtfScanError, KeyError, OSError):
-            pass
-        self.fate_exit_codes = exit_code_offset is not None
+        layout = fate_probes.exit_layout()
+        self.fate_exit_codes = layout is not None
         formats = {event: event_format(system, event)
                    for _, system, event in fate_probes.FATE_TRACEPOINTS}
+        self.fate_exit_source = fate_probes.exit_source(formats["sched_process_exit"], layout)
         plans = [(name, ((system, event),), insns) for name, system, event, insns in
-                 fate_probes.build_fate_programs(cfg, formats, exit_code_offset)]
+                 fate_probes.build_fate_programs(cfg, formats, layout)]
         return plans + self._signalfd_plans(cfg)
 
     def _signalfd_plans(self, cfg: probes.ProbeConfig) -> list[tuple[str, tuple, list]]:
@@ -420,7 +419,7 @@ class Tracer(ProbeSession):
         return lost + self._unfinished
 
     def _skipped_now(self) -> int:
-        return max(0, self._recursion_misses() - self._recursion_at_start)
+        return self.skipped_runs or 0
 
     @property
     def lost(self) -> int:

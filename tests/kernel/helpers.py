@@ -26,7 +26,7 @@ from sigscope.tracer import Tracer
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 TARGET_COMM = "sigscope-tgt"
 HANDLED = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, 40)  # 40: SIGRTMIN+6 with glibc
-DEFAULT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = 60.0  # a bound, not a wait: generous for qemu (TCG) guests of the kernel matrix
 
 TARGET_PROGRAM = r"""
 import ctypes, errno, os, signal, struct, sys, threading

@@ -13,12 +13,10 @@ import threading
 import time
 from pathlib import Path
 
-import btf_full as btf
-from btf_full import Btf
-
-from sigscope.bpf import asm
+from sigscope.bpf import asm, btf
 from sigscope.bpf.asm import R0, R1, R2, R3, R8, R9, R10
 from sigscope.bpf.attach import attach_tracepoint
+from sigscope.bpf.btf import Btf
 from sigscope.bpf.maps import ArrayMap
 from sigscope.bpf.program import Program
 
@@ -154,4 +152,6 @@ def test_bpf_reads_our_task_at_btf_offsets() -> None:
     assert pid == tid
     assert parent_tgid == seen["ppid"] == os.getppid()
     assert exit_code == 0
-    assert comm.rstrip(b"\0") == seen["comm"]
+    # Up to the NUL: a kernel that renames without padding (5.10: strlcpy) leaves older bytes
+    # after it in task->comm.
+    assert comm.split(b"\0", 1)[0] == seen["comm"]

@@ -24,7 +24,7 @@ from sigscope.fate import Fate
 from sigscope.model.event import Event
 from sigscope.tracer import Tracer, trace
 
-TIMEOUT = 10.0
+TIMEOUT = 60.0  # a bound, not a wait: generous for qemu (TCG) guests of the kernel matrix
 
 # Installs a C-level handler with libc's sigaction: the handler is libc's getpid (harmless when
 # called as handler(signo, info, ctx)), so the test knows its address exactly.

@@ -1,6 +1,8 @@
 """The signal programs' fast paths on the real kernel: the sender read from task_struct gives
 exactly the records the helper calls give, and the in-flight slots must be claimed, found and
-released as documented (collisions, a stale slot of the same thread, every probed slot busy).
+released as documented (collisions, a stale slot of the same thread, every probed slot busy),
+on both in-flight claims (cmpxchg slots where the kernel has BPF atomics, the tid-keyed hash
+everywhere).
 
 The programs are loaded directly (tgkill only) and see every tgkill on the machine: only records
 sent by this thread are looked at.
@@ -14,9 +16,9 @@ import threading
 from contextlib import contextmanager
 
 import pytest
-from btf_full import Btf
 
 from sigscope.bpf.attach import attach_tracepoint
+from sigscope.bpf.btf import Btf
 from sigscope.bpf.btf_scan import VMLINUX_BTF_PATH, struct_members, vmlinux_struct_members
 from sigscope.bpf.maps import PerCPUArrayMap, RingBufMap
 from sigscope.bpf.program import Program
@@ -35,14 +37,15 @@ TIMES = ("ktime_ns", "call_id")
 class Probes:
     """The tgkill programs of one ProbeConfig with maps of their own, attached."""
 
-    def __init__(self, task_fields: bool, filters: Filters | None = None) -> None:
-        self.inflight = probes.make_inflight_map()
+    def __init__(self, task_fields: bool, filters: Filters | None = None,
+                 claim: str | None = None) -> None:
+        self.inflight = probes.make_inflight_map(claim)
         self.counters = PerCPUArrayMap(8, probes.NUM_COUNTERS, name="test_counters")
         self.events = RingBufMap(1 << 20, name="test_events")
         self.cfg = probes.ProbeConfig(
             filters or Filters(), probes.OUTPUT_RINGBUF,
             probes.MapFds(self.inflight.fd, self.events.fd, self.counters.fd),
-            task_fields=task_fields)
+            task_fields=task_fields, claim=claim)
         self.reader = RingBufReader(self.events)
         built = [
             ("sys_exit_tgkill", probes.build_sys_exit(
@@ -78,8 +81,9 @@ class Probes:
 
 
 @contextmanager
-def attached(task_fields: bool = True, filters: Filters | None = None):
-    p = Probes(task_fields, filters)
+def attached(task_fields: bool = True, filters: Filters | None = None,
+             claim: str | None = None):
+    p = Probes(task_fields, filters, claim)
     try:
         yield p
     finally:
@@ -106,6 +110,16 @@ def without_times(record: dict) -> dict:
     return {k: v for k, v in record.items() if k not in TIMES}
 
 
+# The task_struct path needs bpf_get_current_task_btf (without it the programs quietly use the
+# helpers, and a comparison of the two paths would compare the helpers with themselves).
+TASK_FIELDS = [pytest.param(True, marks=pytest.mark.needs("get_current_task_btf"), id="task"),
+               pytest.param(False, id="helpers")]
+CLAIMS = [pytest.param(probes.CLAIM_CMPXCHG, marks=pytest.mark.needs("bpf_atomics"),
+                       id="cmpxchg"),
+          pytest.param(probes.CLAIM_TID_HASH, id="tid_hash")]
+
+
+@pytest.mark.needs("btf_vmlinux")
 def test_btf_scan_agrees_with_the_full_parser() -> None:
     with open(VMLINUX_BTF_PATH, "rb") as f:
         data = f.read()
@@ -120,16 +134,19 @@ def test_btf_scan_agrees_with_the_full_parser() -> None:
     assert early["task_struct"]["comm"].span >= 16
 
 
+@pytest.mark.needs("btf_vmlinux", "get_current_task_btf")
 def test_this_kernel_reads_the_sender_from_task_struct() -> None:
     layout = probes.task_layout()
-    assert layout is not None  # kernel 6.18 with BTF: the fast path must be the one in use
+    assert layout is not None  # BTF and the helper: the fast path must be the one in use
     assert layout.comm == Btf.load().member_offset("task_struct", "comm")
 
 
+@pytest.mark.needs("get_current_task_btf")
+@pytest.mark.parametrize("claim", CLAIMS)
 @pytest.mark.parametrize("comm", [b"sigscope-cmp-15", b"ab", b"x"])
-def test_task_fields_give_the_records_the_helpers_give(comm: bytes) -> None:
-    with attached(task_fields=True) as fast, attached(task_fields=False) as slow, \
-            thread_comm(comm):
+def test_task_fields_give_the_records_the_helpers_give(comm: bytes, claim: str) -> None:
+    with attached(task_fields=True, claim=claim) as fast, \
+            attached(task_fields=False, claim=claim) as slow, thread_comm(comm):
         tgkill_self(SIGURG)
         tgkill_self(0)  # generates nothing: the CALL carries no recipient
         fast_records, slow_records = fast.mine(), slow.mine()
@@ -142,15 +159,19 @@ def test_task_fields_give_the_records_the_helpers_give(comm: bytes) -> None:
     assert fast_records[1]["gen_result"] == rec.GEN_NONE
 
 
-@pytest.mark.parametrize("task_fields", [True, False])
-def test_comm_filter_on_both_paths(task_fields: bool) -> None:
-    with attached(task_fields, Filters(comm="sigscope-cf")) as p:
-        with thread_comm(b"sigscope-cf"):
-            tgkill_self(0)
-        with thread_comm(b"sigscope-cf2"):
-            tgkill_self(0)
+@pytest.mark.parametrize("claim", CLAIMS)
+@pytest.mark.parametrize("task_fields", TASK_FIELDS)
+def test_comm_filter_on_both_paths(task_fields: bool, claim: str) -> None:
+    # A longer name first: the stack the comm is read into (and the task's comm itself, on
+    # kernels that rename without padding) then holds bytes after the shorter name's NUL.
+    with attached(task_fields, Filters(comm="sigscope-cf"), claim) as p:
+        for _ in range(20):
+            with thread_comm(b"sigscope-cf2xyz"):
+                tgkill_self(0)
+            with thread_comm(b"sigscope-cf"):
+                tgkill_self(0)
         records = p.mine()
-    assert [r["sender_comm"].rstrip(b"\0") for r in records] == [b"sigscope-cf"]
+    assert [r["sender_comm"] for r in records] == [b"sigscope-cf".ljust(16, b"\0")] * 20
 
 
 def _slot_key(index: int) -> bytes:
@@ -169,12 +190,13 @@ def _owner(inflight, index: int) -> int:
     return int.from_bytes(value[probes.INFLIGHT_VALUE_SIZE - 8:][:4], "little")
 
 
-@pytest.mark.parametrize("task_fields", [True, False])
+@pytest.mark.needs("bpf_atomics")
+@pytest.mark.parametrize("task_fields", TASK_FIELDS)
 def test_inflight_slots_collisions_reuse_and_full(task_fields: bool) -> None:
     tid = threading.get_native_id()
     busy = probes.INFLIGHT_BUSY
     other = tid + 1 if tid + 1 < (1 << 22) else tid - 1
-    with attached(task_fields) as p:
+    with attached(task_fields, claim=probes.CLAIM_CMPXCHG) as p:
         # The thread's first slot is in use by another thread's call: the next one is taken,
         # and released (owned by us, idle) at exit.
         p.inflight.update(_slot_key(tid), _slot(other | busy, rec.KIND_CALL, call_id=7))
@@ -200,3 +222,41 @@ def test_inflight_slots_collisions_reuse_and_full(task_fields: bool) -> None:
         mine = p.mine()
         # The generated signal is then seen as the kernel's own (as with a full map before).
         assert [r["kind"] for r in mine] == [rec.KIND_KERNEL]
+
+
+def _tid_key(tid: int) -> bytes:
+    return tid.to_bytes(4, "little")
+
+
+@pytest.mark.parametrize("task_fields", TASK_FIELDS)
+def test_inflight_by_tid_stale_entry_reuse_and_full(task_fields: bool) -> None:
+    """CLAIM_TID_HASH: the call lives under its thread id from entry to exit and is then
+    deleted; an entry the thread's last call left (its exit never ran) is replaced; a full
+    map counts the call as lost."""
+    tid = threading.get_native_id()
+    with attached(task_fields, claim=probes.CLAIM_TID_HASH) as p:
+        other = [t for t in (tid + 1, tid + 2) if t < (1 << 22)][0]
+        p.inflight.update(_tid_key(other), _slot(0, rec.KIND_CALL, call_id=7)[:rec.RECORD_SIZE])
+        tgkill_self(SIGURG)
+        assert [r["ngen"] for r in p.mine()] == [1]
+        assert p.inflight.lookup(_tid_key(tid)) is None  # deleted at exit
+        assert probes.count_unfinished_calls(p.inflight) == 1  # the other thread's
+
+        # A stale entry of this thread (its exit never ran): replaced, one record.
+        p.inflight.update(_tid_key(tid), _slot(0, rec.KIND_CALL, call_id=9)[:rec.RECORD_SIZE])
+        tgkill_self(0)
+        mine = p.mine()
+        assert len(mine) == 1 and mine[0]["call_id"] != 9
+        assert p.inflight.lookup(_tid_key(tid)) is None
+
+        # The map full of other threads' calls: counted as lost, never attributed elsewhere.
+        held, key = 1, 1
+        while held < probes.INFLIGHT_SLOTS:
+            if key not in (tid, other):
+                p.inflight.update(_tid_key(key), _slot(0, rec.KIND_CALL)[:rec.RECORD_SIZE])
+                held += 1
+            key += 1
+        tgkill_self(SIGURG)
+        # >= 1: the programs see every tgkill on the machine, and any is lost while full.
+        assert p.counter(probes.COUNTER_INFLIGHT_FULL) >= 1
+        assert [r["kind"] for r in p.mine()] == [rec.KIND_KERNEL]

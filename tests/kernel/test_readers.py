@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from sigscope.bpf import asm, uapi
+from sigscope.bpf.arch import normalized_machine
 from sigscope.bpf.asm import R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10
 from sigscope.bpf.attach import attach_tracepoint
 from sigscope.bpf.maps import ArrayMap, PerfEventArrayMap, RingBufMap
@@ -252,10 +253,21 @@ def test_perfbuf_wraps_across_polls(one_cpu):
         assert failures(state) == 0
 
 
+# Syscall numbers of the epoll waits (x86_64: arch/x86/entry/syscalls/syscall_64.tbl; aarch64:
+# include/uapi/asm-generic/unistd.h, which has only epoll_pwait): glibc's epoll_wait() uses one.
+_EPOLL_WAITS = {
+    "x86_64": {232, 281, 441},  # __NR_epoll_wait, __NR_epoll_pwait, __NR_epoll_pwait2
+    "aarch64": {22, 441},        # __NR_epoll_pwait, __NR_epoll_pwait2
+}
+
+
 def blocked_in_epoll(tid: int) -> bool:
-    with open(f"/proc/self/task/{tid}/wchan") as wchan:
-        where = wchan.read()  # do_epoll_wait (or ep_poll on older kernels)
-    return "epoll" in where or "ep_poll" in where
+    """The thread sleeps inside an epoll wait: /proc/<tid>/syscall names the call a blocked
+    task is in ("running" otherwise). Not wchan: before Linux 5.16 x86 kernels built with the
+    ORC unwinder (Debian's 5.10 among them) report 0 there."""
+    with open(f"/proc/self/task/{tid}/syscall") as syscall:
+        first = syscall.read().split()[0]
+    return first.isdigit() and int(first) in _EPOLL_WAITS[normalized_machine()]
 
 
 def test_perfbuf_watermark_wakes_a_blocked_poll(one_cpu):

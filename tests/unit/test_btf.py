@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import struct
 
-import btf_full as btf_mod
 import pytest
-from btf_full import (
+
+from sigscope.bpf import btf as btf_mod
+from sigscope.bpf.btf import (
     BTF_KIND_ARRAY,
     BTF_KIND_CONST,
     BTF_KIND_DATASEC,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import struct
 
 import pytest
-from btf_full import BTF_KIND_FWD, BTF_KIND_INT, BTF_KIND_STRUCT
 
+from sigscope.bpf.btf import BTF_KIND_FWD, BTF_KIND_INT, BTF_KIND_STRUCT
 from sigscope.bpf.btf_scan import (
     BtfScanError,
     ScannedMember,

@@ -11,7 +11,7 @@ import errno
 
 import pytest
 
-from sigscope.bpf import kernel, syscall, uapi
+from sigscope.bpf import arch, syscall, uapi
 from sigscope.bpf.program import VerifierError
 
 
@@ -145,23 +145,23 @@ def test_uapi_enum_values() -> None:
 
 
 def test_syscall_numbers_per_arch() -> None:
-    x86 = kernel.syscall_numbers("x86_64")
-    arm = kernel.syscall_numbers("aarch64")
+    x86 = arch.syscall_numbers("x86_64")
+    arm = arch.syscall_numbers("aarch64")
     assert (x86.bpf, x86.perf_event_open, x86.tgkill, x86.rt_tgsigqueueinfo) == (321, 298, 234, 297)
     assert (arm.bpf, arm.perf_event_open, arm.tgkill, arm.rt_tgsigqueueinfo) == (280, 241, 131, 240)
-    assert kernel.syscall_numbers("arm64") == arm
+    assert arch.syscall_numbers("arm64") == arm
     assert x86.pidfd_send_signal == arm.pidfd_send_signal == 424
 
 
 def test_unsupported_arch_is_a_clear_error() -> None:
-    with pytest.raises(kernel.UnsupportedArchError, match="unsupported architecture 'riscv64'"):
-        kernel.syscall_numbers("riscv64")
+    with pytest.raises(arch.UnsupportedArchError, match="unsupported architecture 'riscv64'"):
+        arch.syscall_numbers("riscv64")
 
 
 def test_parse_cpu_list() -> None:
-    assert kernel.parse_cpu_list("0-3\n") == [0, 1, 2, 3]
-    assert kernel.parse_cpu_list("0,2-3,8") == [0, 2, 3, 8]
-    assert kernel.parse_cpu_list("0") == [0]
+    assert arch.parse_cpu_list("0-3\n") == [0, 1, 2, 3]
+    assert arch.parse_cpu_list("0,2-3,8") == [0, 2, 3, 8]
+    assert arch.parse_cpu_list("0") == [0]
 
 
 def test_bpf_error_message_names_the_command() -> None:

@@ -12,9 +12,9 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from .host import ToolError, atomic_write, ensure_programs, log, run
 

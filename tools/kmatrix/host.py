@@ -6,8 +6,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 CACHE_ENV = "SIGSCOPE_KMATRIX_CACHE"
 DEFAULT_CACHE = "/var/cache/sigscope-kmatrix"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Iterable
 
-from sigscope.bpf import kernel, uapi
+from sigscope.bpf import features, uapi
 from sigscope.bpf.program import Program
 from sigscope.bpf.syscall import (
     BPFError,
@@ -103,7 +103,7 @@ def attach_tracepoint(
     the link is used where the kernel has it.
     """
     if use_link is None:
-        use_link = kernel.has_perf_event_link()
+        use_link = features.has("perf_event_link")
     description = f"{system}:{name}"
     attr = PerfEventAttr(
         type=uapi.PERF_TYPE_TRACEPOINT,

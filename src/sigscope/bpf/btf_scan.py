@@ -1,6 +1,6 @@
 """Find the members of a few named structs in the kernel's BTF without indexing all of it.
 
-A full parser (the tests' ``btf_full.Btf``) reads all 5 MB of vmlinux BTF and walks every one
+A full parser (``sigscope.bpf.btf``, for type ids) reads all 5 MB of vmlinux BTF and walks every one
 of its 100k+ types (tens of ms in Python: bench/README.md): start-up cannot afford that just to
 learn where ``task_struct.comm`` is. A struct's record can be found directly instead: its name
 is one string of the (deduplicated) string section, and its record is the 4-byte-aligned spot
@@ -28,6 +28,11 @@ from typing import NamedTuple
 from sigscope.errors import SetupError
 
 VMLINUX_BTF_PATH = "/sys/kernel/btf/vmlinux"
+# The documented switch (README "Supported kernels"): with SIGSCOPE_NO_BTF set to anything but
+# "" or "0", sigscope behaves as if the kernel had no /sys/kernel/btf/vmlinux (a kernel built
+# without CONFIG_DEBUG_INFO_BTF), so that path can be run and tested on any kernel. Read here
+# only; btf.py and features.py ask vmlinux_btf_disabled().
+NO_BTF_ENV = "SIGSCOPE_NO_BTF"
 BTF_MAGIC = 0xEB9F
 BTF_KIND_STRUCT = 4
 _CHUNK = 1 << 16
@@ -38,6 +43,20 @@ _MEMBER = struct.Struct("<III")       # name_off, type, offset (struct btf_membe
 
 class BtfScanError(SetupError, ValueError):
     """One line: why the members could not be found."""
+
+
+def vmlinux_btf_disabled() -> bool:
+    """True when SIGSCOPE_NO_BTF asks sigscope to act as if the kernel had no vmlinux BTF."""
+    return os.environ.get(NO_BTF_ENV, "").strip() not in ("", "0")
+
+
+def vmlinux_btf_missing_reason(path: str = VMLINUX_BTF_PATH) -> str | None:
+    """Why the kernel's BTF cannot be used (one line), or None when it can be read."""
+    if path == VMLINUX_BTF_PATH and vmlinux_btf_disabled():
+        return f"kernel BTF disabled by {NO_BTF_ENV}"
+    if not os.path.exists(path):
+        return f"kernel BTF not found at {path} (CONFIG_DEBUG_INFO_BTF=n)"
+    return None
 
 
 class ScannedMember(NamedTuple):
@@ -92,6 +111,8 @@ def vmlinux_struct_members(*names: str, path: str = VMLINUX_BTF_PATH
     """{struct name: members} from the kernel's BTF, reading only as far as the structs. The
     first STRUCT record of each name is taken: vmlinux BTF is deduplicated, so a core kernel
     struct is defined once."""
+    if path == VMLINUX_BTF_PATH and vmlinux_btf_disabled():
+        raise BtfScanError(f"kernel BTF disabled by {NO_BTF_ENV}")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:

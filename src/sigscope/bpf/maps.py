@@ -13,8 +13,8 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Generic, TypeVar
 
-from sigscope.bpf import kernel, uapi
-from sigscope.bpf.kernel import possible_cpus
+from sigscope.bpf import arch, uapi
+from sigscope.bpf.arch import possible_cpus
 from sigscope.bpf.syscall import (
     BPFError,
     BpfMapInfo,
@@ -231,9 +231,8 @@ class Map(FdOwner, Generic[_V]):
 
     def lookup_batch(self, batch_size: int = 256) -> list[tuple[bytes, _V]]:
         """All (key, value) pairs via BPF_MAP_LOOKUP_BATCH, or by iteration when the kernel or
-        the map type has no batch operations."""
-        if not kernel.has_map_batch():
-            return self.items()
+        the map type has no batch operations (the command's own refusal says so: this layer
+        sits below features.py, whose `map_batch` probe reports the same fact)."""
         try:
             return self._lookup_batch(batch_size)
         except BPFError as err:
@@ -390,7 +389,7 @@ class PerfEventArrayMap(Map[bytes]):
 
     def __init__(self, name: str = "", max_entries: int | None = None) -> None:
         if max_entries is None:
-            max_entries = max(kernel.possible_cpu_ids()) + 1
+            max_entries = max(arch.possible_cpu_ids()) + 1
         super().__init__(uapi.BPF_MAP_TYPE_PERF_EVENT_ARRAY, 4, 4, max_entries, name)
 
 

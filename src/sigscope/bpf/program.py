@@ -22,7 +22,7 @@ from sigscope.bpf.syscall import (
     ProgLoadAttr,
     bpf,
     close_fd,
-    obj_get_info_by_fd,
+    obj_get_info_len,
 )
 
 __all__ = [
@@ -76,6 +76,10 @@ class VerifierError(BPFError):
         return f"verifier rejected program {self.program_name!r}: {self.reason}"
 
 
+# bpf_prog_info is filled up to here when the kernel has recursion_misses (Linux 5.12).
+RECURSION_MISSES_END = BpfProgInfo.recursion_misses.offset + 8
+
+
 class ProgInfo(NamedTuple):
     id: int
     name: str
@@ -83,12 +87,16 @@ class ProgInfo(NamedTuple):
     tag: str
     run_cnt: int
     run_time_ns: int
-    recursion_misses: int
+    # None: the kernel's bpf_prog_info has no recursion_misses (before Linux 5.12), so it
+    # cannot say how many runs it skipped; never a 0 that only looks like a count.
+    recursion_misses: int | None
     verified_insns: int
     load_time_ns: int
 
     @classmethod
-    def from_struct(cls, info: BpfProgInfo) -> ProgInfo:
+    def from_struct(cls, info: BpfProgInfo, filled: int | None = None) -> ProgInfo:
+        """`filled`: the bytes of `info` the kernel wrote (obj_get_info_len); None: all."""
+        has_misses = filled is None or filled >= RECURSION_MISSES_END
         return cls(
             id=info.id,
             name=info.name.decode("ascii", "replace"),
@@ -96,7 +104,7 @@ class ProgInfo(NamedTuple):
             tag=bytes(info.tag).hex(),
             run_cnt=info.run_cnt,
             run_time_ns=info.run_time_ns,
-            recursion_misses=info.recursion_misses,
+            recursion_misses=info.recursion_misses if has_misses else None,
             verified_insns=info.verified_insns,
             load_time_ns=info.load_time,
         )
@@ -136,6 +144,7 @@ class Program(FdOwner):
         log_level: int = 0,
         expected_attach_type: int = 0,
         prog_flags: int = 0,
+        attach_btf_id: int = 0,
     ) -> Program:
         code = _instructions_bytes(insns)
         encoded_name = validate_object_name(name, "program")
@@ -156,6 +165,7 @@ class Program(FdOwner):
                 prog_flags=prog_flags,
                 prog_name=encoded_name,
                 expected_attach_type=expected_attach_type,
+                attach_btf_id=attach_btf_id,
             )
             log_text = ""
             try:
@@ -190,7 +200,8 @@ class Program(FdOwner):
     def info(self) -> ProgInfo:
         """Id, name and run statistics (run_cnt/run_time_ns count only while
         kernel.bpf_stats_enabled is on)."""
-        return ProgInfo.from_struct(obj_get_info_by_fd(self.fd, BpfProgInfo()))
+        info = BpfProgInfo()
+        return ProgInfo.from_struct(info, obj_get_info_len(self.fd, info))
 
 
 def loaded_program_ids() -> list[int]:
@@ -218,7 +229,8 @@ def program_info_by_id(prog_id: int) -> ProgInfo | None:
             return None
         raise
     try:
-        return ProgInfo.from_struct(obj_get_info_by_fd(fd, BpfProgInfo()))
+        info = BpfProgInfo()
+        return ProgInfo.from_struct(info, obj_get_info_len(fd, info))
     finally:
         close_fd(fd)
 

@@ -14,7 +14,7 @@ import functools
 import os
 from typing import TypeVar
 
-from sigscope.bpf import kernel, uapi
+from sigscope.bpf import arch, uapi
 from sigscope.errors import KernelError
 
 _Info = TypeVar("_Info", bound=ctypes.Structure)
@@ -380,7 +380,7 @@ def _raw_syscall(number: int, *args: int) -> tuple[int, int]:
 
 def bpf(cmd: int, attr: ctypes.Structure) -> int:
     """bpf(cmd, &attr, sizeof(attr)); returns the result or raises BPFError naming the command."""
-    number = kernel.syscall_numbers().bpf
+    number = arch.syscall_numbers().bpf
     while True:
         result, err = _raw_syscall(number, cmd, ctypes.addressof(attr), ctypes.sizeof(attr))
         if result >= 0:
@@ -397,7 +397,7 @@ def perf_event_open(
     flags: int = uapi.PERF_FLAG_FD_CLOEXEC,
 ) -> int:
     """perf_event_open(2); always close-on-exec. Returns the event fd or raises BPFError."""
-    number = kernel.syscall_numbers().perf_event_open
+    number = arch.syscall_numbers().perf_event_open
     flags |= uapi.PERF_FLAG_FD_CLOEXEC
     result, err = _raw_syscall(number, ctypes.addressof(attr), pid, cpu, group_fd, flags)
     if result < 0:
@@ -408,7 +408,7 @@ def perf_event_open(
 
 def ioctl(fd: int, request: int, arg: int = 0) -> int:
     """ioctl(fd, request, arg) with an integer (or address) argument; raises BPFError."""
-    number = kernel.syscall_numbers().ioctl
+    number = arch.syscall_numbers().ioctl
     result, err = _raw_syscall(number, fd, request, arg)
     if result < 0:
         raise BPFError(err, f"ioctl {_IOCTL_NAMES.get(request, hex(request))}")
@@ -437,11 +437,19 @@ def close_fd(fd: int) -> None:
 
 def obj_get_info_by_fd(fd: int, info: _Info) -> _Info:
     """Fill `info` (BpfProgInfo, BpfMapInfo, ...) for a bpf object fd and return it."""
+    obj_get_info_len(fd, info)
+    return info
+
+
+def obj_get_info_len(fd: int, info: ctypes.Structure) -> int:
+    """Fill `info` for a bpf object fd; return how many of its bytes the kernel filled: an
+    older kernel's struct is shorter (kernel/bpf/syscall.c copies min(its size, ours) and
+    writes that back to info_len), and the fields past it stay zero without meaning 0."""
     attr = ObjGetInfoByFdAttr(
         bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info)
     )
     bpf(uapi.BPF_OBJ_GET_INFO_BY_FD, attr)
-    return info
+    return int(attr.info_len)
 
 
 class Closable:

@@ -1,7 +1,7 @@
 """Kernel UAPI constants, named exactly as in linux/bpf.h and linux/perf_event.h.
 
 Only what sigscope uses (plus the neighbours needed to keep enum values honest). The values are
-part of the stable kernel ABI; architecture differences live in kernel.py, not here.
+part of the stable kernel ABI; architecture differences live in arch.py, not here.
 """
 
 from __future__ import annotations

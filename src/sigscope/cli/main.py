@@ -64,6 +64,9 @@ exit status: 0 done (also after Ctrl-C, SIGTERM, SIGHUP or --duration); {EXIT_US
   the verifier), a send failed, or an internal error; {EXIT_INTERRUPTED} stopped before tracing
   began.
 """
+# Said once, with the summary, where the kernel has no bpf_prog_info.recursion_misses (< 5.12).
+_SKIPPED_UNCOUNTED = ("sigscope: this kernel cannot count the probe runs it skipped (no "
+                      "recursion_misses before Linux 5.12): 'lost' leaves them out")
 
 TRACE_EXAMPLES = """\
 examples:
@@ -421,6 +424,9 @@ REPORT_HINT = ("this is a bug in sigscope: please report it, with the output of 
 def _report(err: BaseException) -> int:
     """One line for any error, and its exit status by class (sigscope.errors)."""
     if os.environ.get("SIGSCOPE_DEBUG"):
+        log = getattr(err, "log", "")  # a VerifierError's full verifier log: only on request
+        if log:
+            print(log, file=sys.stderr)
         import traceback
 
         traceback.print_exception(err)
@@ -533,6 +539,8 @@ def run_trace(args: argparse.Namespace) -> int:
         writer.flush()
     finally:
         tracer.close()
+    if not tracer.skipped_runs_counted:
+        _print_err(_SKIPPED_UNCOUNTED)
     _print_err(f"sigscope: {tracer.records} records, {tracer.lost} lost after matching the "
                f"filters, {tracer.skipped} probe runs skipped by the kernel (unknown whether "
                "they matched)" if tracer.skipped else
@@ -659,6 +667,8 @@ def run_top(args: argparse.Namespace) -> int:
         counter.close()
         os.close(wake_read)
         os.close(wake_write)
+    if not counter.skipped_runs_counted:
+        _print_err(_SKIPPED_UNCOUNTED)
     if final is None:
         _print_err("sigscope: 0 signals counted")
         return 0

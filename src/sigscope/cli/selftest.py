@@ -1,8 +1,9 @@
 """`sigscope selftest`: the whole engine, end to end, on this machine.
 
-Loads the probes, attaches them to signal:signal_generate and the signal syscalls, sends this
-process signals through kill(2) and tgkill(2), and checks each one comes back as a record —
-through the ring buffer and through the perf buffer.
+Prints the kernel features found (bpf/features.py) and the paths chosen from them, then loads
+the probes, attaches them to signal:signal_generate and the signal syscalls, sends this process
+signals through kill(2) and tgkill(2), and checks each one comes back as a record — through the
+ring buffer and through the perf buffer — and that --fate sees a handled signal's delivery.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from typing import TextIO
 
-from sigscope.bpf import kernel
+from sigscope.bpf import features
 from sigscope.model.event import Event
 from sigscope.tracer import Tracer, make_filters
+
+FATE_TIMEOUT_S = 10.0
 
 
 def _roundtrip(buffer: str) -> list[str]:
@@ -34,10 +38,81 @@ def _roundtrip(buffer: str) -> list[str]:
     return seen
 
 
+def _fate_roundtrip() -> tuple[str | None, str | None]:
+    """Send ourselves SIGUSR2 (handled) with --fate; return (its fate's effect, how the exit
+    program knows a process died)."""
+    from sigscope.fate import Fate
+
+    me = os.getpid()
+    previous = signal.signal(signal.SIGUSR2, lambda *_: None)
+    tracer = Tracer(make_filters(signals={signal.SIGUSR2}, pids=[me]), buffer_size=1 << 20,
+                    fate=True)
+    effect: str | None = None
+    try:
+        with tracer:
+            tracer.start()
+            os.kill(me, signal.SIGUSR2)  # the handler runs on return from this call
+            deadline = time.monotonic() + FATE_TIMEOUT_S
+            while effect is None and time.monotonic() < deadline:
+                for item in tracer.poll(10):
+                    if isinstance(item, Fate) and item.sig == signal.SIGUSR2:
+                        effect = item.effect
+            if effect is None:
+                for item in tracer.close():
+                    if isinstance(item, Fate) and item.sig == signal.SIGUSR2:
+                        effect = item.effect
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    return effect, tracer.fate_exit_source
+
+
+def describe_paths() -> list[str]:
+    """The paths sigscope takes on this kernel, one line each (chosen from features)."""
+    from sigscope.programs import fate as fate_probes
+    from sigscope.programs import signal as probes
+    from sigscope.programs.task import task_layout
+
+    claim = probes.inflight_claim()
+    lines = [
+        "in-flight claim: " + ("cmpxchg on per-thread array slots (bpf_atomics)"
+                               if claim == probes.CLAIM_CMPXCHG else
+                               "hash map keyed by thread id, no atomics (no bpf_atomics)"),
+        "attach: " + ("perf-event link" if features.has("perf_event_link")
+                      else "ioctl PERF_EVENT_IOC_SET_BPF (no perf_event_link)"),
+        "sender fields: " + ("task_struct via BTF (get_current_task_btf)"
+                             if task_layout() is not None else "helper calls"),
+        "output: " + ("ring buffer" if features.has("ringbuf") else "perf buffer (no ringbuf)"),
+        "skipped probe runs: " + ("counted (recursion_misses)" if features.has("recursion_misses")
+                                  else "this kernel cannot count them (no recursion_misses)"),
+    ]
+    try:
+        from sigscope.bpf.tracefs import event_format
+
+        fmt = event_format("sched", "sched_process_exit")
+        lines.append("fate exit: " + fate_probes.exit_source(fmt, fate_probes.exit_layout()))
+    except OSError as err:
+        lines.append(f"fate exit: unavailable ({err})")
+    return lines
+
+
+def write_features(out: TextIO) -> None:
+    out.write(f"selftest: kernel {os.uname().release} {os.uname().machine}\n")
+    out.write(f"selftest: {'feature':22} {'since':6} present\n")
+    for name, since, present in features.table():
+        out.write(f"selftest:   {name:22} {since or '-':6} {'yes' if present else 'no'}\n")
+    for line in describe_paths():
+        out.write(f"selftest: {line}\n")
+
+
 def selftest(out: TextIO) -> int:
+    from sigscope.bpf.privileges import check_privileges
+
+    check_privileges()
+    features.check_essentials()
+    write_features(out)
     previous = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     try:
-        buffers = ["ringbuf", "perf"] if kernel.has_ringbuf() else ["perf"]
+        buffers = ["ringbuf", "perf"] if features.has("ringbuf") else ["perf"]
         failures = 0
         for buffer in buffers:
             seen = _roundtrip(buffer)
@@ -47,5 +122,10 @@ def selftest(out: TextIO) -> int:
                       f"{', '.join(seen) or 'nothing'}: {'ok' if ok else 'FAILED'}\n")
     finally:
         signal.signal(signal.SIGUSR1, previous)
+    effect, source = _fate_roundtrip()
+    ok = effect == "handled"
+    failures += not ok
+    out.write(f"selftest: fate: sent SIGUSR2 (handled), its fate: {effect or 'not seen'} "
+              f"(exit: {source}): {'ok' if ok else 'FAILED'}\n")
     out.write("selftest: ok\n" if not failures else "selftest: FAILED\n")
     return 0 if not failures else 1

@@ -58,6 +58,9 @@ KIND_SUPPRESSED = 0xFF
 FLAG_RECIPIENT_FILTERED = 1
 # KIND_EXIT: no BTF, so the exit code could not be read (`ret` is meaningless).
 FLAG_EXIT_CODE_UNKNOWN = 2
+# KIND_EXIT: no BTF and no group_dead field in the tracepoint (before Linux 6.16): whether this
+# thread's exit ended its thread group is unknown (`gen_group` is 0 without meaning "no").
+FLAG_GROUP_UNKNOWN = 4
 
 # gen_result when a syscall generated nothing (EPERM, ESRCH, EINVAL, signal 0 probes).
 GEN_NONE = -1

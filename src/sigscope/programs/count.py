@@ -204,12 +204,13 @@ def emit_count(
 
 
 def probe_config(filters: Filters, fds: CountMapFds,
-                 keep: frozenset[str] | None = None) -> probes.ProbeConfig:
+                 keep: frozenset[str] | None = None,
+                 claim: str | None = None) -> probes.ProbeConfig:
     """signal.py's configuration with the counting output; `keep`: the key fields counted by
-    (None: all)."""
+    (None: all); `claim`: ProbeConfig.claim."""
     return probes.ProbeConfig(
         filters, probes.OUTPUT_RINGBUF,
         probes.MapFds(inflight=fds.inflight, events=fds.counts, counters=fds.counters),
-        emit=partial(emit_count, fds=fds, keep=keep),
+        emit=partial(emit_count, fds=fds, keep=keep), claim=claim,
     )
 

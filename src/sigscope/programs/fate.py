@@ -9,7 +9,19 @@ user space sees one stream ordered per CPU, and every record carries its kernel 
 * ``sched:sched_process_exit`` — the exiting task's ``exit_code`` (already set when the
   tracepoint fires), read with bpf_probe_read_kernel at the offset BTF gives for
   ``task_struct.exit_code``. Only signal deaths and the last thread of a process are written:
-  a normal thread exit says nothing about any signal.
+  a normal thread exit says nothing about any signal. Whether the whole thread group is dead
+  comes from one of (ExitLayout / exit_source()):
+  - the tracepoint's ``group_dead`` field (Linux 6.16: do_exit() passes its group_dead);
+  - else ``task->signal->live`` read through BTF offsets: do_exit() (kernel/exit.c, 5.10 to
+    6.18 alike) computes ``group_dead = atomic_dec_and_test(&tsk->signal->live)`` before the
+    tracepoint, and live only grows again by a clone of a live thread, so live == 0 at the
+    tracepoint means every thread has passed that point: the group is dead. It holds on the
+    thread whose decrement reached 0 (exactly group_dead) and also on a sibling still exiting
+    alongside it (whose record then says, as truly, that the group is dead);
+  - else (no BTF) nothing: every thread's exit is written with its exit code and the group's
+    death unknown (FLAG_EXIT_CODE_UNKNOWN | FLAG_GROUP_UNKNOWN), so fatal deliveries end
+    "unknown", and so do signals still queued at the end to a process one of whose threads
+    exited (it may be dead: not "pending").
 * ``syscalls:sys_exit_rt_sigtimedwait`` — sigwaitinfo/sigtimedwait dequeue without
   signal_deliver; a positive return value is the signal consumed.
 * ``syscalls:sys_enter_rt_sigaction`` — a handler set to SIG_IGN (or SIG_DFL for a signal whose
@@ -22,7 +34,9 @@ as SIGKILL on every thread of the dying process.
 
 from __future__ import annotations
 
-from sigscope.bpf import asm
+from typing import NamedTuple
+
+from sigscope.bpf import asm, btf_scan
 from sigscope.bpf.asm import DW, R0, R1, R2, R3, R6, R7, R8, R9, R10, B, W
 from sigscope.bpf.tracefs import EventFormat
 from sigscope.model import record as rec
@@ -39,9 +53,39 @@ from sigscope.programs.signal import (
     _zero_stack_record,
 )
 
+# How the exit program knows the thread group is dead (selftest prints it).
+EXIT_GROUP_DEAD_FIELD = "group_dead field"
+EXIT_SIGNAL_LIVE = "signal_struct via BTF"
+EXIT_UNKNOWN = "unknown (no BTF)"
+
+
+class ExitLayout(NamedTuple):
+    """Offsets from the kernel's BTF: task_struct.exit_code, task_struct.signal (a pointer)
+    and signal_struct.live (an atomic_t, whose int counter is its only member)."""
+
+    exit_code: int
+    signal: int
+    live: int
+
+
+def exit_layout() -> ExitLayout | None:
+    """The offsets, or None without BTF (or with SIGSCOPE_NO_BTF)."""
+    try:
+        found = btf_scan.vmlinux_struct_members("task_struct", "signal_struct")
+        task, sig = found["task_struct"], found["signal_struct"]
+        return ExitLayout(task["exit_code"].offset, task["signal"].offset, sig["live"].offset)
+    except (btf_scan.BtfScanError, KeyError, OSError):
+        return None
+
+
+def exit_source(fmt: EventFormat, layout: ExitLayout | None) -> str:
+    """EXIT_GROUP_DEAD_FIELD, EXIT_SIGNAL_LIVE or EXIT_UNKNOWN for this tracepoint format."""
+    if "group_dead" in fmt.fields:
+        return EXIT_GROUP_DEAD_FIELD
+    return EXIT_SIGNAL_LIVE if layout is not None else EXIT_UNKNOWN
 # What each program reads from its tracepoint (names as in the tracefs format files).
 DELIVER_FIELDS = ("sig", "errno", "code", "sa_handler", "sa_flags")
-EXIT_FIELDS = ("group_dead",)
+EXIT_FIELDS = ("group_dead",)  # where the kernel has it (exit_source)
 
 # (program name, tracefs system, event) of every fate program, in attach order.
 FATE_TRACEPOINTS = (
@@ -120,28 +164,51 @@ def build_signal_deliver(cfg: ProbeConfig, fmt: EventFormat) -> list:
     return prog + _epilogue(out)
 
 
-def build_process_exit(cfg: ProbeConfig, fmt: EventFormat, exit_code_offset: int | None) -> list:
+def _read_kernel(dst_off: int, size: int, fail: str) -> list:
+    """bpf_probe_read_kernel(r10 + dst_off, size, r3), jump to fail on error. Clobbers r0-r5."""
+    return [asm.mov64_reg(R1, R10), asm.alu64_imm("ADD", R1, dst_off), asm.mov64_imm(R2, size),
+            asm.call("probe_read_kernel"), asm.jmp_imm("JNE", R0, 0, fail)]
+
+
+def build_process_exit(cfg: ProbeConfig, fmt: EventFormat, layout: ExitLayout | None) -> list:
     """sched:sched_process_exit: the exit code of a thread dying of a signal, or of the last
-    thread of a process. Without BTF (exit_code_offset None) only the last thread is written,
-    marked FLAG_EXIT_CODE_UNKNOWN."""
+    thread of a process (r9 = group dead, from exit_source()). Without BTF (layout None) the
+    exit code is unknown: with the group_dead field only the last thread is written, without
+    it every thread (its group's death unknown); both marked FLAG_EXIT_CODE_UNKNOWN."""
     labels, out = _Labels(), "out"
-    group_dead = fmt.field("group_dead")
-    prog = [*_prologue(), asm.ldx(B, R9, R6, group_dead.offset)]
+    source = exit_source(fmt, layout)
+    prog = [*_prologue()]
+    if source == EXIT_GROUP_DEAD_FIELD:
+        prog += [asm.ldx(B, R9, R6, fmt.field("group_dead").offset)]
+    else:
+        prog += [asm.mov64_imm(R9, 0)]
     prog += _thread_filter(cfg, out, labels)
-    if exit_code_offset is None:
-        prog += [asm.jmp_imm("JEQ", R9, 0, out), asm.mov64_imm(R8, 0)]
+    if layout is None:
+        if source == EXIT_GROUP_DEAD_FIELD:
+            prog += [asm.jmp_imm("JEQ", R9, 0, out)]
+        prog += [asm.mov64_imm(R8, 0)]
         flags = rec.FLAG_EXIT_CODE_UNKNOWN
+        if source == EXIT_UNKNOWN:
+            flags |= rec.FLAG_GROUP_UNKNOWN
     else:
         keep = labels("keep")
+        prog += [asm.call("get_current_task"), asm.stx(DW, R10, R0, _STACK_RECORD)]
+        if source == EXIT_SIGNAL_LIVE:
+            # r9 = (task->signal->live == 0), read through the task pointer spilled at
+            # _STACK_RECORD (the record is zeroed and filled only later).
+            alive = labels("alive")
+            prog += [asm.mov64_reg(R3, R0), asm.alu64_imm("ADD", R3, layout.signal),
+                     *_read_kernel(_STACK_KEY, 8, out),
+                     asm.ldx(DW, R3, R10, _STACK_KEY), asm.alu64_imm("ADD", R3, layout.live),
+                     *_read_kernel(_STACK_KEY, 4, out),
+                     asm.ldx(W, R1, R10, _STACK_KEY),
+                     asm.jmp_imm("JNE", R1, 0, alive),
+                     asm.mov64_imm(R9, 1),
+                     asm.label(alive)]
         prog += [
-            asm.call("get_current_task"),
-            asm.mov64_reg(R3, R0),
-            asm.alu64_imm("ADD", R3, exit_code_offset),
-            asm.mov64_reg(R1, R10),
-            asm.alu64_imm("ADD", R1, _STACK_KEY),
-            asm.mov64_imm(R2, 4),
-            asm.call("probe_read_kernel"),
-            asm.jmp_imm("JNE", R0, 0, out),
+            asm.ldx(DW, R3, R10, _STACK_RECORD),
+            asm.alu64_imm("ADD", R3, layout.exit_code),
+            *_read_kernel(_STACK_KEY, 4, out),
             asm.ldx(W, R8, R10, _STACK_KEY),
             # A death by signal has the signal in the low 7 bits; keep it, and every last thread.
             asm.mov64_reg(R1, R8),
@@ -204,13 +271,13 @@ def build_sigaction_enter(cfg: ProbeConfig, fmt: EventFormat) -> list:
 
 
 def build_fate_programs(
-    cfg: ProbeConfig, formats: dict[str, EventFormat], exit_code_offset: int | None
+    cfg: ProbeConfig, formats: dict[str, EventFormat], layout: ExitLayout | None
 ) -> list[tuple[str, str, str, list]]:
     """(program name, system, event, instructions) for every fate program; `formats` maps an
-    event name to its tracefs format."""
+    event name to its tracefs format; `layout` from exit_layout()."""
     builders = {
         "signal_deliver": lambda fmt: build_signal_deliver(cfg, fmt),
-        "sched_process_exit": lambda fmt: build_process_exit(cfg, fmt, exit_code_offset),
+        "sched_process_exit": lambda fmt: build_process_exit(cfg, fmt, layout),
         "sys_exit_rt_sigtimedwait": lambda fmt: build_sigtimedwait_exit(cfg, fmt),
         "sys_enter_rt_sigaction": lambda fmt: build_sigaction_enter(cfg, fmt),
     }

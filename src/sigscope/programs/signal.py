@@ -23,12 +23,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
-from sigscope.bpf import asm
+from sigscope.bpf import asm, features
 from sigscope.bpf.asm import DW, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, W
 from sigscope.bpf.attach import detach_all
-from sigscope.bpf.maps import ArrayMap, Map
+from sigscope.bpf.maps import ArrayMap, HashMap, Map
 from sigscope.bpf.tracefs import EventFormat, event_format
-from sigscope.bpf.uapi import BPF_F_CURRENT_CPU, BPF_RB_NO_WAKEUP
+from sigscope.bpf.uapi import BPF_ANY, BPF_F_CURRENT_CPU, BPF_RB_NO_WAKEUP
 from sigscope.model import record as rec
 from sigscope.model.filters import Filters
 from sigscope.programs.common import _STACK_KEY, _STACK_RECORD, _f, _Labels
@@ -37,6 +37,7 @@ from sigscope.programs.task import (
     TaskLayout,
     _task_prologue,
     _task_sender_to_stack,
+    comm_cut_at_nul,
     task_layout,
 )
 
@@ -48,7 +49,10 @@ NUM_COUNTERS = 4
 OUTPUT_RINGBUF = "ringbuf"
 OUTPUT_PERF = "perf"
 
-# The in-flight calls: an array of slots, each a record followed by a u32 owner word (the
+# The in-flight calls, claimed one of two ways (inflight_claim() picks by the `bpf_atomics`
+# feature; both give the same records):
+#
+# CLAIM_CMPXCHG, an array of slots, each a record followed by a u32 owner word (the
 # owning thread's id, with INFLIGHT_BUSY set while its call is in flight). A thread claims a
 # slot with an atomic compare-and-exchange on the owner word, at entry: first the slot at
 # tid % INFLIGHT_SLOTS (normally still its own from its last call), else the first one of the
@@ -57,6 +61,16 @@ OUTPUT_PERF = "perf"
 # INFLIGHT_PROBES by its owner word. Array lookups are inlined by the verifier: this replaces
 # a hash lookup (a helper call; bench/README.md) in each of the three programs. When every probed
 # slot is busy the call is counted in COUNTER_INFLIGHT_FULL, as a full map was before.
+#
+# CLAIM_TID_HASH, for kernels without BPF atomics (before 5.12): a hash map keyed by the thread
+# id, value one record. Entry builds the record on the stack and stores it under its own tid
+# (only the owning thread ever writes its key, so no claim needs an atomic; the map's bucket
+# lock orders inserts of different threads); generate and exit look it up by tid; exit deletes
+# it. A full map (update fails) is counted in COUNTER_INFLIGHT_FULL. Costs three hash
+# operations per call instead of inlined array lookups (see README, "Supported kernels").
+CLAIM_CMPXCHG = "cmpxchg"
+CLAIM_TID_HASH = "tid_hash"
+CLAIMS = (CLAIM_CMPXCHG, CLAIM_TID_HASH)
 INFLIGHT_SLOTS = 1024        # user space scans them all (fate horizon; cost: bench/README.md)
 INFLIGHT_PROBES = 4
 INFLIGHT_BUSY = 1 << 30      # above any thread id (PID_MAX_LIMIT is 1 << 22)
@@ -64,9 +78,21 @@ _OWNER = rec.RECORD_SIZE                # offset of the owner word in a slot
 INFLIGHT_VALUE_SIZE = rec.RECORD_SIZE + 8
 
 
-def make_inflight_map() -> ArrayMap:
-    """The in-flight slots the programs of this module expect (key: u32 slot index; value: a
-    record, then the owner word)."""
+def inflight_claim() -> str:
+    """The claim this kernel supports: CLAIM_CMPXCHG with BPF atomics, else CLAIM_TID_HASH."""
+    return CLAIM_CMPXCHG if features.has("bpf_atomics") else CLAIM_TID_HASH
+
+
+def make_inflight_map(claim: str | None = None) -> Map:
+    """The in-flight map the programs of `claim` (default: inflight_claim()) expect.
+    CLAIM_CMPXCHG: an array (key: u32 slot index; value: a record, then the owner word).
+    CLAIM_TID_HASH: a hash map (key: u32 thread id; value: a record). Either way a value
+    starts with the record, so user space reads both alike."""
+    claim = claim or inflight_claim()
+    if claim == CLAIM_TID_HASH:
+        return HashMap(4, rec.RECORD_SIZE, INFLIGHT_SLOTS, name="sigscope_calls")
+    if claim != CLAIM_CMPXCHG:
+        raise ValueError(f"unknown in-flight claim {claim!r}: one of {', '.join(CLAIMS)}")
     return ArrayMap(INFLIGHT_VALUE_SIZE, INFLIGHT_SLOTS, name="sigscope_calls")
 
 
@@ -119,6 +145,13 @@ class ProbeConfig(NamedTuple):
     # kernel's BTF) where the kernel allows it, instead of through helper calls. False forces
     # the helpers (tests; the records are the same either way).
     task_fields: bool = True
+    # How a call claims its in-flight record: CLAIM_CMPXCHG or CLAIM_TID_HASH; None:
+    # inflight_claim(). Must match the map (make_inflight_map with the same claim).
+    claim: str | None = None
+
+
+def _claim(cfg: ProbeConfig) -> str:
+    return cfg.claim or inflight_claim()
 
 
 def _layout(cfg: ProbeConfig) -> TaskLayout | None:
@@ -279,7 +312,13 @@ def _sender_filters(cfg: ProbeConfig, fail: str, labels: _Labels) -> list:
 
 
 def _current_comm_into_stack() -> list:
+    """bpf_get_current_comm into the stack record's sender_comm, cleared first: the helper
+    copies with strscpy on some kernels (6.1 among them), which stops at the NUL and leaves
+    the bytes after it as they were. Clobbers r0-r5."""
+    at = _STACK_RECORD + _f("sender_comm")
     return [
+        asm.st(DW, R10, at, 0),
+        asm.st(DW, R10, at + 8, 0),
         asm.mov64_reg(R1, R10),
         asm.alu64_imm("ADD", R1, _STACK_RECORD + _f("sender_comm")),
         asm.mov64_imm(R2, 16),
@@ -299,18 +338,25 @@ def _fill_sender_into_stack() -> list:
     ]
 
 
-def _copy_generate_fields(dst: int, dst_base: int, gen: EventFormat) -> list:
+def _copy_generate_fields(dst: int, dst_base: int, gen: EventFormat,
+                          labels: _Labels) -> list:
     """Copy signal_generate's recipient fields from ctx (r6) to dst+dst_base+record offsets.
-    Uses r1. The comm is copied in 4-byte words: tracepoint context reads must be aligned."""
+    Uses r1-r5. The comm is read in 4-byte words (tracepoint context reads must be aligned)
+    and cut at its NUL (comm_cut_at_nul: the tracepoint copies all 16 bytes of the task's)."""
     out: list = []
     for src_name, dst_name in (("code", "gen_code"), ("errno", "gen_errno"), ("pid", "target_tid"),
                                ("group", "gen_group"), ("result", "gen_result")):
         fld = gen.field(src_name)
         out += [asm.ldx(W, R1, R6, fld.offset), asm.stx(W, dst, R1, dst_base + _f(dst_name))]
     comm = gen.field("comm")
-    for i in range(0, 16, 4):
-        out += [asm.ldx(W, R1, R6, comm.offset + i),
-                asm.stx(W, dst, R1, dst_base + _f("target_comm") + i)]
+    for reg, half in ((R1, 0), (R2, 8)):
+        out += [asm.ldx(W, reg, R6, comm.offset + half),
+                asm.ldx(W, R3, R6, comm.offset + half + 4),
+                asm.alu64_imm("LSH", R3, 32),
+                asm.alu64_reg("OR", reg, R3)]
+    out += comm_cut_at_nul(labels)
+    out += [asm.stx(DW, dst, R1, dst_base + _f("target_comm")),
+            asm.stx(DW, dst, R2, dst_base + _f("target_comm") + 8)]
     return out
 
 
@@ -354,9 +400,19 @@ def _busy_owner(dst: int) -> list:
     return [asm.mov32_reg(dst, R7), asm.alu32_imm("OR", dst, INFLIGHT_BUSY)]
 
 
+def _tid_key() -> list:
+    """The current thread's id (r7 = pid_tgid) at _STACK_KEY, and r2 pointing at it."""
+    return [asm.stx(W, R10, R7, _STACK_KEY), asm.mov64_reg(R2, R10),
+            asm.alu64_imm("ADD", R2, _STACK_KEY)]
+
+
 def _lookup_inflight(cfg: ProbeConfig, missing: str) -> list:
     """r8 = the current thread's in-flight slot (claimed at entry) or jump to missing.
     Expects r7 = pid_tgid. Clobbers r0-r5."""
+    if _claim(cfg) == CLAIM_TID_HASH:
+        return [*_tid_key(), asm.ld_map_fd(R1, cfg.maps.inflight),
+                asm.call("map_lookup_elem"), asm.jmp_imm("JEQ", R0, 0, missing),
+                asm.mov64_reg(R8, R0)]
     found = f"{missing}_found"
     prog: list = []
     for probe in range(INFLIGHT_PROBES):
@@ -409,10 +465,25 @@ def _claim_inflight(cfg: ProbeConfig, full: str, labels: _Labels) -> list:
     return [*prog, asm.ja(full), asm.label(claimed)]
 
 
-def _release_inflight() -> list:
-    """The current thread's slot (r8) goes back to idle; the thread keeps it for its next call
-    (r7 = pid_tgid)."""
+def _release_inflight(cfg: ProbeConfig) -> list:
+    """The call is over. CLAIM_CMPXCHG: the current thread's slot (r8) goes back to idle; the
+    thread keeps it for its next call (r7 = pid_tgid). CLAIM_TID_HASH: the thread's entry is
+    deleted (clobbers r0-r5)."""
+    if _claim(cfg) == CLAIM_TID_HASH:
+        return [*_tid_key(), asm.ld_map_fd(R1, cfg.maps.inflight),
+                asm.call("map_delete_elem")]
     return [asm.st(W, R8, _f("kind"), rec.KIND_IDLE), asm.stx(W, R8, R7, _OWNER)]
+
+
+def _store_call_by_tid(cfg: ProbeConfig, full: str) -> list:
+    """CLAIM_TID_HASH: the record built on the stack becomes the thread's in-flight entry
+    (BPF_ANY: an entry its last call left, when that call's exit never ran, is replaced, as
+    the array path reuses its slot); jump to full when the map cannot take it. Clobbers
+    r0-r5."""
+    return [*_tid_key(), asm.ld_map_fd(R1, cfg.maps.inflight),
+            asm.mov64_reg(R3, R10), asm.alu64_imm("ADD", R3, _STACK_RECORD),
+            asm.mov64_imm(R4, BPF_ANY), asm.call("map_update_elem"),
+            asm.jmp_imm("JNE", R0, 0, full)]
 
 
 def _prologue() -> list:
@@ -485,14 +556,22 @@ def build_sys_enter(cfg: ProbeConfig, call: str, enter: EventFormat) -> list:
     layout = _layout(cfg)
     if layout is not None:
         return _build_sys_enter_task(cfg, call, enter, layout, suppressed)
+    by_tid = _claim(cfg) == CLAIM_TID_HASH
     prog = [*_prologue(), *_sender_filters(cfg, out, labels)]
     prog += [*_load_s32(R9, R6, sig.offset, sig.size),
              *_signal_filter(R9, cfg.filters.signals, out, labels,
                              cfg.filters.excluded_signals)]
+    if by_tid:
+        prog += _zero_stack_record()  # the whole record is stored: every byte initialised
     prog += _current_comm_into_stack()
     prog += _comm_filter(R10, _STACK_RECORD + _f("sender_comm"), comm, out)
-    prog += _claim_inflight(cfg, full, labels)
-    prog += [*_copy_sender_comm(), *_fill_call(R8, 0, call, enter, suppressed), asm.ja(out)]
+    if by_tid:
+        prog += [*_fill_call(R10, _STACK_RECORD, call, enter, suppressed),
+                 *_store_call_by_tid(cfg, full), asm.ja(out)]
+    else:
+        prog += _claim_inflight(cfg, full, labels)
+        prog += [*_copy_sender_comm(), *_fill_call(R8, 0, call, enter, suppressed),
+                 asm.ja(out)]
     prog += _inflight_full(cfg, full, labels)
     return prog + _epilogue(out)
 
@@ -517,14 +596,21 @@ def _build_sys_enter_task(cfg: ProbeConfig, call: str, enter: EventFormat, layou
     instead of four (pid_tgid, comm, uid, time): two helper calls less per call."""
     labels, out, full = _Labels(), "out", "inflight_full"
     sig = enter.field("sig")
+    by_tid = _claim(cfg) == CLAIM_TID_HASH
     prog = [*_task_prologue(layout), *_sender_filters(cfg, out, labels)]
     prog += [*_load_s32(R9, R6, sig.offset, sig.size),
              *_signal_filter(R9, cfg.filters.signals, out, labels,
                              cfg.filters.excluded_signals)]
+    if by_tid:
+        prog += _zero_stack_record()
     prog += _task_sender_to_stack(layout, cfg.filters.comm_bytes(), out, labels)
-    prog += _claim_inflight(cfg, full, labels)
-    prog += [*_copy_sender_comm(),
-             *_fill_call(R8, 0, call, enter, suppressed, uid_on_stack=True), asm.ja(out)]
+    if by_tid:
+        prog += [*_fill_call(R10, _STACK_RECORD, call, enter, suppressed, uid_on_stack=True),
+                 *_store_call_by_tid(cfg, full), asm.ja(out)]
+    else:
+        prog += _claim_inflight(cfg, full, labels)
+        prog += [*_copy_sender_comm(),
+                 *_fill_call(R8, 0, call, enter, suppressed, uid_on_stack=True), asm.ja(out)]
     prog += _inflight_full(cfg, full, labels)
     return prog + _epilogue(out)
 
@@ -562,7 +648,7 @@ def build_signal_generate(cfg: ProbeConfig, gen: EventFormat) -> list:
         prog += _current_comm_into_stack()
         prog += _comm_filter(R10, _STACK_RECORD + _f("sender_comm"), f.comm_bytes(), out)
         prog += _fill_sender_into_stack()
-        prog += _copy_generate_fields(R10, _STACK_RECORD, gen)
+        prog += _copy_generate_fields(R10, _STACK_RECORD, gen, labels)
         prog += kernel_sigkill_stack(cfg.maps.stacks, labels)  # why the kernel killed
         prog += [
             asm.stx(W, R10, R9, _STACK_RECORD + _f("sig")),
@@ -606,7 +692,7 @@ def _attribute_to_call(cfg: ProbeConfig, gen: EventFormat, out: str, labels: _La
     fanout = labels("fanout")
     prog += [asm.ldx(W, R9, R8, _f("ngen")), asm.jmp_imm("JNE", R9, 0, fanout)]
     # First recipient: completes the parked record.
-    prog += _copy_generate_fields(R8, 0, gen)
+    prog += _copy_generate_fields(R8, 0, gen, labels)
     prog += [asm.call("ktime_get_ns"), asm.stx(DW, R8, R0, _f("ktime_ns")),
              asm.st(W, R8, _f("ngen"), 1), asm.ja(out)]
     # Further recipient: a FANOUT record of its own, tied to the call by call_id.
@@ -614,7 +700,7 @@ def _attribute_to_call(cfg: ProbeConfig, gen: EventFormat, out: str, labels: _La
     prog += [asm.alu64_imm("ADD", R9, 1), asm.stx(W, R8, R9, _f("ngen"))]
     for i in range(0, rec.RECORD_SIZE, 8):
         prog += [asm.ldx(DW, R1, R8, i), asm.stx(DW, R10, R1, _STACK_RECORD + i)]
-    prog += _copy_generate_fields(R10, _STACK_RECORD, gen)
+    prog += _copy_generate_fields(R10, _STACK_RECORD, gen, labels)
     prog += [
         asm.st(W, R10, _STACK_RECORD + _f("kind"), rec.KIND_FANOUT),
         asm.alu64_imm("SUB", R9, 1),
@@ -661,7 +747,7 @@ def build_sys_exit(cfg: ProbeConfig, call: str, exit_fmt: EventFormat) -> list:
              asm.call("ktime_get_ns"), asm.stx(DW, R8, R0, _f("ktime_ns")),
              asm.label(timed)]
     prog += _output(cfg, R8, labels)
-    prog += [asm.label(idle), *_release_inflight()]
+    prog += [asm.label(idle), *_release_inflight(cfg)]
     return prog + _epilogue(out)
 
 

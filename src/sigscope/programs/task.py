@@ -102,11 +102,22 @@ def _task_comm(layout: TaskLayout, labels: _Labels) -> list:
     """r1, r2 = the current task's comm exactly as bpf_get_current_comm(buf, 16) writes it
     (strscpy_pad: at most 15 bytes up to the first NUL, then zeros), with two loads instead of
     a helper call. Expects the task at _STACK_TASK. Uses r1-r5."""
-    lo_full, done = labels("comm_lo_full"), labels("comm_done")
     return [
         asm.ldx(DW, R5, R10, _STACK_TASK),
         asm.ldx(DW, R1, R5, layout.comm),
         asm.ldx(DW, R2, R5, layout.comm + 8),
+        *comm_cut_at_nul(labels),
+    ]
+
+
+def comm_cut_at_nul(labels: _Labels) -> list:
+    """r1, r2 = the 16 bytes of a comm (little-endian halves) with byte 15 and every byte from
+    the first NUL on zeroed: what strscpy_pad leaves. A task's comm may hold stale bytes after
+    its NUL (older kernels, 5.10 among them, rename with strlcpy: no padding), and so may the
+    tracepoints' copies of it; comparing or keying on those would split one name in two.
+    Uses r3, r4."""
+    lo_full, done = labels("comm_lo_full"), labels("comm_done")
+    return [
         asm.alu64_imm("LSH", R2, 8),        # byte 15 is always the terminating NUL
         asm.alu64_imm("RSH", R2, 8),
         *_nul_flags(R4, R1, R3),

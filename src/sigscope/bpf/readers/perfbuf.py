@@ -24,7 +24,7 @@ import select
 import struct
 from typing import TYPE_CHECKING, NamedTuple
 
-from sigscope.bpf import kernel, uapi
+from sigscope.bpf import arch, uapi
 from sigscope.bpf.readers.ringbuf import (
     PAGE_SIZE,
     ReaderError,
@@ -191,9 +191,9 @@ def _walk_fixed(region: memoryview, span: int, head: int, record_size: int) -> P
 def online_cpu_ids() -> list[int]:
     try:
         with open(_ONLINE_CPUS_PATH) as online:
-            return kernel.parse_cpu_list(online.read())
+            return arch.parse_cpu_list(online.read())
     except OSError:
-        return list(kernel.possible_cpu_ids())
+        return list(arch.possible_cpu_ids())
 
 
 class _CpuRing:

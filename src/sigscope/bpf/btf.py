@@ -1,9 +1,12 @@
-"""A small, lazy reader of the kernel's BTF (``/sys/kernel/btf/vmlinux``): the tests' oracle.
+"""A small, lazy reader of the kernel's BTF (``/sys/kernel/btf/vmlinux``): type ids.
 
-Not part of the product: sigscope reads the few offsets it needs with the quick scan of
-``sigscope.bpf.btf_scan`` (start-up cost ~1 ms instead of ~60 ms for a full parse). This full,
-independent parser checks the scan's answers on the running kernel (tests/kernel) and is itself
-tested on synthetic blobs (tests/unit/test_btf.py).
+Two BTF readers, for two questions. Member offsets (``task_struct.comm``...) come from the quick
+scan of ``sigscope.bpf.btf_scan`` on the start-up path (~1 ms). A *type id* (what a BTF-typed
+program's ``attach_btf_id`` names: the typedef ``btf_trace_<event>`` of a tp_btf program, the
+FUNC of an fentry target) is a type's ordinal position, so finding one needs the walk over every
+type that this parser does (tens of ms: bench/README.md): it is used only where a type id is
+needed (feature probes), never on the trace start-up path. It is also the independent oracle
+that checks the scan's answers on the running kernel (tests/kernel).
 
 BPF programs that read kernel memory (``bpf_probe_read_kernel`` on a ``task_struct``) need the
 byte offsets of struct fields on the *running* kernel. Without compiler-side CO-RE we take them
@@ -27,6 +30,7 @@ from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
+from sigscope.bpf.btf_scan import NO_BTF_ENV, vmlinux_btf_disabled
 from sigscope.errors import SetupError
 
 VMLINUX_BTF_PATH = "/sys/kernel/btf/vmlinux"
@@ -194,6 +198,9 @@ class Btf:
 
     @classmethod
     def _load_file(cls, path: str) -> Btf:
+        if path == VMLINUX_BTF_PATH and vmlinux_btf_disabled():
+            raise BtfError(f"kernel BTF disabled by {NO_BTF_ENV}: kernel struct offsets "
+                           "cannot be read")
         try:
             with open(path, "rb") as f:
                 data = f.read()
@@ -343,6 +350,18 @@ class Btf:
         for type_id in self._name_lookup().get(name, ()):
             if kinds is None or self.kind(type_id) in kinds:
                 return type_id
+        return None
+
+    def find_func(self, name: str) -> int | None:
+        """Id of the FUNC called ``name`` (functions are not in the name index: a linear scan,
+        ~30 ms on vmlinux; for feature probes)."""
+        wanted = name.encode() + b"\0"
+        strings, infos, name_offs = self._strings, self._infos, self._name_offs
+        for type_id in range(1, len(infos)):
+            if (infos[type_id] >> 24) & 0x1F == BTF_KIND_FUNC:
+                off = name_offs[type_id]
+                if strings[off:off + len(wanted)] == wanted:
+                    return type_id
         return None
 
     def resolve(self, type_id: int, through_pointers: bool = False) -> int:
