@@ -123,7 +123,7 @@ TRACE_MODULES = {
     "sigscope.model.signals", "sigscope.outputs", "sigscope.outputs.trace", "sigscope.programs",
     "sigscope.programs.common", "sigscope.programs.signal", "sigscope.programs.task",
     "sigscope.bpf", "sigscope.bpf.asm", "sigscope.bpf.attach", "sigscope.bpf.btf_scan",
-    "sigscope.bpf.kernel", "sigscope.bpf.maps", "sigscope.bpf.privileges",
+    "sigscope.bpf.arch", "sigscope.bpf.features", "sigscope.bpf.maps", "sigscope.bpf.privileges",
     "sigscope.bpf.program", "sigscope.bpf.readers", "sigscope.bpf.readers.perfbuf",
     "sigscope.bpf.readers.ringbuf", "sigscope.bpf.syscall", "sigscope.bpf.tracefs",
     "sigscope.bpf.uapi", "sigscope.errors", "sigscope.model.escape", "sigscope.model.origins",

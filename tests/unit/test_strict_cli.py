@@ -177,9 +177,9 @@ def test_every_error_has_its_place(cls, base, builtin) -> None:
 
 
 def test_arch_error_is_a_setup_error() -> None:
-    from sigscope.bpf import kernel
+    from sigscope.bpf import arch
 
-    assert issubclass(kernel.UnsupportedArchError, errors.SetupError)
+    assert issubclass(arch.UnsupportedArchError, errors.SetupError)
 
 
 def test_exit_codes_by_class() -> None:

@@ -22,8 +22,7 @@ import ctypes
 import errno
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sigscope.bpf import asm, btf_scan, uapi
 from sigscope.bpf.asm import DW, R0, R1, R10, W
@@ -44,8 +43,7 @@ class KernelFeatureError(RuntimeError):
     """The kernel lacks something sigscope cannot work without; str() is one line."""
 
 
-@dataclass(frozen=True)
-class Feature:
+class Feature(NamedTuple):
     """A kernel feature: `probe()` -> present; `since` the mainline version that brought it
     (None when it is a build option rather than a release, e.g. BTF)."""
 
