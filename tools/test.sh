@@ -20,6 +20,7 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q -e '.[test]'
 
 .venv/bin/ruff check .
+.venv/bin/mypy   # [tool.mypy] in pyproject.toml: src/sigscope
 # Unit tests run anywhere; kernel tests run as root (and may not skip under CI=true).
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 

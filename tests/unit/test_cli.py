@@ -79,6 +79,8 @@ def test_filter_options(argv: list[str], expected: dict) -> None:
     (["--buffer-size", "512K"], "buffer_size", 512 << 10),
     (["--buffer-size", "8192"], "buffer_size", 8192),
     (["--ebpf"], "ebpf", True),
+    (["--fate"], "follow_signalfd", True),
+    (["--fate", "--no-signalfd"], "follow_signalfd", False),
 ])
 def test_other_trace_options(argv: list[str], name: str, value: object) -> None:
     assert getattr(parse(*argv), name) == value

@@ -303,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--fate", action="store_true",
                        help="also report what became of each signal: delivery (thread, latency, "
                             "disposition), effect, cause of death (see below)")
+    trace.add_argument("--no-signalfd", dest="follow_signalfd", action="store_false",
+                       help="with --fate: do not follow signalfd reads (a signal read from a "
+                            "signalfd then ends unknown or discarded), sparing every read(2) "
+                            "on the system two tracepoints")
 
     send = sub.add_parser("send", help="send a signal through any of the six syscalls",
                           epilog=SEND_EXAMPLES, formatter_class=raw)
@@ -492,7 +496,8 @@ def run_trace(args: argparse.Namespace) -> int:
 
     filters = filters_from_args(args)
     tracer = Tracer(filters, buffer=args.buffer, buffer_size=args.buffer_size,
-                    duration=args.duration, fate=args.fate)
+                    duration=args.duration, fate=args.fate,
+                    follow_signalfd=args.follow_signalfd)
     out = _stdout()
     if args.ebpf:
         return _print_programs(tracer)
