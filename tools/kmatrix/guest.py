@@ -139,7 +139,9 @@ def boot(kernel: Kernel, command: str, checkout: Path, env: dict[str, str], *,
     got = kernels.fetch(kernel)
     if kernel.arch == "x86_64":
         ensure_programs(["qemu-system-x86_64"])
-        root, ck = Path("/"), None
+        # The host's / holds the venv's interpreter; the checkout is shared on its own as well,
+        # so that it stays visible wherever it is (the guest mounts a tmpfs on /tmp).
+        root, ck = Path("/"), checkout
         venv = checkout / ".venv" / "bin"
         prefix = [str(venv)] if venv.is_dir() else []
         shims: dict[str, str] = {}
@@ -150,7 +152,8 @@ def boot(kernel: Kernel, command: str, checkout: Path, env: dict[str, str], *,
         prefix = []
         shims = {"python": '#!/bin/sh\nexec python3 "$@"',
                  "sigscope": '#!/bin/sh\nexec python3 -m sigscope "$@"'}
-    initrd = initramfs.build(cache_dir() / "initramfs" / f"{kernel.slug}-{got.release}.cpio.gz",
+    initrd = initramfs.build(cache_dir() / "initramfs"
+                             / f"{kernel.slug}-{got.release}-{initramfs.INIT_DIGEST}.cpio.gz",
                              kernels.busybox(kernel.arch), got.moddir)
     out = run_dir(kernel)
     (out / "cmd.sh").write_text(command_script(command, checkout, env, prefix, shims))

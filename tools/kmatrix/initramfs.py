@@ -9,6 +9,7 @@ $KM_OUT/cmd.sh as root in the new root and writes its exit status to $KM_OUT/rc.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import lzma
 import re
@@ -103,6 +104,8 @@ mount -t tmpfs -o mode=755 rw /rw; mkdir -p /rw/upper /rw/work
 mount -t overlay overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work /newroot \
   || echo "kmatrix-init: overlay failed"
 N=/newroot
+# /tmp first: a checkout under /tmp (CI clones anywhere) must stay visible above it.
+mount -t tmpfs tmp $N/tmp
 if [ -n "$CKOUT" ]; then
   mkdir -p /ck /rw/ckupper /rw/ckwork $N$CKOUT
   mount -t 9p -o $O9,ro,cache=loose kmckout /ck || echo "kmatrix-init: checkout mount failed"
@@ -113,7 +116,7 @@ mkdir -p $N$OUT
 mount -t 9p -o $O9 kmout $N$OUT || echo "kmatrix-init: output share mount failed"
 mount -t proc proc $N/proc; mount -t sysfs sys $N/sys; mount -t devtmpfs dev $N/dev
 mkdir -p $N/dev/pts $N/dev/shm; mount -t devpts devpts $N/dev/pts; mount -t tmpfs shm $N/dev/shm
-mount -t tmpfs run $N/run; mount -t tmpfs tmp $N/tmp
+mount -t tmpfs run $N/run
 mount -t tracefs tracefs $N/sys/kernel/tracing 2>/dev/null
 mount -t debugfs debugfs $N/sys/kernel/debug 2>/dev/null
 mount -t bpf bpf $N/sys/fs/bpf 2>/dev/null
@@ -132,6 +135,9 @@ echo "kmatrix-init: command exited $rc at uptime $(cut -d' ' -f1 /proc/uptime)"
 sync; umount $N$OUT 2>/dev/null
 echo o > /proc/sysrq-trigger; sleep 5; poweroff -f
 """
+
+# Part of the cached initramfs' name: a changed /init never boots from a stale cache.
+INIT_DIGEST = hashlib.sha256(INIT.encode()).hexdigest()[:12]
 
 
 def build(dest: Path, busybox: Path, moddir: Path) -> Path:
