@@ -125,7 +125,8 @@ TRACE_MODULES = {
     "sigscope.bpf", "sigscope.bpf.asm", "sigscope.bpf.attach", "sigscope.bpf.btf_scan",
     "sigscope.bpf.arch", "sigscope.bpf.features", "sigscope.bpf.maps", "sigscope.bpf.privileges",
     "sigscope.bpf.program", "sigscope.bpf.readers", "sigscope.bpf.readers.perfbuf",
-    "sigscope.bpf.readers.ringbuf", "sigscope.bpf.syscall", "sigscope.bpf.tracefs",
+    "sigscope.bpf.readers.ringbuf", "sigscope.bpf.readers.fence", "sigscope.bpf.syscall",
+    "sigscope.bpf.tracefs",
     "sigscope.bpf.uapi", "sigscope.errors", "sigscope.model.escape", "sigscope.model.origins",
     "sigscope.kstack", "sigscope.programs.origin",
 }

@@ -25,6 +25,7 @@ import struct
 from typing import TYPE_CHECKING, NamedTuple
 
 from sigscope.bpf import arch, uapi
+from sigscope.bpf.readers.fence import load_fence
 from sigscope.bpf.readers.ringbuf import (
     PAGE_SIZE,
     ReaderError,
@@ -352,6 +353,7 @@ class PerfBufReader:
         return records
 
     def _walk(self, record_size: int | None) -> Records:
+        fence = load_fence()  # None on x86_64 (cached: made once per process)
         listed: list[bytes] = []
         joined: list[bytes] = []
         for ring in self._rings:
@@ -359,10 +361,15 @@ class PerfBufReader:
             tail = ring.tail[0]
             if head == tail:
                 continue
-            # The kernel writes records, then smp_wmb(), then data_head: reading data_head before
-            # the records is the ordering the perf ABI asks of readers (see the memory-ordering
-            # note in ringbuf.py for why plain loads from Python are enough).
+            # The kernel writes records, then smp_wmb(), then data_head: the perf ABI asks readers
+            # to load data_head before the records (an acquire) and to store data_tail only after
+            # the records were read. Program order gives both on x86-64 (TSO); a weakly ordered
+            # CPU gets a load fence for each (fence.py; the "Memory ordering" note in ringbuf.py).
+            if fence is not None:
+                fence()
             walk = walk_perf(ring.data, ring.mask, tail, head, record_size)
+            if fence is not None:
+                fence()
             # The samples are copied out; only now may the kernel reuse their space.
             ring.tail[0] = walk.tail
             self.lost += walk.lost

@@ -26,6 +26,7 @@ import select
 import struct
 from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol, Union
 
+from sigscope.bpf.readers.fence import load_fence
 from sigscope.bpf.uapi import BPF_RINGBUF_BUSY_BIT, BPF_RINGBUF_DISCARD_BIT, BPF_RINGBUF_HDR_SZ
 from sigscope.errors import KernelError
 
@@ -189,6 +190,38 @@ def walk_ring(
     return RingWalk(b"".join(chunks), consumer, malformed)
 
 
+def committed_end(
+    data: memoryview, mask: int, consumer: int, producer: int, record_size: int | None = None
+) -> int:
+    """The end of the committed records from `consumer` (at most `producer`): the position of
+    the first record still BUSY, or `producer`. Reads headers only (a weakly ordered CPU's
+    reader fences between this pass and the payload copies of walk_ring: fence.py)."""
+    if record_size is not None:
+        stride = round_up8(record_size + BPF_RINGBUF_HDR_SZ)
+        header_unit = _U32.pack(record_size)
+    unpack_from = _U32.unpack_from
+    while consumer < producer:
+        offset = consumer & mask
+        if record_size is not None:
+            run = (producer - consumer) // stride
+            if run >= _BULK_MIN:
+                region = data[offset : offset + run * stride]
+                uniform = matching_prefix(column(region, stride, 0, 4), header_unit)
+                region.release()
+                consumer += uniform * stride
+                if uniform == run:
+                    continue
+                offset = consumer & mask
+                if consumer >= producer:
+                    break
+        (length_word,) = unpack_from(data, offset)
+        if length_word & BPF_RINGBUF_BUSY_BIT:
+            break
+        length = length_word & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT)
+        consumer += round_up8(length + BPF_RINGBUF_HDR_SZ)
+    return consumer
+
+
 def _walk_ring_each(data: memoryview, mask: int, consumer: int, producer: int) -> RingWalk:
     records: list[bytes] = []
     unpack_from = _U32.unpack_from
@@ -208,19 +241,17 @@ def _walk_ring_each(data: memoryview, mask: int, consumer: int, producer: int) -
 # --------------------------------------------------------------------------------------------
 # The reader.
 
-# Memory ordering. The kernel producer writes a record's header (len | BUSY) before publishing the
-# new producer_pos with smp_store_release, and commits a record by clearing BUSY with an atomic
-# xchg (a full barrier) after the payload is written. So a reader that (1) loads producer_pos,
-# then (2) loads a header and sees BUSY clear, then (3) loads the payload, sees a complete record
-# as long as those loads are not reordered. Python cannot emit a barrier, but our loads are
-# aligned 8-byte (positions) and 4-byte (headers) memcpy loads, each a single machine load,
-# issued by the interpreter in program order. On x86-64 (TSO) loads are never reordered with
-# earlier loads, so each already is an acquire. On arm64 that is not formally guaranteed for
-# plain loads; in practice the interpreter executes hundreds of instructions, including the
-# data-dependent branches of its dispatch, between them, far beyond any reordering window. The
-# same holds for the other direction: the new consumer_pos is stored only after the payloads were
-# copied out into bytes objects, and the kernel reads it with smp_load_acquire before reusing
-# the space.
+# Memory ordering. The kernel producer advances producer_pos (smp_store_release) when it reserves
+# a record, writes the payload, and commits it by clearing BUSY in the header with an xchg (a full
+# barrier). A reader must therefore load producer_pos before the headers, and a header (seen
+# committed) before its payload; and store the new consumer_pos only after the payloads were
+# copied out (the kernel reads it with smp_load_acquire before reusing the space). Our loads
+# and stores are single aligned machine accesses issued in program order; whether the CPU keeps
+# that order is the architecture's: on x86-64 (TSO) loads are not reordered with earlier loads
+# and stores not with earlier loads, so program order is enough. On a weakly ordered CPU
+# (aarch64) `_walk` fences (fence.py, `dmb ishld`) after loading producer_pos and again after a
+# header-only pass (committed_end) and before the payload copies; `dmb ishld` also orders those
+# copies before the consumer_pos store.
 
 
 def _unmap(memory: mmap.mmap | None) -> None:
@@ -247,6 +278,7 @@ class RingBufReader:
         self._producer_mem: mmap.mmap | None = None
         self._views: list[memoryview] = []
         self._epoll: select.epoll | None = None
+        self._fence = load_fence()  # None on x86_64; raises FenceError where none can be had
         fd = ring_map.fd
         try:
             self._consumer_mem = mmap.mmap(
@@ -335,7 +367,14 @@ class RingBufReader:
             producer = consumer + max_bytes
         if consumer == producer:
             return [] if record_size is None else b""
+        fence = self._fence
+        if fence is not None:  # weakly ordered CPU: see "Memory ordering" above
+            fence()
+            producer = committed_end(self._data, self._mask, consumer, producer, record_size)
+            fence()
         walk = walk_ring(self._data, self._mask, consumer, producer, record_size)
+        if fence is not None:
+            fence()  # the payload copies before the consumer_pos store
         self.malformed += walk.malformed
         if walk.consumer != consumer:
             # One aligned 8-byte store, after every payload was copied out (see above).
