@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_decode import call, fake_proc, recipient
+from records import call, fake_proc, recipient
 
 from sigscope import top
 from sigscope.decode import Decoder, ProcResolver
