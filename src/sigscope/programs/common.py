@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import itertools
 
+from sigscope.bpf import asm
+from sigscope.bpf.asm import DW, R0, R1, R2, R3, R10, W
 from sigscope.model import record as rec
 
 # Stack layout (offsets from r10). The record buffer must be 8-aligned.
@@ -29,3 +31,19 @@ class _Labels:
 
 def _f(name: str) -> int:
     return rec.offset(name)
+
+
+def read_kernel_value(src_reg: int, offset: int, fail: str, size: int = 8) -> list:
+    """r0 = the `size`-byte (4 or 8) value at src_reg + offset, read with bpf_probe_read_kernel
+    through the stack key slot; jump to `fail` when the read fails. Clobbers r1-r5."""
+    return [
+        asm.st(DW, R10, _STACK_KEY, 0),
+        asm.mov64_reg(R3, src_reg),
+        asm.alu64_imm("ADD", R3, offset),
+        asm.mov64_reg(R1, R10),
+        asm.alu64_imm("ADD", R1, _STACK_KEY),
+        asm.mov64_imm(R2, size),
+        asm.call("probe_read_kernel"),
+        asm.jmp_imm("JNE", R0, 0, fail),
+        asm.ldx(DW if size == 8 else W, R0, R10, _STACK_KEY),
+    ]

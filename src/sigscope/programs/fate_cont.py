@@ -22,9 +22,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from sigscope.bpf import asm, btf_scan
-from sigscope.bpf.asm import DW, R0, R1, R2, R3, R6, R7, R8, R9, R10, W
+from sigscope.bpf.asm import DW, R0, R1, R6, R7, R8, R9, R10, W
 from sigscope.model import record as rec
-from sigscope.programs.common import _STACK_KEY, _STACK_RECORD, _f, _Labels
+from sigscope.programs.common import _STACK_RECORD, _f, _Labels, read_kernel_value
 from sigscope.programs.signal import ProbeConfig, _output, _zero_stack_record
 
 SIGCONT = 18
@@ -58,22 +58,6 @@ def cont_layout() -> ContLayout | None:
         return None
 
 
-def _read_kernel(size: int, src_reg: int, offset: int, fail: str) -> list:
-    """r0 = the `size`-byte value at src_reg + offset (bpf_probe_read_kernel into the stack
-    key slot); jump to fail when the read fails. Clobbers r1-r5."""
-    return [
-        asm.st(DW, R10, _STACK_KEY, 0),
-        asm.mov64_reg(R3, src_reg),
-        asm.alu64_imm("ADD", R3, offset),
-        asm.mov64_reg(R1, R10),
-        asm.alu64_imm("ADD", R1, _STACK_KEY),
-        asm.mov64_imm(R2, size),
-        asm.call("probe_read_kernel"),
-        asm.jmp_imm("JNE", R0, 0, fail),
-        asm.ldx(W if size == 4 else DW, R0, R10, _STACK_KEY),
-    ]
-
-
 def build_sigcont_state(cfg: ProbeConfig, layout: ContLayout) -> list:
     """The raw signal_generate program: a KIND_SIGCONT record for every SIGCONT generated
     (to any process the target filter keeps)."""
@@ -84,9 +68,9 @@ def build_sigcont_state(cfg: ProbeConfig, layout: ContLayout) -> list:
         asm.ldx(DW, R1, R6, _ARG_SIG * 8),
         asm.jmp_imm("JNE", R1, SIGCONT, out),
         asm.ldx(DW, R8, R6, _ARG_TASK * 8),
-        *_read_kernel(4, R8, layout.task_pid, out),
+        *read_kernel_value(R8, layout.task_pid, out, size=4),
         asm.mov64_reg(R7, R0),
-        *_read_kernel(4, R8, layout.task_tgid, out),
+        *read_kernel_value(R8, layout.task_tgid, out, size=4),
         asm.alu64_imm("LSH", R0, 32),
         asm.alu64_reg("OR", R7, R0),          # r7 = the target's tgid << 32 | tid
     ]
@@ -98,9 +82,9 @@ def build_sigcont_state(cfg: ProbeConfig, layout: ContLayout) -> list:
         prog += [asm.jmp32_imm("JEQ", R1, i, ok) for i in sorted(ids)]
         prog += [asm.ja(out), asm.label(ok)]
     prog += [
-        *_read_kernel(8, R8, layout.task_signal, out),
+        *read_kernel_value(R8, layout.task_signal, out, size=8),
         asm.mov64_reg(R9, R0),
-        *_read_kernel(4, R9, layout.signal_flags, out),
+        *read_kernel_value(R9, layout.signal_flags, out, size=4),
         asm.mov64_reg(R9, R0),                # r9 = signal->flags
         *_zero_stack_record(),
         asm.st(W, R10, _STACK_RECORD + _f("kind"), rec.KIND_SIGCONT),

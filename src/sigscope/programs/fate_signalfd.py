@@ -29,7 +29,7 @@ from sigscope.bpf.asm import DW, R0, R1, R2, R3, R4, R6, R7, R8, R9, R10, W
 from sigscope.bpf.maps import HashMap
 from sigscope.bpf.tracefs import EventFormat
 from sigscope.model import record as rec
-from sigscope.programs.common import _STACK_KEY, _STACK_RECORD, _f, _Labels
+from sigscope.programs.common import _STACK_KEY, _STACK_RECORD, _f, _Labels, read_kernel_value
 from sigscope.programs.fate import _record_header, _thread_filter, _write_record
 from sigscope.programs.signal import ProbeConfig, _epilogue, _prologue, _signal_filter
 
@@ -130,21 +130,6 @@ def build_signalfd_exit(fds: SignalfdMaps, fmt: EventFormat) -> list:
     ]
 
 
-def _read_kernel_ptr(src_reg: int, offset: int, fail: str, size: int = 8) -> list:
-    """r0 = *(src_reg + offset) read with bpf_probe_read_kernel; fail on error. r1-r5."""
-    return [
-        asm.st(DW, R10, _STACK_KEY, 0),
-        asm.mov64_reg(R3, src_reg),
-        asm.alu64_imm("ADD", R3, offset),
-        asm.mov64_reg(R1, R10),
-        asm.alu64_imm("ADD", R1, _STACK_KEY),
-        asm.mov64_imm(R2, size),
-        asm.call("probe_read_kernel"),
-        asm.jmp_imm("JNE", R0, 0, fail),
-        asm.ldx(DW if size == 8 else W, R0, R10, _STACK_KEY),
-    ]
-
-
 def build_read_enter(fds: SignalfdMaps, fmt: EventFormat, layout: SignalfdLayout) -> list:
     """sys_enter_read: a read of a known signalfd parks its buffer under the thread id."""
     out, stale = "out", "stale"
@@ -162,23 +147,23 @@ def build_read_enter(fds: SignalfdMaps, fmt: EventFormat, layout: SignalfdLayout
         # Still a signalfd? current->files->fdt, fd < max_fds, fd[fd]->f_op->read(_iter).
         asm.call("get_current_task"),
         asm.mov64_reg(R9, R0),
-        *_read_kernel_ptr(R9, layout.task_files, stale),
+        *read_kernel_value(R9, layout.task_files, stale),
         asm.mov64_reg(R9, R0),
-        *_read_kernel_ptr(R9, layout.files_fdt, stale),
+        *read_kernel_value(R9, layout.files_fdt, stale),
         asm.mov64_reg(R9, R0),
-        *_read_kernel_ptr(R9, layout.fdt_max_fds, stale, size=4),
+        *read_kernel_value(R9, layout.fdt_max_fds, stale, size=4),
         asm.jmp_reg("JGE", R8, R0, stale),
-        *_read_kernel_ptr(R9, layout.fdt_fd, stale),
+        *read_kernel_value(R9, layout.fdt_fd, stale),
         asm.mov64_reg(R9, R8),
         asm.alu64_imm("LSH", R9, 3),
         asm.alu64_reg("ADD", R9, R0),     # &fd[fd]
-        *_read_kernel_ptr(R9, 0, stale),
+        *read_kernel_value(R9, 0, stale),
         asm.jmp_imm("JEQ", R0, 0, stale),
         asm.mov64_reg(R9, R0),
-        *_read_kernel_ptr(R9, layout.file_f_op, stale),
+        *read_kernel_value(R9, layout.file_f_op, stale),
         asm.jmp_imm("JEQ", R0, 0, stale),
         asm.mov64_reg(R9, R0),
-        *_read_kernel_ptr(R9, layout.fop_member, stale),
+        *read_kernel_value(R9, layout.fop_member, stale),
         *asm.ld_imm64(R1, layout.signalfd_read),
         asm.jmp_reg("JNE", R0, R1, stale),
         # Park the buffer.
