@@ -19,7 +19,15 @@ from .host import ToolError, cache_dir, ensure_programs
 from .table import Kernel
 
 MEMORY = "2G"
-SMP = 2  # the CI hosts have 2 cores; one vCPU thread each under thread=multi TCG
+SMP = 2  # two vCPUs: per-CPU maps, migration and cross-CPU paths are exercised
+# TCG threading. Multi-threaded TCG (a host thread per vCPU) has wedged guests here while the
+# kernel patched its jump labels for the syscall tracepoints (text_poke_bp): one vCPU looped
+# for minutes on the patched 5-byte NOP in syscall_trace_enter (soft lockups and RCU stalls,
+# RIP never moving), and once an int3 Oops at the same site; real CPUs cannot do that, so it
+# is the emulator's cross-modifying-code handling, not our programs. Single-threaded TCG runs
+# the vCPUs round-robin on one host thread and has no such race. SIGSCOPE_KMATRIX_TCG=multi
+# brings the faster mode back for experiments.
+TCG_THREAD = os.environ.get("SIGSCOPE_KMATRIX_TCG", "single")
 NO_STATUS = 125  # exit status when the guest never reported one (boot failure, timeout)
 ALERTS = {"soft-lockup": re.compile(r"soft lockup"), "rcu-stall": re.compile(r"rcu.*stall"),
           "oops": re.compile(r"\bBUG:|Oops"), "warning": re.compile(r"WARNING: CPU")}
@@ -73,7 +81,7 @@ def qemu_argv(kernel: Kernel, image: Path, initrd: Path, out: Path, root: Path,
     # loglevel=5: warnings and the stack dumps that follow a soft lockup report reach the log.
     cmdline = (f"console={console} panic=-1 loglevel=5 sysrq_always_enabled=1 km_out={out}"
                + (f" km_ckout={checkout}" if checkout else "") + (f" {append}" if append else ""))
-    argv += ["-accel", "tcg,thread=multi", "-smp", str(SMP), "-m", MEMORY,
+    argv += ["-accel", f"tcg,thread={TCG_THREAD}", "-smp", str(SMP), "-m", MEMORY,
              "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
              "-nic", "none", "-kernel", str(image), "-initrd", str(initrd), "-append", cmdline]
     shares = [("kmroot", root, True), ("kmout", out, False)]
