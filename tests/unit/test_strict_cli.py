@@ -61,6 +61,12 @@ BAD = [
     (["send", "--via", "tkill", "--tid", "5", "--value", "3", "USR1"], "carries no value"),
     (["send", "--via", "tgkill", "--tid", "5", "--value", "3", "USR1", "5"], "carries no value"),
     (["send", "USR1", "4294967296"], "not a pid_t"),
+    # kill(2), rt_sigqueueinfo(2) and pidfd_send_signal(2) take no thread: a --tid must not be
+    # dropped silently (the signal would go to the whole process).
+    (["send", "--tid", "5", "USR1", "4194303"],
+     "--via kill takes no thread: --tid needs --via tkill"),
+    (["send", "--via", "rt_sigqueueinfo", "--tid", "5", "USR1", "4194303"], "takes no thread"),
+    (["send", "--via", "pidfd_send_signal", "--tid", "5", "USR1", "4194303"], "takes no thread"),
     (["tarce"], "unknown command 'tarce' (choose from trace, top, send, selftest); did you "
                 "mean 'trace'?"),
     (["bogus", "-s", "USR1"], "unknown command 'bogus'"),

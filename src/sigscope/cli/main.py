@@ -133,6 +133,7 @@ examples:
 
 COMMANDS = ("trace", "top", "send", "selftest")
 VALUE_VIAS = ("rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_send_signal")
+TID_VIAS = ("tkill", "tgkill", "rt_tgsigqueueinfo")
 
 
 class ArgumentError(UsageError):
@@ -693,8 +694,12 @@ def run_send(args: argparse.Namespace) -> int:
     if args.via in ("kill", "rt_sigqueueinfo", "tgkill", "rt_tgsigqueueinfo",
                     "pidfd_send_signal") and args.pid is None:
         raise ArgumentError(f"sigscope send: --via {args.via} needs a target PID")
-    if args.via in ("tkill", "tgkill", "rt_tgsigqueueinfo") and args.tid is None:
+    if args.via in TID_VIAS and args.tid is None:
         raise ArgumentError(f"sigscope send: --via {args.via} needs --tid")
+    if args.tid is not None and args.via not in TID_VIAS:
+        # Dropping it would send to the whole process instead of the thread asked for.
+        raise ArgumentError(f"sigscope send: --via {args.via} takes no thread: --tid needs "
+                            f"--via {', '.join(TID_VIAS)}")
     if args.value is not None and args.via not in VALUE_VIAS:
         raise ArgumentError(f"sigscope send: --via {args.via} carries no value: --value needs "
                             f"--via {', '.join(VALUE_VIAS)}")
