@@ -164,7 +164,7 @@ def test_qemu_command_line_shares_and_console() -> None:
     t = table.load_table()
     x = guest.qemu_argv(t.kernels["x86_64/6.1"], Path("/k"), Path("/i"), Path("/o"), Path("/"),
                         None)
-    assert x[0] == "qemu-system-x86_64" and "tcg,thread=single" in x
+    assert x[0] == "qemu-system-x86_64" and "tcg,thread=multi" in x
     assert any("console=ttyS0" in a and "km_out=/o" in a and "km_ckout" not in a for a in x)
     a = guest.qemu_argv(t.kernels["arm64/6.12"], Path("/k"), Path("/i"), Path("/o"),
                         Path("/r"), Path("/ck"))

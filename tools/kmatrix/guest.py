@@ -19,15 +19,15 @@ from .host import ToolError, cache_dir, ensure_programs
 from .table import Kernel
 
 MEMORY = "2G"
-SMP = 2  # two vCPUs: per-CPU maps, migration and cross-CPU paths are exercised
-# TCG threading. Multi-threaded TCG (a host thread per vCPU) has wedged guests here while the
-# kernel patched its jump labels for the syscall tracepoints (text_poke_bp): one vCPU looped
-# for minutes on the patched 5-byte NOP in syscall_trace_enter (soft lockups and RCU stalls,
-# RIP never moving), and once an int3 Oops at the same site; real CPUs cannot do that, so it
-# is the emulator's cross-modifying-code handling, not our programs. Single-threaded TCG runs
-# the vCPUs round-robin on one host thread and has no such race. SIGSCOPE_KMATRIX_TCG=multi
-# brings the faster mode back for experiments.
-TCG_THREAD = os.environ.get("SIGSCOPE_KMATRIX_TCG", "single")
+# One vCPU. With two vCPUs under multi-threaded TCG, guests wedged here while the kernel patched
+# the jump labels of the syscall tracepoints (text_poke_bp, int3 + IPI sync): one vCPU looped
+# for minutes on the patched 5-byte NOP in syscall_trace_enter (soft lockups, RCU stalls, RIP
+# never moving), and once took an int3 Oops at that site. Real CPUs cannot do that: it is the
+# emulator's cross-modifying code between vCPU threads, not our programs. Single-threaded TCG
+# avoids it but ran the suite ~3x slower; one vCPU avoids it at full speed (per-CPU layouts
+# with more CPUs are covered on the host). SIGSCOPE_KMATRIX_SMP=2 brings two vCPUs back.
+SMP = int(os.environ.get("SIGSCOPE_KMATRIX_SMP", "1"))
+TCG_THREAD = "multi"
 NO_STATUS = 125  # exit status when the guest never reported one (boot failure, timeout)
 ALERTS = {"soft-lockup": re.compile(r"soft lockup"), "rcu-stall": re.compile(r"rcu.*stall"),
           "oops": re.compile(r"\bBUG:|Oops"), "warning": re.compile(r"WARNING: CPU")}
