@@ -13,7 +13,7 @@ loads, so the order between them is the CPU's:
   domain; Arm ARM, DMB), two instructions written into an anonymous page that is then made
   read+execute (never writable and executable at once). The kernel makes the page's instruction
   cache coherent when the executable PTE is installed (arch/arm64/mm/flush.c,
-  __sync_icache_dcache), so no cache maintenance is needed here.
+  __sync_icache_dcache); libgcc's __clear_cache is called as well where it exists.
 
 Where executable memory is refused (a hardened policy), `load_fence()` raises FenceError: the
 reader then reports it rather than read without the ordering it needs.
@@ -68,8 +68,23 @@ def _code_function(code: bytes) -> Callable[[], None]:
     if libc.mprotect(address, size, mmap.PROT_READ | mmap.PROT_EXEC) != 0:
         raise FenceError(f"cannot make the ring buffer's load fence executable "
                          f"(mprotect PROT_EXEC: {_strerror(ctypes.get_errno())})")
+    _clear_instruction_cache(address, size)
     # The page stays mapped for the life of the process (one page, made once).
     return ctypes.CFUNCTYPE(None)(address)
+
+
+def _clear_instruction_cache(address: int, size: int) -> None:
+    """Belt and braces on CPUs without coherent instruction caches: libgcc's __clear_cache
+    (what JITs and libffi call after writing code). The kernel already syncs the page when it
+    becomes executable, so a libgcc without it is no error."""
+    try:
+        libgcc = ctypes.CDLL("libgcc_s.so.1")
+        clear = libgcc.__clear_cache
+    except (OSError, AttributeError):
+        return
+    clear.argtypes = (ctypes.c_void_p, ctypes.c_void_p)
+    clear.restype = None
+    clear(address, address + size)
 
 
 def _strerror(errno: int) -> str:
