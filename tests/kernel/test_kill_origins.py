@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from helpers import started
+from kernel_features import require_feature
 
 from sigscope.tracer import trace
 
@@ -178,14 +179,14 @@ def cgroup2_root() -> Path | None:
 
 def test_cgroup_kill() -> None:
     """A write of 1 to a cgroup v2 cgroup.kill (5.14+)."""
+    require_feature("cgroup_kill")
     root = cgroup2_root()
     if root is None:
         pytest.skip("needs a cgroup v2 hierarchy")
     group = root / f"sigscope-kill-{uuid.uuid4().hex[:8]}"
     group.mkdir()
     try:
-        if not (group / "cgroup.kill").exists():
-            pytest.skip("needs cgroup.kill (5.14+)")
+        assert (group / "cgroup.kill").exists()
         child = subprocess.Popen(["sleep", "60"])
         (group / "cgroup.procs").write_text(str(child.pid))
         collector = tracing_kills()

@@ -19,7 +19,7 @@ from kmatrix import cli, cpio, debian, guest, initramfs, table  # noqa: E402
 
 FEATURES = ("ringbuf", "tp_btf", "btf_vmlinux", "map_batch", "bpf_atomics", "recursion_misses",
             "get_current_task_btf", "perf_event_link", "task_pt_regs", "sched_exit_group_dead",
-            "fentry")
+            "cgroup_kill", "fentry")
 
 
 def test_shipped_table_uses_exactly_the_feature_names_of_sigscope_bpf_features() -> None:

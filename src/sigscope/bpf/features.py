@@ -232,6 +232,16 @@ def _probe_sched_exit_group_dead() -> bool:
         return False
 
 
+def _probe_cgroup_kill() -> bool:
+    # cgroup v2's cgroup.kill file (kernel/cgroup/cgroup.c, cgroup_kill_write): its handler is
+    # a file operation, so it is never inlined away and kallsyms names it where it exists.
+    try:
+        with open("/proc/kallsyms") as symbols:
+            return any(line.rstrip().endswith(" cgroup_kill_write") for line in symbols)
+    except OSError:
+        return False
+
+
 FEATURES: dict[str, Feature] = {f.name: f for f in (
     Feature("bpf_tracepoint", "4.7", "BPF programs on tracepoints (BPF_PROG_TYPE_TRACEPOINT)",
             _probe_bpf_tracepoint, essential=True),
@@ -253,6 +263,8 @@ FEATURES: dict[str, Feature] = {f.name: f for f in (
             _probe_recursion_misses),
     Feature("perf_event_link", "5.15", "BPF links for perf events (BPF_LINK_CREATE, "
             "BPF_PERF_EVENT)", _probe_perf_event_link),
+    Feature("cgroup_kill", "5.14", "cgroup v2 cgroup.kill (a kernel SIGKILL origin)",
+            _probe_cgroup_kill),
     Feature("task_pt_regs", "5.15", "bpf_task_pt_regs() helper", _probe_task_pt_regs,
             needs_btf=True),
     Feature("sched_exit_group_dead", "6.16", "sched:sched_process_exit has a group_dead field",
