@@ -317,10 +317,10 @@ class FateTracker:
             effect = "unknown" if self._owner.get(key) in self._maybe_dead else "pending"
             for event in queue:
                 fate = self._fate(event, None, effect)
-                # Where it is pending: its process's shared queue, or one thread's own.
-                fate.pid = event.target_pid if scope == "thread" else owner
-                fate.tid = owner if scope == "thread" else None
-                fate.comm = event.target_comm
+                if effect == "pending":  # where: its process's shared queue, or a thread's own
+                    fate.pid = event.target_pid if scope == "thread" else owner
+                    fate.tid = owner if scope == "thread" else None
+                    fate.comm = event.target_comm
                 if end_ktime_ns is not None:
                     fate.ktime_ns = end_ktime_ns
                     fate.time_ns = end_ktime_ns + self.wall_offset_ns
