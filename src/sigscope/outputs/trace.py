@@ -40,7 +40,36 @@ def result_text(event: Event) -> str:
     return str(event.result)
 
 
-class TextWriter:
+class _LineWriter:
+    """What both writers share: rendered lines out, and Decoder.runs() rendered through the
+    writer's own template(), stamp() and line()."""
+
+    out: TextIO
+    name: str
+
+    def template(self, e: Event) -> str:
+        raise NotImplementedError
+
+    def stamp(self, seconds: int) -> str:
+        raise NotImplementedError
+
+    def line(self, e: Event) -> str:
+        raise NotImplementedError
+
+    def lines(self, lines: list[str]) -> None:
+        """Lines rendered already (render())."""
+        _write_lines(self.out, lines)
+
+    def render(self, runs: Runs) -> list[str]:
+        """The lines of Decoder.runs() output: exactly line() of each record's Event."""
+        return render_runs(runs, self.name, self.template, self.stamp, self.line)
+
+    def runs(self, runs: Runs) -> None:
+        """Write Decoder.runs() output (only when renders_lines)."""
+        _write_lines(self.out, self.render(runs))
+
+
+class TextWriter(_LineWriter):
     """One line per record, the killsnoop columns extended. TIME is the wall clock, or with
     `relative` the seconds since tracing began.
 
@@ -94,17 +123,6 @@ class TextWriter:
             _dash(e.target_pid), _dash(e.target_tid), _comm(e.target_comm), result_text(e),
             _dash(e.outcome))
 
-    def lines(self, lines: list[str]) -> None:
-        """Lines rendered already (render())."""
-        _write_lines(self.out, lines)
-
-    def render(self, runs: Runs) -> list[str]:
-        """The lines of Decoder.runs() output: exactly line() of each record's Event."""
-        return render_runs(runs, self.name, self.template, self.stamp, self.line)
-
-    def runs(self, runs: Runs) -> None:
-        """Write Decoder.runs() output (only when renders_lines)."""
-        _write_lines(self.out, self.render(runs))
 
     @property
     def renders_lines(self) -> bool:
@@ -218,7 +236,7 @@ def render_runs(
 _HOLE_ID, _HOLE_TIME, _HOLE_KTIME = "\0id\0", "\0time\0", "\0ktime\0"
 
 
-class JsonWriter:
+class JsonWriter(_LineWriter):
     """JSON Lines: one object per record, plus {"type": "lost"} objects. Nothing else.
 
     The objects are exactly ``Event.to_dict()`` (a test holds the two together), but built from
@@ -266,17 +284,6 @@ class JsonWriter:
             self._second_text = self.stamp(seconds)
         return template % (e.id, self._second_text, nanos // 1000, e.ktime_ns)
 
-    def lines(self, lines: list[str]) -> None:
-        """Lines rendered already (render())."""
-        _write_lines(self.out, lines)
-
-    def render(self, runs: Runs) -> list[str]:
-        """The lines of Decoder.runs() output: exactly line() of each record's Event."""
-        return render_runs(runs, self.name, self.template, self.stamp, self.line)
-
-    def runs(self, runs: Runs) -> None:
-        """Write Decoder.runs() output."""
-        _write_lines(self.out, self.render(runs))
 
     def _template(self, e: Event) -> str:
         d = e.to_dict()
