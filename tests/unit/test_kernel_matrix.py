@@ -171,3 +171,15 @@ def test_qemu_command_line_shares_and_console() -> None:
     assert a[:3] == ["qemu-system-aarch64", "-M", "virt"]
     assert any("console=ttyAMA0" in s and "km_ckout=/ck" in s for s in a)
     assert "local,id=kmckout,path=/ck,security_model=none,multidevs=remap,readonly=on" in a
+
+
+def test_jobs_default_to_one_guest_per_smp_host_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SIGSCOPE_KMATRIX_JOBS", raising=False)
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(guest, "SMP", 1)
+    assert cli.default_jobs() == 2
+    monkeypatch.setattr(guest, "SMP", 2)
+    assert cli.default_jobs() == 1
+    monkeypatch.setenv("SIGSCOPE_KMATRIX_JOBS", "3")
+    assert cli.default_jobs() == 3
+    assert cli.parse_args(["test", "-j", "1", "x86_64/6.1"]).jobs == 1

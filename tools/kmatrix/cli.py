@@ -10,13 +10,15 @@ import shlex
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import guest, kernels, rootfs
-from .host import ToolError, cache_dir, log
+from .host import ToolError, cache_dir, ensure_programs, log
 from .table import DEFAULT_TEST_KERNELS, Kernel, Table, load_table
 
 CHECKOUT = Path(__file__).resolve().parents[2]
+_print_lock = threading.Lock()
 PYTEST = ("-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/kernel")
 # Per-guest limits. Measured on 2 cores: a kernel-test run takes ~5 min alone (x86_64; arm64
 # ~6 min) but 12-20 min when the host also runs other guests (docs/KERNEL-MATRIX.md); the limits
@@ -85,7 +87,21 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--timeout", type=float, help="per guest, seconds")
     t.add_argument("--append", default="", metavar="ARGS", help="extra kernel command line")
     t.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    t.add_argument("--jobs", "-j", type=int, default=default_jobs(), metavar="N",
+                   help="guests booted at once (default: host CPUs / guest vCPUs, now "
+                        f"{default_jobs()}; $SIGSCOPE_KMATRIX_JOBS); with more than one, each "
+                        "guest's output is printed when it ends")
     return p
+
+
+def default_jobs() -> int:
+    """Guests at once: one per SIGSCOPE_KMATRIX_SMP host CPUs. A TCG guest with one vCPU keeps one
+    host CPU busy, so on CI's two cores two guests halve the matrix's wall time (measured in
+    docs/KERNEL-MATRIX.md); $SIGSCOPE_KMATRIX_JOBS overrides."""
+    env = os.environ.get("SIGSCOPE_KMATRIX_JOBS")
+    if env:
+        return max(1, int(env))
+    return max(1, (os.cpu_count() or 1) // max(1, guest.SMP))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -223,22 +239,39 @@ def cmd_test(table: Table, args: argparse.Namespace) -> int:
             f" ({time.monotonic() - t_build:.0f}s so far)")
     python = {"x86_64": (CHECKOUT / ".venv/bin/python") if (CHECKOUT / ".venv/bin/python").exists()
               else "python3", "arm64": "python3"}
-    rows = []
-    for k in chosen:
+    jobs = max(1, min(args.jobs, len(chosen)))
+    if jobs > 1:  # install qemu once, before guests start (apt holds a lock)
+        ensure_programs({"x86_64": "qemu-system-x86_64", "arm64": "qemu-system-aarch64"}[k.arch]
+                        for k in chosen)
+
+    def run_one(k: Kernel) -> dict:
         if k.arch == "arm64" and builder:
             builder.join()
             if build_error:
                 raise build_error[0]
         cmd = shlex.join([str(python[k.arch]), *PYTEST, *args.pytest_args])
         log(f"{k.name}: {cmd}")
-        res = boot_and_report(k, cmd, args)
+        res = boot_and_report(k, cmd, args, stream=jobs == 1)
+        if jobs > 1:
+            with _print_lock:
+                print(f"--- {k.name}: guest output ---", flush=True)
+                print(res.output, end="" if res.output.endswith("\n") else "\n", flush=True)
         result = "pass" if res.status == 0 else (
             "timeout" if res.timed_out else "no-status" if res.status == guest.NO_STATUS
             else "FAIL")
-        rows.append({"kernel": k.name, "result": result, "status": res.status,
-                     "summary": summary_line(res.output), "wall_s": round(res.wall, 1),
-                     "boot_s": res.guest_times.get("start"), "log": str(res.out),
-                     "console": res.console_alerts()})
+        return {"kernel": k.name, "result": result, "status": res.status,
+                "summary": summary_line(res.output), "wall_s": round(res.wall, 1),
+                "boot_s": res.guest_times.get("start"), "log": str(res.out),
+                "console": res.console_alerts()}
+
+    t_all = time.monotonic()
+    if jobs == 1:
+        rows = [run_one(k) for k in chosen]
+    else:
+        log(f"{jobs} guests at once")
+        with ThreadPoolExecutor(jobs) as pool:  # in the given order: longest runs first
+            rows = list(pool.map(run_one, chosen))
+    log(f"matrix wall time {time.monotonic() - t_all:.0f}s ({jobs} at once)")
     print()
     print(f"{'KERNEL':<12} {'RESULT':<9} {'WALL':>6}  PYTEST SUMMARY")
     for r in rows:

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -53,10 +54,18 @@ PROVIDERS = {
     "update-binfmts": "binfmt-support",
 }
 _apt_updated = False
+_apt_lock = threading.Lock()
 
 
 def ensure_programs(programs: Iterable[str]) -> None:
-    """apt-get install the packages of the programs that are not on PATH (once per run)."""
+    """apt-get install the packages of the programs that are not on PATH (once per run).
+    Serialised: guests booted at once must not run apt-get side by side (dpkg's lock)."""
+    programs = list(programs)
+    with _apt_lock:
+        _ensure_programs(programs)
+
+
+def _ensure_programs(programs: list[str]) -> None:
     global _apt_updated
     missing = sorted({PROVIDERS[p] for p in programs if shutil.which(p) is None})
     if not missing:
