@@ -1,0 +1,214 @@
+"""Container context on the real cgroup v2 hierarchy: cgroups made by the test with the names
+docker and the kubelet/containerd give them, a process moved into each, and the resolver's
+id -> path -> context checked against the kernel's own ids (stat, name_to_handle_at(2) and
+bpf_get_current_cgroup_id() in a BPF program) and /proc/<pid>/cgroup."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sigscope.bpf import asm
+from sigscope.bpf.asm import R0, R1, R2, R6, R10
+from sigscope.bpf.attach import attach_tracepoint
+from sigscope.bpf.maps import ArrayMap
+from sigscope.bpf.program import Program
+from sigscope.containers import (
+    CgroupResolver,
+    cgroup2_mount,
+    cgroup_id_of,
+    parse_mountinfo,
+    proc_nspid_fallback,
+)
+
+TIMEOUT = 20.0
+DOCKER_ID = uuid.uuid4().hex + uuid.uuid4().hex
+CRI_ID = uuid.uuid4().hex + uuid.uuid4().hex
+POD_UID = str(uuid.uuid4())
+DOCKER = f"system.slice/docker-{DOCKER_ID}.scope"
+POD = (f"kubepods.slice/kubepods-burstable.slice/"
+       f"kubepods-burstable-pod{POD_UID.replace('-', '_')}.slice")
+CRI = f"{POD}/cri-containerd-{CRI_ID}.scope"
+SERVICE = "system.slice/cron.service"
+# The child: waits for a line (it is moved meanwhile), then signals itself (SIGURG: ignored by
+# default) from inside its cgroup, says so, and waits until told to exit.
+CHILD = 'read -r _; kill -s URG "$$"; echo sent; read -r _ || true'
+
+
+class Child:
+    """A shell moved into `group` (its cgroup.procs); ``signal()`` makes it send itself SIGURG
+    from there."""
+
+    def __init__(self, group: Path) -> None:
+        self.proc = subprocess.Popen(["bash", "-c", CHILD], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        (group / "cgroup.procs").write_text(str(self.proc.pid))
+
+    def signal(self) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline() == "sent\n"
+
+    def own_cgroup(self) -> str:
+        lines = Path(f"/proc/{self.proc.pid}/cgroup").read_text().splitlines()
+        (v2,) = [line for line in lines if line.startswith("0::")]
+        return v2[3:]
+
+    def stop(self) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+        if self.proc.wait(TIMEOUT) != 0:
+            raise AssertionError(f"child exited {self.proc.returncode}")
+
+
+@pytest.fixture
+def hierarchy() -> Iterator[tuple[Path, str]]:
+    """(mount point, the test's own parent cgroup's path) under the v2 hierarchy, with the
+    runtime-like cgroups made under it; everything removed afterwards."""
+    mount = cgroup2_mount()
+    if mount is None:
+        pytest.skip("no cgroup v2 hierarchy mounted")  # the kmatrix guests mount one
+    point = Path(mount.mount_point)
+    parent = f"/sigscope-test-{uuid.uuid4().hex[:12]}"
+    top = point / parent.lstrip("/")
+    top.mkdir()
+    made: list[Path] = []
+    try:
+        for relative in (DOCKER, CRI, SERVICE):
+            group = top
+            for part in relative.split("/"):
+                group = group / part
+                if not group.exists():
+                    group.mkdir()
+                    made.append(group)
+        yield point, parent
+    finally:
+        for group in sorted(made, key=lambda p: len(p.parts), reverse=True):
+            group.rmdir()
+        top.rmdir()
+
+
+def cgroup_id_program(ids: ArrayMap, tgid: int) -> list:
+    """ids[0] = bpf_get_current_cgroup_id() of the last signal that thread group `tgid`
+    generated (signal:signal_generate runs in the sender)."""
+    return [
+        asm.call("get_current_pid_tgid"),
+        asm.alu64_imm("RSH", R0, 32),
+        asm.jmp_imm("JNE", R0, tgid, "out"),
+        asm.call("get_current_cgroup_id"),
+        asm.mov64_reg(R6, R0),
+        asm.st("W", R10, -4, 0),
+        asm.ld_map_fd(R1, ids.fd),
+        asm.mov64_reg(R2, R10),
+        asm.alu64_imm("ADD", R2, -4),
+        asm.call("map_lookup_elem"),
+        asm.jmp_imm("JEQ", R0, 0, "out"),
+        asm.stx("DW", R0, R6, 0),
+        asm.label("out"),
+        asm.mov64_imm(R0, 0),
+        asm.exit_(),
+    ]
+
+
+def kernel_cgroup_id(child: Child) -> int:
+    """The cgroup id the kernel reports for `child` while it sends a signal."""
+    with ArrayMap(8, 1, name="cgid") as ids, \
+            Program.load(cgroup_id_program(ids, child.proc.pid), name="cgid") as prog, \
+            attach_tracepoint(prog, "signal", "signal_generate"):
+        child.signal()
+        value = ids.lookup(struct.pack("=I", 0))
+    assert value is not None
+    (cgroup_id,) = struct.unpack("=Q", value)
+    assert cgroup_id != 0, "the program did not see the child's signal"
+    return int(cgroup_id)
+
+
+def test_this_host_has_a_cgroup2_mount_in_mountinfo() -> None:
+    mounts = parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+    mount = cgroup2_mount()
+    assert mount is not None and mount in mounts
+    assert (Path(mount.mount_point) / "cgroup.controllers").exists()
+
+
+@pytest.mark.parametrize("use_handles", [True, False], ids=["handles", "rescan"])
+def test_resolver_maps_kernel_ids_to_paths_and_context(hierarchy, use_handles: bool) -> None:
+    point, parent = hierarchy
+    expected = {
+        DOCKER: dict(runtime="docker", container_id=DOCKER_ID, pod_uid=None, qos=None,
+                     unit=f"docker-{DOCKER_ID}.scope"),
+        CRI: dict(runtime="containerd", container_id=CRI_ID, pod_uid=POD_UID, qos="burstable",
+                  unit=f"cri-containerd-{CRI_ID}.scope"),
+        SERVICE: dict(runtime=None, container_id=None, pod_uid=None, qos=None,
+                      unit="cron.service"),
+    }
+    children = {relative: Child(point / parent.lstrip("/") / relative) for relative in expected}
+    try:
+        with CgroupResolver(use_handles=use_handles, warn=None) as resolver:
+            assert resolver.available
+            for relative, fields in expected.items():
+                child = children[relative]
+                path = f"{parent}/{relative}"
+                directory = point / path.lstrip("/")
+                by_stat = directory.stat().st_ino
+                by_handle = cgroup_id_of(str(directory))
+                by_bpf = kernel_cgroup_id(child)
+                assert by_stat == by_handle == by_bpf, (relative, by_stat, by_handle, by_bpf)
+                assert child.own_cgroup() == path
+                assert resolver.path(by_bpf) == path
+                context = resolver.context(by_bpf)
+                assert context is not None and context.cgroup_path == path
+                got = {name: getattr(context, name) for name in fields}
+                assert got == fields, relative
+            # the kernel answered (handles) or one rescan found all three (no handles)
+            assert resolver.scans == (0 if use_handles else 1)
+            assert resolver.use_handles == use_handles
+    finally:
+        for child in children.values():
+            child.stop()
+
+
+def test_a_removed_cgroup_stays_resolved_and_unknown_ids_are_none(hierarchy) -> None:
+    point, parent = hierarchy
+    gone = point / parent.lstrip("/") / "system.slice" / f"docker-{'e' * 64}.scope"
+    gone.mkdir()
+    try:
+        gone_id = cgroup_id_of(str(gone))
+        resolver = CgroupResolver(warn=None)
+        fresh = CgroupResolver(warn=None)
+        assert resolver.path(gone_id) == f"{parent}/system.slice/docker-{'e' * 64}.scope"
+    finally:
+        gone.rmdir()
+    with resolver, fresh:
+        context = resolver.context(gone_id)
+        assert context is not None and context.container_id == "e" * 64
+        # a resolver that never saw it: the kernel no longer knows the id, nor does a rescan
+        assert fresh.path(gone_id) is None
+        assert fresh.scans == 1
+        assert fresh.path(gone_id) is None and fresh.scans == 1  # rate-limited
+
+
+def test_nspid_fallback_in_a_new_pid_namespace() -> None:
+    """`unshare -pf` runs its command as pid 1 of a new pid namespace: NSpid ends with 1."""
+    proc = subprocess.Popen(["unshare", "-pf", "--", "sh", "-c", "echo ready; read -r _"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        inner = [int(pid) for pid in
+                 Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        assert len(inner) == 1
+        nspid = proc_nspid_fallback(inner[0])
+        assert nspid is not None and nspid[0] == inner[0] and nspid[-1] == 1
+        assert proc_nspid_fallback(os.getpid()) == (os.getpid(),)
+    finally:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()
+        proc.stdout.close()
+        proc.wait(TIMEOUT)
