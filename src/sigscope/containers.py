@@ -13,10 +13,13 @@ id (``include/linux/kernfs.h``: "64bit unique ID. On 64bit ino setups, id is the
   open_by_handle_at(2) turns back into the directory (needs CAP_DAC_READ_SEARCH).
 
 ``CgroupResolver.path(id)`` asks, in order: its cache; the kernel, by opening the handle (one
-exact answer, where permitted); a rescan of the hierarchy (directory entries carry the ids), at
-most once per ``rescan_interval`` and over at most ``max_scan`` directories. A cgroup seen once
-stays resolvable from the cache after it is removed (a container that exited). An id no source
-knows is None, never a guess.
+exact answer, where permitted; an id the kernel does not know is then unknown); where handles
+are refused, a rescan of the hierarchy (directory entries carry the ids), at most once per
+``rescan_interval`` and over at most ``max_scan`` directories. A cgroup seen once stays
+resolvable from the cache after it is removed (a container that exited): call ``rescan()``
+when tracing starts so that the cgroups of that moment are known even if they go before their
+first event is read. An id no source knows is None, never a guess. Not thread-safe: one
+resolver per reading thread.
 
 cgroup v1-only hosts have no v2 hierarchy: ``cgroup2_mount()`` is None, the resolver reports
 itself unavailable (``available``, ``unavailable_reason``) and says so once through ``warn``;
@@ -28,7 +31,10 @@ Names (``LocalNames``), best effort, cached, absent when the source is absent:
   directories give a pod UID's namespace, pod name and container names;
 - ``/var/log/containers/<pod name>_<namespace>_<container name>-<container id>.log``: the
   kubelet's symlinks give a container id's name, pod and namespace;
-- ``/var/lib/docker/containers/<id>/config.v2.json``: docker's ``"Name"`` (``/name``).
+- ``/var/lib/docker/containers/<id>/config.v2.json``: docker's ``"Name"`` (``/name``);
+- ``/var/lib/containers/storage/<driver>-containers/containers.json``: the containers/storage
+  records of podman and CRI-O (``"id"``, ``"names"``); a CRI-O name
+  ``k8s_<container>_<pod>_<namespace>_<pod uid>_<attempt>`` gives the pod and namespace too.
 
 A process's pid in its own pid namespace is a kernel fact the programs read at the event;
 ``proc_nspid_fallback()`` is a /proc reader of the ``NSpid`` line for the tests and for a caller
@@ -316,6 +322,10 @@ class CgroupResolver:
             if path is not None:
                 self._remember(cgroup_id, path)
                 return path
+            if self.use_handles:
+                # The kernel has no such cgroup now (or not under our mount): a rescan would
+                # not find it either.
+                return None
         now = self._clock()
         if self._last_scan is None or now - self._last_scan >= self.rescan_interval:
             self.rescan()
@@ -361,6 +371,34 @@ _POD_LOG_DIR = re.compile(r"^(?P<ns>[^_/]+)_(?P<pod>[^_/]+)_(?P<uid>[0-9a-f-]{32
 _CONTAINER_LOG = re.compile(
     r"^(?P<pod>[^_/]+)_(?P<ns>[^_/]+)_(?P<name>[^/]+)-(?P<id>[0-9a-f]{64})\.log$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# CRI-O's (and dockershim's) container names: k8s_<container>_<pod>_<namespace>_<uid>_<attempt>
+_K8S_NAME = re.compile(r"^k8s_(?P<name>[^_]+)_(?P<pod>[^_]+)_(?P<ns>[^_]+)_[^_]+_\d+$")
+
+
+def _storage_names(path: str) -> dict[str, ContainerNames]:
+    """id -> names from a containers/storage containers.json (a JSON list of records with
+    "id" and "names"); {} when unreadable or not of that shape."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            records = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    found: dict[str, ContainerNames] = {}
+    if not isinstance(records, list):
+        return found
+    for record in records:
+        if not isinstance(record, dict):
+            continue
+        cid, names = record.get("id"), record.get("names")
+        if not (isinstance(cid, str) and _HEX64.match(cid) and isinstance(names, list)
+                and names and isinstance(names[0], str)):
+            continue
+        match = _K8S_NAME.match(names[0])
+        if match:
+            found[cid] = ContainerNames(match["name"], match["pod"], match["ns"], path)
+        else:
+            found[cid] = ContainerNames(names[0], None, None, path)
+    return found
 
 
 class LocalNames:
@@ -383,7 +421,8 @@ class LocalNames:
         return os.path.join(self.root, *parts)
 
     def refresh(self) -> None:
-        """Re-read /var/log/pods and /var/log/containers (entries seen before are kept)."""
+        """Re-read the kubelet's directories and containers/storage's containers.json
+        (entries seen before are kept)."""
         self._last_read = self._clock()
         pods_dir = self._path("var", "log", "pods")
         try:
@@ -406,7 +445,15 @@ class LocalNames:
             logs = os.listdir(logs_dir)
         except OSError:
             logs = []
-        for entry in logs:
+        storage = self._path("var", "lib", "containers", "storage")
+        try:
+            drivers = [e for e in os.listdir(storage) if e.endswith("-containers")]
+        except OSError:
+            drivers = []
+        for driver in drivers:
+            self._containers.update(
+                _storage_names(os.path.join(storage, driver, "containers.json")))
+        for entry in logs:  # the kubelet's names last: they win
             match = _CONTAINER_LOG.match(entry)
             if match:
                 self._containers[match["id"]] = ContainerNames(
@@ -426,7 +473,7 @@ class LocalNames:
 
     def container(self, container_id: str) -> ContainerNames | None:
         """The name of the container with this id (64 hex): the kubelet's log symlinks first,
-        then docker's config.v2.json; None when neither knows it."""
+        then containers/storage, then docker's config.v2.json; None when none knows it."""
         names = self._containers.get(container_id)
         if names is None and self._stale():
             self.refresh()
@@ -474,3 +521,30 @@ def proc_nspid_fallback(pid: int, proc: str = "/proc") -> tuple[int, ...] | None
             return parse_nspid(f.read())
     except OSError:
         return None
+
+
+# --- everything for one id -----------------------------------------------------------------
+
+def describe(resolver: CgroupResolver, cgroup_id: int,
+             names: LocalNames | None = None) -> dict[str, object] | None:
+    """One cgroup id's context as a flat dict (JSON output): ``cgroup_id`` and the
+    ContainerContext fields, then from ``names`` (when given) ``container_name``, ``pod_name``
+    and ``pod_namespace``, None where no local source says. None when the id is unknown."""
+    context = resolver.context(cgroup_id)
+    if context is None:
+        return None
+    found: dict[str, object] = {"cgroup_id": cgroup_id, **context.to_dict(),
+                                "container_name": None, "pod_name": None,
+                                "pod_namespace": None}
+    if names is None:
+        return found
+    if context.container_id is not None:
+        container = names.container(context.container_id)
+        if container is not None:
+            found.update(container_name=container.name, pod_name=container.pod,
+                         pod_namespace=container.namespace)
+    if context.pod_uid is not None and found["pod_name"] is None:
+        pod = names.pod(context.pod_uid)
+        if pod is not None:
+            found.update(pod_name=pod.name, pod_namespace=pod.namespace)
+    return found

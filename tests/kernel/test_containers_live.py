@@ -175,24 +175,46 @@ def test_resolver_maps_kernel_ids_to_paths_and_context(hierarchy, use_handles: b
             child.stop()
 
 
-def test_a_removed_cgroup_stays_resolved_and_unknown_ids_are_none(hierarchy) -> None:
+@pytest.mark.parametrize("use_handles", [True, False], ids=["handles", "rescan"])
+def test_a_removed_cgroup_stays_resolved_and_unknown_ids_are_none(hierarchy,
+                                                                  use_handles: bool) -> None:
     point, parent = hierarchy
     gone = point / parent.lstrip("/") / "system.slice" / f"docker-{'e' * 64}.scope"
     gone.mkdir()
     try:
         gone_id = cgroup_id_of(str(gone))
-        resolver = CgroupResolver(warn=None)
-        fresh = CgroupResolver(warn=None)
+        resolver = CgroupResolver(warn=None, use_handles=use_handles)
+        primed = CgroupResolver(warn=None, use_handles=use_handles)
+        primed.rescan()
+        fresh = CgroupResolver(warn=None, use_handles=use_handles)
         assert resolver.path(gone_id) == f"{parent}/system.slice/docker-{'e' * 64}.scope"
     finally:
         gone.rmdir()
-    with resolver, fresh:
+    with resolver, primed, fresh:
         context = resolver.context(gone_id)
         assert context is not None and context.container_id == "e" * 64
+        assert primed.path(gone_id) == resolver.path(gone_id)  # seen by the scan at start
         # a resolver that never saw it: the kernel no longer knows the id, nor does a rescan
         assert fresh.path(gone_id) is None
-        assert fresh.scans == 1
-        assert fresh.path(gone_id) is None and fresh.scans == 1  # rate-limited
+        assert fresh.scans == (0 if use_handles else 1)
+        assert fresh.path(gone_id) is None
+        assert fresh.scans == (0 if use_handles else 1)  # rate-limited
+
+
+def children_of(pid: int) -> list[int]:
+    """The pids whose parent is `pid` (PPid in /proc/*/status; not .../children, which needs
+    CONFIG_PROC_CHILDREN)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        if f"\nPPid:\t{pid}\n" in status:
+            found.append(int(entry))
+    return found
 
 
 def test_nspid_fallback_in_a_new_pid_namespace() -> None:
@@ -201,8 +223,7 @@ def test_nspid_fallback_in_a_new_pid_namespace() -> None:
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
-        inner = [int(pid) for pid in
-                 Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        inner = children_of(proc.pid)
         assert len(inner) == 1
         nspid = proc_nspid_fallback(inner[0])
         assert nspid is not None and nspid[0] == inner[0] and nspid[-1] == 1

@@ -15,6 +15,7 @@ from sigscope.containers import (
     CgroupResolver,
     LocalNames,
     choose_mount,
+    describe,
     parse_mountinfo,
     parse_nspid,
 )
@@ -301,3 +302,50 @@ def test_parse_nspid() -> None:
     status = "Name:\tsleep\nTgid:\t4242\nNgid:\t0\nPid:\t4242\nPPid:\t1\nNSpid:\t4242\t17\t1\n"
     assert parse_nspid(status) == (4242, 17, 1)
     assert parse_nspid("Name:\tx\nPid:\t5\n") is None
+
+
+def test_local_names_from_containers_storage(tmp_path: Path) -> None:
+    storage = tmp_path / "var/lib/containers/storage/overlay-containers"
+    storage.mkdir(parents=True)
+    crio_sandbox = "d" * 64
+    records = [
+        {"id": C1, "names": ["web"], "image": "x"},                       # podman
+        {"id": C2, "names": [f"k8s_app_api-7f9c_prod_{UID}_2"]},          # CRI-O container
+        {"id": crio_sandbox, "names": [f"k8s_POD_api-7f9c_prod_{UID}_0"]},
+        {"id": "short", "names": ["bad"]}, {"id": "e" * 64, "names": []}, "junk",
+    ]
+    (storage / "containers.json").write_text(json.dumps(records))
+    names = LocalNames(str(tmp_path))
+    source = str(storage / "containers.json")
+    assert names.container(C1) == ("web", None, None, source)
+    assert names.container(C2) == ("app", "api-7f9c", "prod", source)
+    assert names.container(crio_sandbox) == ("POD", "api-7f9c", "prod", source)
+    assert names.container("e" * 64) is None
+    (storage / "containers.json").write_text("{}")
+    assert LocalNames(str(tmp_path)).container(C1) is None
+
+
+def test_describe_merges_context_and_names(tmp_path: Path) -> None:
+    path = (tmp_path / "kubepods.slice" / "kubepods-burstable.slice" /
+            f"kubepods-burstable-pod{UID_}.slice")
+    (path / f"cri-containerd-{C1}.scope").mkdir(parents=True)
+    (path / f"cri-containerd-{C2}.scope").mkdir()
+    logs = tmp_path / "var/log/containers"
+    logs.mkdir(parents=True)
+    (logs / f"api-0_prod_app-{C1}.log").write_text("")
+    (tmp_path / "var/log/pods" / f"prod_api-0_{UID}" / "app").mkdir(parents=True)
+    resolver = tree_resolver(tmp_path, Clock())
+    names = LocalNames(str(tmp_path))
+    first = describe(resolver, (path / f"cri-containerd-{C1}.scope").stat().st_ino, names)
+    assert first is not None
+    assert (first["container_id"], first["container_name"], first["pod_name"],
+            first["pod_namespace"], first["pod_uid"]) == (C1, "app", "api-0", "prod", UID)
+    # a container the logs do not name (a pause container): the pod's names still
+    second_id = (path / f"cri-containerd-{C2}.scope").stat().st_ino
+    second = describe(resolver, second_id, names)
+    assert second is not None
+    assert (second["container_name"], second["pod_name"]) == (None, "api-0")
+    bare = describe(resolver, second_id)
+    assert bare is not None and bare["pod_name"] is None and bare["cgroup_id"] == second_id
+    assert describe(resolver, 1 << 60, names) is None
+    json.dumps(first)
