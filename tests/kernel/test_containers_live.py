@@ -5,6 +5,7 @@ bpf_get_current_cgroup_id() in a BPF program) and /proc/<pid>/cgroup."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import struct
 import subprocess
@@ -201,35 +202,39 @@ def test_a_removed_cgroup_stays_resolved_and_unknown_ids_are_none(hierarchy,
         assert fresh.scans == (0 if use_handles else 1)  # rate-limited
 
 
-def children_of(pid: int) -> list[int]:
-    """The pids whose parent is `pid` (PPid in /proc/*/status; not .../children, which needs
-    CONFIG_PROC_CHILDREN)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            status = Path(f"/proc/{entry}/status").read_text()
-        except OSError:
-            continue
-        if f"\nPPid:\t{pid}\n" in status:
-            found.append(int(entry))
-    return found
+CLONE_NEWPID = 0x20000000  # linux/sched.h
 
 
 def test_nspid_fallback_in_a_new_pid_namespace() -> None:
-    """`unshare -pf` runs its command as pid 1 of a new pid namespace: NSpid ends with 1."""
-    proc = subprocess.Popen(["unshare", "-pf", "--", "sh", "-c", "echo ready; read -r _"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    """A child that unshare(2)s CLONE_NEWPID forks pid 1 of the new namespace: NSpid of that
+    grandchild is (its host pid, 1)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pid_r, pid_w = os.pipe()
+    hold_r, hold_w = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        try:
+            os.close(hold_w)
+            if libc.unshare(CLONE_NEWPID) != 0:
+                os.write(pid_w, b"-%d\n" % ctypes.get_errno())
+                os._exit(1)
+            inner = os.fork()
+            if inner == 0:
+                os.read(hold_r, 1)  # live until the parent has looked
+                os._exit(0)
+            os.write(pid_w, b"%d\n" % inner)
+            os.waitpid(inner, 0)
+        finally:
+            os._exit(0)
+    os.close(pid_w)
+    os.close(hold_r)
     try:
-        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
-        inner = children_of(proc.pid)
-        assert len(inner) == 1
-        nspid = proc_nspid_fallback(inner[0])
-        assert nspid is not None and nspid[0] == inner[0] and nspid[-1] == 1
+        inner = int(os.read(pid_r, 64).split()[0])
+        assert inner > 0, f"unshare(CLONE_NEWPID): errno {-inner}"
+        assert proc_nspid_fallback(inner) == (inner, 1)
         assert proc_nspid_fallback(os.getpid()) == (os.getpid(),)
     finally:
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.close()
-        proc.stdout.close()
-        proc.wait(TIMEOUT)
+        os.close(hold_w)
+        os.close(pid_r)
+        os.waitpid(middle, 0)
+    assert proc_nspid_fallback(inner) is None  # gone: the fallback knows nothing
