@@ -21,6 +21,9 @@ when tracing starts so that the cgroups of that moment are known even if they go
 first event is read. An id no source knows is None, never a guess. Not thread-safe: one
 resolver per reading thread.
 
+Paths and names are strings other processes chose: escape them (``model/escape.py``) before
+they reach a terminal.
+
 cgroup v1-only hosts have no v2 hierarchy: ``cgroup2_mount()`` is None, the resolver reports
 itself unavailable (``available``, ``unavailable_reason``) and says so once through ``warn``;
 every lookup then returns None and the caller goes on.
