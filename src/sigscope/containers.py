@@ -194,6 +194,8 @@ class CgroupResolver:
                  max_scan: int = 100_000, max_cached: int = 65_536, use_handles: bool = True,
                  warn: Callable[[str], None] | None = _default_warn,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        if isinstance(mount, str) and mount != "auto":
+            raise ValueError(f"mount: a CgroupMount, None or 'auto', not {mount!r}")
         self.mount: CgroupMount | None = cgroup2_mount() if mount == "auto" else (
             mount if isinstance(mount, CgroupMount) else None)
         self.rescan_interval = rescan_interval
@@ -417,7 +419,8 @@ class LocalNames:
         self._clock = clock
         self._pods: dict[str, PodNames] = {}
         self._containers: dict[str, ContainerNames] = {}
-        self._docker: dict[str, ContainerNames | None] = {}
+        self._docker: dict[str, ContainerNames] = {}
+        self._docker_missing: dict[str, float] = {}  # id -> when its config was not there
         self._last_read: float | None = None
 
     def _path(self, *parts: str) -> str:
@@ -490,6 +493,9 @@ class LocalNames:
             return self._docker[container_id]
         if not _HEX64.match(container_id):
             return None
+        missing_since = self._docker_missing.get(container_id)
+        if missing_since is not None and self._clock() - missing_since < self.refresh_interval:
+            return None
         config = self._path("var", "lib", "docker", "containers", container_id, "config.v2.json")
         names: ContainerNames | None = None
         try:
@@ -500,7 +506,11 @@ class LocalNames:
         if isinstance(name, str) and name.strip("/"):
             names = ContainerNames(name.lstrip("/"), None, None, config)
             self._docker[container_id] = names
-        # a missing file is not cached: the container may be created after the first lookup
+        else:
+            # asked again after refresh_interval: the container may be created meanwhile
+            if len(self._docker_missing) >= 65_536:
+                self._docker_missing.clear()
+            self._docker_missing[container_id] = self._clock()
         return names
 
 

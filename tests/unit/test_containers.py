@@ -180,6 +180,11 @@ def test_mountinfo_prefers_the_whole_hierarchy_and_unescapes() -> None:
     assert choose_mount(mounts) == CgroupMount("/mnt/cg two", "/")
 
 
+def test_resolver_mount_argument() -> None:
+    with pytest.raises(ValueError, match="mount"):
+        CgroupResolver("/sys/fs/cgroup")
+
+
 def test_unavailable_says_so_once() -> None:
     said: list[str] = []
     resolver = CgroupResolver(None, warn=said.append)
@@ -284,6 +289,15 @@ def test_local_names_from_kubelet_logs_and_docker(tmp_path: Path) -> None:
     assert names.container(C2) == ("web-1", None, None, str(docker / "config.v2.json"))
     assert names.container("c" * 64) is None
     assert names.container("../../etc") is None
+
+    late = tmp_path / "var/lib/docker/containers" / ("f" * 64)
+    assert names.container("f" * 64) is None
+    late.mkdir()
+    (late / "config.v2.json").write_text(json.dumps({"Name": "/late"}))
+    assert names.container("f" * 64) is None  # not looked for again before refresh_interval
+    clock.now += 5.0
+    found = names.container("f" * 64)
+    assert found is not None and found.name == "late"
 
     other = "0" * 63 + "1"
     os.symlink(pod_dir / "sidecar" / "0.log",
