@@ -337,6 +337,34 @@ class CgroupResolver:
             return self._paths.get(cgroup_id)
         return None
 
+    def id_of(self, path: str) -> int:
+        """The id of the cgroup at ``path`` (relative to the hierarchy's root, as ``path()``
+        returns it), from its file handle (``cgroup_id_of``), cached. Raises OSError (ENOENT:
+        no such cgroup; ENODEV: no cgroup v2 hierarchy)."""
+        if self.mount is None:
+            raise OSError(errno.ENODEV, f"{path}: no cgroup v2 hierarchy is mounted")
+        relative = "/" + "/".join(part for part in path.split("/") if part)
+        if ".." in relative.split("/"):
+            raise OSError(errno.EINVAL, f"{path}: '..' in a cgroup path")
+        directory = self.mount.mount_point.rstrip("/") + (relative if relative != "/" else "")
+        cgroup_id = cgroup_id_of(directory or "/")
+        self._remember(cgroup_id, relative)
+        return cgroup_id
+
+    def ids_of_container(self, prefix: str) -> dict[int, ContainerContext]:
+        """Every cgroup (id -> context) whose container id starts with ``prefix`` (lowercase
+        hex), after a rescan now: the cgroups of the containers running at this moment and any
+        cached from before. Empty when unavailable or for an empty prefix."""
+        if self.mount is None or not prefix:
+            return {}
+        self.rescan()
+        found = {}
+        for cgroup_id in list(self._paths):
+            context = self.context(cgroup_id)
+            if context is not None and (context.container_id or "").startswith(prefix):
+                found[cgroup_id] = context
+        return found
+
     def context(self, cgroup_id: int) -> ContainerContext | None:
         """The ContainerContext of the cgroup with this id (``parse_cgroup_path`` of its path,
         memoised per path), or None when the path is unknown."""
@@ -515,6 +543,21 @@ class LocalNames:
 
 
 # --- the namespace-local pid: a /proc fallback ------------------------------------------------
+
+def proc_cgroup_fallback(pid: int, proc: str = "/proc") -> str | None:
+    """FALLBACK, not a kernel fact at the event: the cgroup v2 path of ``pid`` now, from the
+    ``0::`` line of /proc/<pid>/cgroup (cgroups(7); relative to the reader's cgroup namespace
+    root). None when unreadable or when the line is missing (a v1-only host)."""
+    try:
+        with open(f"{proc}/{pid}/cgroup", encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith("0::"):
+            return line[3:]
+    return None
+
 
 def parse_nspid(status: str) -> tuple[int, ...] | None:
     """The ``NSpid:`` line of a /proc/<pid>/status text (proc(5), Linux 4.1): the pid in each

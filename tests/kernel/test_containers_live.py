@@ -25,6 +25,7 @@ from sigscope.containers import (
     cgroup2_mount,
     cgroup_id_of,
     parse_mountinfo,
+    proc_cgroup_fallback,
     proc_nspid_fallback,
 )
 
@@ -162,8 +163,9 @@ def test_resolver_maps_kernel_ids_to_paths_and_context(hierarchy, use_handles: b
                 by_handle = cgroup_id_of(str(directory))
                 by_bpf = kernel_cgroup_id(child)
                 assert by_stat == by_handle == by_bpf, (relative, by_stat, by_handle, by_bpf)
-                assert child.own_cgroup() == path
+                assert child.own_cgroup() == path == proc_cgroup_fallback(child.proc.pid)
                 assert resolver.path(by_bpf) == path
+                assert resolver.id_of(path) == by_bpf
                 context = resolver.context(by_bpf)
                 assert context is not None and context.cgroup_path == path
                 got = {name: getattr(context, name) for name in fields}
@@ -171,6 +173,13 @@ def test_resolver_maps_kernel_ids_to_paths_and_context(hierarchy, use_handles: b
             # the kernel answered (handles) or one rescan found all three (no handles)
             assert resolver.scans == (0 if use_handles else 1)
             assert resolver.use_handles == use_handles
+            matched = resolver.ids_of_container(CRI_ID[:12])
+            assert {c.cgroup_path for c in matched.values()} == {f"{parent}/{CRI}"}
+            assert set(matched) == {resolver.id_of(f"{parent}/{CRI}")}
+            with pytest.raises(FileNotFoundError):
+                resolver.id_of(f"{parent}/no-such-cgroup")
+            with pytest.raises(OSError, match="'..'"):
+                resolver.id_of(f"{parent}/../x")
     finally:
         for child in children.values():
             child.stop()

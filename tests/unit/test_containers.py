@@ -18,6 +18,7 @@ from sigscope.containers import (
     describe,
     parse_mountinfo,
     parse_nspid,
+    proc_cgroup_fallback,
 )
 from sigscope.model.container import QOS_CLASSES, RUNTIMES, ContainerContext, parse_cgroup_path
 
@@ -193,6 +194,9 @@ def test_unavailable_says_so_once() -> None:
     assert len(said) == 1 and "container context is unavailable" in said[0]
     assert "\n" not in said[0]
     assert resolver.path(1) is None and resolver.context(1) is None and resolver.rescan() == 0
+    assert resolver.ids_of_container("ab") == {}
+    with pytest.raises(OSError, match="no cgroup v2 hierarchy"):
+        resolver.id_of("/system.slice")
 
 
 # --- the resolver's cache and rescan, over a plain directory tree ------------------------------
@@ -363,3 +367,14 @@ def test_describe_merges_context_and_names(tmp_path: Path) -> None:
     assert bare is not None and bare["pod_name"] is None and bare["cgroup_id"] == second_id
     assert describe(resolver, 1 << 60, names) is None
     json.dumps(first)
+
+
+def test_proc_cgroup_fallback(tmp_path: Path) -> None:
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "cgroup").write_text(
+        f"12:pids:/docker/{C1}\n1:name=systemd:/docker/{C1}\n0::/system.slice/docker-{C1}.scope\n")
+    (tmp_path / "8").mkdir()
+    (tmp_path / "8" / "cgroup").write_text("4:memory:/\n")
+    assert proc_cgroup_fallback(7, str(tmp_path)) == f"/system.slice/docker-{C1}.scope"
+    assert proc_cgroup_fallback(8, str(tmp_path)) is None
+    assert proc_cgroup_fallback(9, str(tmp_path)) is None
