@@ -6,7 +6,7 @@ sender, ``task->cgroups->dfl_cgrp->kn->id`` for the recipient. Both are the cgro
 id (``include/linux/kernfs.h``: "64bit unique ID. On 64bit ino setups, id is the ino"), which is
 
 - the directory's inode number on a 64-bit ``ino_t`` (``kernfs_id_ino()``; what ``stat`` and
-  ``getdents`` report: ``fs/kernfs/inode.c`` ``kernfs_init_inode``, ``fs/kernfs/dir.c``
+  ``getdents`` report: ``fs/kernfs/inode.c`` ``kernfs_get_inode``, ``fs/kernfs/dir.c``
   ``kernfs_fop_readdir``), and
 - the 8 bytes of the directory's file handle, type ``FILEID_KERNFS`` (0xfe), on any ``ino_t``
   (``fs/kernfs/mount.c`` ``kernfs_encode_fh``; name_to_handle_at(2)), which
@@ -270,6 +270,7 @@ class CgroupResolver:
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
+            self.use_handles = False  # no /proc to name the fd: rescans, then
             return None
         finally:
             os.close(fd)
