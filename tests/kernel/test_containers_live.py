@@ -9,6 +9,7 @@ import ctypes
 import os
 import struct
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -247,3 +248,31 @@ def test_nspid_fallback_in_a_new_pid_namespace() -> None:
         os.close(pid_r)
         os.waitpid(middle, 0)
     assert proc_nspid_fallback(inner) is None  # gone: the fallback knows nothing
+
+
+WITHOUT_DAC_READ_SEARCH = r"""
+import ctypes, sys
+from sigscope.containers import CgroupResolver
+CAP_DAC_READ_SEARCH, LINUX_CAPABILITY_VERSION_3 = 2, 0x20080522  # linux/capability.h
+header = (ctypes.c_uint32 * 2)(LINUX_CAPABILITY_VERSION_3, 0)
+data = (ctypes.c_uint32 * 6)()  # two __user_cap_data_struct: effective, permitted, inheritable
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.capget(header, data) == 0
+data[0] &= ~(1 << CAP_DAC_READ_SEARCH)  # effective only: as the DaemonSet runs (no such cap)
+assert libc.capset(header, data) == 0
+resolver = CgroupResolver(warn=None)
+print(resolver.path(int(sys.argv[1])), resolver.use_handles, resolver.scans)
+"""
+
+
+def test_without_cap_dac_read_search_the_resolver_rescans(hierarchy) -> None:
+    """open_by_handle_at(2) needs CAP_DAC_READ_SEARCH, which the DaemonSet does not grant: the
+    resolver turns handles off at the refusal and finds the cgroup by a rescan."""
+    point, parent = hierarchy
+    path = f"{parent}/{CRI}"
+    cgroup_id = cgroup_id_of(str(point / path.lstrip("/")))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    result = subprocess.run([sys.executable, "-c", WITHOUT_DAC_READ_SEARCH, str(cgroup_id)],
+                            env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [path, "False", "1"]
