@@ -98,13 +98,28 @@ def parse_mountinfo(text: str) -> list[CgroupMount]:
     return mounts
 
 
+def _reach(root: str) -> tuple[int, int]:
+    """How much of the hierarchy a mount of ``root`` shows, as a sort key (smaller: more).
+    mountinfo gives a cgroup2 mount's root relative to the reader's cgroup namespace
+    (``kernel/cgroup/cgroup.c`` ``cgroup_show_path``): ``/`` is the namespace's root, ``/..``
+    its parent (a host's hierarchy mounted into a container: it sees more), ``/a/b`` a subtree
+    (it sees less)."""
+    parts = [part for part in root.split("/") if part]
+    ups = 0
+    while ups < len(parts) and parts[ups] == "..":
+        ups += 1
+    return (-ups, len(parts) - ups)
+
+
 def choose_mount(mounts: list[CgroupMount]) -> CgroupMount | None:
-    """The mount to read: one of the whole hierarchy (root ``/``) first; among those
-    ``/sys/fs/cgroup`` (pure v2), then ``/sys/fs/cgroup/unified`` (hybrid), then the first."""
+    """The mount to read: the one that shows most of the hierarchy (``_reach``: in a container
+    with its own cgroup namespace, a mount of the host's hierarchy over the container's own
+    ``/sys/fs/cgroup``); among equals ``/sys/fs/cgroup`` (pure v2), then
+    ``/sys/fs/cgroup/unified`` (hybrid), then the first listed."""
     if not mounts:
         return None
     order = {"/sys/fs/cgroup": 0, "/sys/fs/cgroup/unified": 1}
-    return min(mounts, key=lambda m: (m.root != "/", order.get(m.mount_point, 2)))
+    return min(mounts, key=lambda m: (_reach(m.root), order.get(m.mount_point, 2)))
 
 
 def cgroup2_mount(mountinfo: str = MOUNTINFO) -> CgroupMount | None:

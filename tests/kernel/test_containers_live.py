@@ -276,3 +276,44 @@ def test_without_cap_dac_read_search_the_resolver_rescans(hierarchy) -> None:
                             env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [path, "False", "1"]
+
+
+IN_A_CGROUP_NAMESPACE = r"""
+import ctypes, os, sys, tempfile
+from sigscope.containers import CgroupResolver, cgroup2_mount, proc_cgroup_fallback
+CLONE_NEWNS, CLONE_NEWCGROUP = 0x00020000, 0x02000000  # linux/sched.h
+MS_REC, MS_PRIVATE = 0x4000, 0x40000                    # linux/mount.h
+libc = ctypes.CDLL(None, use_errno=True)
+with open(sys.argv[1] + "/cgroup.procs", "w") as f:
+    f.write(str(os.getpid()))
+# As a container runtime does: a cgroup namespace rooted at our cgroup, a mount namespace,
+# and the container's own cgroup2 mount (it shows only the namespace's subtree).
+assert libc.unshare(CLONE_NEWNS | CLONE_NEWCGROUP) == 0, os.strerror(ctypes.get_errno())
+assert libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) == 0
+own = tempfile.mkdtemp()
+assert libc.mount(b"cgroup2", own.encode(), b"cgroup2", 0, None) == 0
+try:
+    mount = cgroup2_mount()
+    resolver = CgroupResolver(warn=None)
+    print(mount.root, proc_cgroup_fallback(os.getpid()), resolver.path(int(sys.argv[2])))
+finally:
+    libc.umount2(own.encode(), 0)
+    os.rmdir(own)
+"""
+
+
+def test_in_a_cgroup_namespace_the_host_hierarchy_is_read(hierarchy) -> None:
+    """A process in its own cgroup namespace (a pod's container) with its own cgroup2 mount
+    and the host's: mountinfo shows the host's mount root as /../../.. (three levels above the
+    namespace root), the resolver reads that mount and names a cgroup by its host path, while
+    /proc/self/cgroup is namespace-relative ("/")."""
+    point, parent = hierarchy
+    group = point / parent.lstrip("/") / DOCKER
+    sibling = f"{parent}/{SERVICE}"
+    sibling_id = cgroup_id_of(str(point / sibling.lstrip("/")))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    result = subprocess.run([sys.executable, "-c", IN_A_CGROUP_NAMESPACE, str(group),
+                             str(sibling_id)],
+                            env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["/../../..", "/", sibling]

@@ -186,6 +186,18 @@ def test_resolver_mount_argument() -> None:
         CgroupResolver("/sys/fs/cgroup")
 
 
+def test_mountinfo_in_a_cgroup_namespace_prefers_the_host_hierarchy() -> None:
+    """In a pod with its own cgroup namespace: /sys/fs/cgroup is the pod's own cgroup (root
+    ``/``); a hostPath mount of the host's hierarchy shows as ``/../..`` and sees more."""
+    text = ("60 50 0:29 / /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n"
+            "61 50 0:29 /../.. /host/sys/fs/cgroup ro,relatime - cgroup2 cgroup2 rw\n"
+            "62 50 0:29 /.. /mnt/half ro - cgroup2 cgroup2 rw\n")
+    assert choose_mount(parse_mountinfo(text)) == CgroupMount("/host/sys/fs/cgroup", "/../..")
+    below = ("70 50 0:29 /kubepods.slice /a rw - cgroup2 cgroup2 rw\n"
+             "71 50 0:29 /kubepods.slice/x /b rw - cgroup2 cgroup2 rw\n")
+    assert choose_mount(parse_mountinfo(below)) == CgroupMount("/a", "/kubepods.slice")
+
+
 def test_unavailable_says_so_once() -> None:
     said: list[str] = []
     resolver = CgroupResolver(None, warn=said.append)
