@@ -22,7 +22,7 @@ LAYERS = {
     "bpf": 0,
     "model": 1,
     "programs": 2,
-    "tool": 3,      # decode, fate, session, tracer, top, send and the settings modules
+    "tool": 3,      # decode, fate, session, tracer, top, send, containers, the settings modules
     "outputs": 4,
     "cli": 5,
     "package": 6,   # sigscope/__init__.py, __main__.py
@@ -142,7 +142,8 @@ TRACE_STDLIB = {
 NEVER_AT_START = {"json", "dataclasses", "http", "socketserver", "logging", "threading",
                   "prometheus_client", "sigscope.fate", "sigscope.top", "sigscope.send",
                   "sigscope.outputs.prometheus", "sigscope.outputs.prometheus_http",
-                  "sigscope.programs.fate", "sigscope.programs.count"}
+                  "sigscope.programs.fate", "sigscope.programs.count",
+                  "sigscope.containers"}
 
 TRACE_UNTIL_LOADING = """\
 import sys
