@@ -33,6 +33,14 @@ from sigscope.model import record as rec
 from sigscope.model.event import Event, Runs
 from sigscope.model.filters import Filters, make_filters
 from sigscope.programs import signal as probes
+from sigscope.programs.common import (
+    COUNTER_INFLIGHT_FULL,
+    COUNTER_LOST,
+    NUM_COUNTERS,
+    Output,
+    PerfOutput,
+    RingbufOutput,
+)
 from sigscope.programs.origin import make_stack_map
 from sigscope.session import ProbeSession
 from sigscope.trace_settings import BUFFER_KINDS, DEFAULT_BUFFER_SIZE, DEFAULT_POLL_INTERVAL_MS
@@ -143,7 +151,7 @@ class Tracer(ProbeSession):
             kind = "ringbuf" if features.has("ringbuf") else "perf"
         self.buffer_kind = kind
         inflight = self._own(probes.make_inflight_map(self.claim))
-        counters = self._own(PerCPUArrayMap(8, probes.NUM_COUNTERS, name="sigscope_count"))
+        counters = self._own(PerCPUArrayMap(8, NUM_COUNTERS, name="sigscope_count"))
         self._counters = counters
         self._inflight = inflight
         if kind == "ringbuf":
@@ -154,15 +162,15 @@ class Tracer(ProbeSession):
                 raise KernelError(f"the kernel cannot allocate a {size >> 10}K ring buffer: "
                                   f"{os.strerror(err.errno or errno.ENOMEM)} (a smaller "
                                   "buffer_size= may fit)") from None
-            output = probes.OUTPUT_RINGBUF
+            output: Output = RingbufOutput(events.fd, counters.fd)
         else:
             events = self._own(PerfEventArrayMap(name="sigscope_events"))
-            output = probes.OUTPUT_PERF
+            output = PerfOutput(events.fd, counters.fd)
         stacks = self._own(make_stack_map()) if self._wants_kill_origins() else None
         if stacks is not None:
             self.decoder.stacks = KernelStacks(stacks)
         cfg = probes.ProbeConfig(self.filters, output,
-                                 probes.MapFds(inflight.fd, events.fd, counters.fd,
+                                 probes.MapFds(inflight.fd, counters.fd,
                                                stacks.fd if stacks is not None else -1),
                                  claim=self.claim)
         # The reader first: a perf buffer's per-CPU events must be in the map before any
@@ -211,9 +219,9 @@ class Tracer(ProbeSession):
         """(name, instructions) of every probe, for `--ebpf` (built with placeholder map fds,
         nothing is loaded)."""
         kind = self.buffer_kind if self.buffer_kind != "auto" else "ringbuf"
-        output = probes.OUTPUT_RINGBUF if kind == "ringbuf" else probes.OUTPUT_PERF
+        output = (RingbufOutput if kind == "ringbuf" else PerfOutput)(-2, -3)
         cfg = probes.ProbeConfig(self.filters, output, probes.MapFds(
-            -1, -2, -3, -4 if self._wants_kill_origins() else -1))
+            -1, -3, -4 if self._wants_kill_origins() else -1))
         plans = itertools.chain(self._fate_plans(cfg) if self.fate else [],
                                 probes.signal_probe_plans(cfg))
         return [(", ".join(event for _, event in tracepoints), insns)
@@ -412,7 +420,7 @@ class Tracer(ProbeSession):
     def _lost_now(self) -> int:
         lost = 0
         if self._counters is not None and not self._counters.closed:
-            for index in (probes.COUNTER_LOST, probes.COUNTER_INFLIGHT_FULL):
+            for index in (COUNTER_LOST, COUNTER_INFLIGHT_FULL):
                 lost += self._counters.sum_u64(struct.pack("<I", index))
         # Not self._reader.lost: a perf buffer's PERF_RECORD_LOST counts the same failed writes
         # the programs count themselves (and arrives late, or never for the last ones).

@@ -26,6 +26,7 @@ from sigscope.bpf.readers.ringbuf import RingBufReader
 from sigscope.bpf.tracefs import event_format
 from sigscope.model import record as rec
 from sigscope.model.filters import Filters
+from sigscope.programs import common
 from sigscope.programs import signal as probes
 from sigscope.send import send_signal
 
@@ -40,11 +41,11 @@ class Probes:
     def __init__(self, task_fields: bool, filters: Filters | None = None,
                  claim: str | None = None) -> None:
         self.inflight = probes.make_inflight_map(claim)
-        self.counters = PerCPUArrayMap(8, probes.NUM_COUNTERS, name="test_counters")
+        self.counters = PerCPUArrayMap(8, common.NUM_COUNTERS, name="test_counters")
         self.events = RingBufMap(1 << 20, name="test_events")
         self.cfg = probes.ProbeConfig(
-            filters or Filters(), probes.OUTPUT_RINGBUF,
-            probes.MapFds(self.inflight.fd, self.events.fd, self.counters.fd),
+            filters or Filters(), common.RingbufOutput(self.events.fd, self.counters.fd),
+            probes.MapFds(self.inflight.fd, self.counters.fd),
             task_fields=task_fields, claim=claim)
         self.reader = RingBufReader(self.events)
         built = [
@@ -218,7 +219,7 @@ def test_inflight_slots_collisions_reuse_and_full(task_fields: bool) -> None:
         for i in range(probes.INFLIGHT_PROBES):
             p.inflight.update(_slot_key(tid + i), _slot(other | busy, rec.KIND_CALL))
         tgkill_self(SIGURG)
-        assert p.counter(probes.COUNTER_INFLIGHT_FULL) == 1
+        assert p.counter(common.COUNTER_INFLIGHT_FULL) == 1
         mine = p.mine()
         # The generated signal is then seen as the kernel's own (as with a full map before).
         assert [r["kind"] for r in mine] == [rec.KIND_KERNEL]
@@ -258,5 +259,5 @@ def test_inflight_by_tid_stale_entry_reuse_and_full(task_fields: bool) -> None:
             key += 1
         tgkill_self(SIGURG)
         # >= 1: the programs see every tgkill on the machine, and any is lost while full.
-        assert p.counter(probes.COUNTER_INFLIGHT_FULL) >= 1
+        assert p.counter(common.COUNTER_INFLIGHT_FULL) >= 1
         assert [r["kind"] for r in p.mine()] == [rec.KIND_KERNEL]

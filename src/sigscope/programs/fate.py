@@ -47,7 +47,6 @@ from sigscope.programs.signal import (
     _current_comm_into_stack,
     _epilogue,
     _fill_sender_into_stack,
-    _output,
     _prologue,
     _signal_filter,
     _zero_stack_record,
@@ -133,7 +132,7 @@ def _write_record(cfg: ProbeConfig, labels: _Labels) -> list:
         asm.stx(DW, R10, R0, _STACK_RECORD + _f("ktime_ns")),
         asm.mov64_reg(R9, R10),
         asm.alu64_imm("ADD", R9, _STACK_RECORD),
-        *_output(cfg, R9, labels),
+        *cfg.output.write(R9, labels),
     ]
 
 

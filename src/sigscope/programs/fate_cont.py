@@ -25,7 +25,7 @@ from sigscope.bpf import asm, btf_scan
 from sigscope.bpf.asm import DW, R0, R1, R6, R7, R8, R9, R10, W
 from sigscope.model import record as rec
 from sigscope.programs.common import _STACK_RECORD, _f, _Labels, read_kernel_value
-from sigscope.programs.signal import ProbeConfig, _output, _zero_stack_record
+from sigscope.programs.signal import ProbeConfig, _zero_stack_record
 
 SIGCONT = 18
 # include/linux/sched/signal.h
@@ -105,7 +105,7 @@ def build_sigcont_state(cfg: ProbeConfig, layout: ContLayout) -> list:
         asm.stx(DW, R10, R0, _STACK_RECORD + _f("ktime_ns")),
         asm.mov64_reg(R9, R10),
         asm.alu64_imm("ADD", R9, _STACK_RECORD),
-        *_output(cfg, R9, labels),
+        *cfg.output.write(R9, labels),
         asm.label(out),
         asm.mov64_imm(R0, 0),
         asm.exit_(),

@@ -12,26 +12,34 @@ Three kinds of program share one body of logic, like a libbpf tool's thin per-sy
 
 So each send attempt and recipient is exactly one record, and a signal is never reported twice.
 
-Filters are load-time constants compiled into the instructions. The output is either a BPF ring
-buffer (``bpf_ringbuf_output`` with BPF_RB_NO_WAKEUP: the reader polls at a bounded interval so a
-signal storm never pays for a reader wake-up per event) or a perf event array.
-Writes that fail (buffer full) are counted per CPU in the ``counters`` map: lost, never hidden.
+Filters are load-time constants compiled into the instructions. Finished records go to the
+configured output (programs/common.py ``Output``: a ring buffer, a perf event array, or `top`'s
+count map); writes that fail (buffer full) are counted per CPU in the ``counters`` map: lost,
+never hidden.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from sigscope.bpf import asm, features
-from sigscope.bpf.asm import DW, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, W
+from sigscope.bpf.asm import DW, R0, R1, R2, R3, R4, R6, R7, R8, R9, R10, W
 from sigscope.bpf.attach import detach_all
 from sigscope.bpf.maps import ArrayMap, HashMap, Map
 from sigscope.bpf.tracefs import EventFormat, event_format
-from sigscope.bpf.uapi import BPF_ANY, BPF_F_CURRENT_CPU, BPF_RB_NO_WAKEUP
+from sigscope.bpf.uapi import BPF_ANY
 from sigscope.model import record as rec
 from sigscope.model.filters import Filters
-from sigscope.programs.common import _STACK_KEY, _STACK_RECORD, _f, _Labels
+from sigscope.programs.common import (
+    _STACK_KEY,
+    _STACK_RECORD,
+    COUNTER_INFLIGHT_FULL,
+    Output,
+    _f,
+    _Labels,
+    bump_counter,
+)
 from sigscope.programs.origin import kernel_sigkill_stack
 from sigscope.programs.task import (
     TaskLayout,
@@ -40,14 +48,6 @@ from sigscope.programs.task import (
     comm_cut_at_nul,
     task_layout,
 )
-
-# Slots of the per-CPU `counters` array.
-COUNTER_LOST = 0            # a record could not be written (buffer full)
-COUNTER_INFLIGHT_FULL = 1   # the in-flight map was full: the call is reported as lost
-NUM_COUNTERS = 4
-
-OUTPUT_RINGBUF = "ringbuf"
-OUTPUT_PERF = "perf"
 
 # The in-flight calls, claimed one of two ways (inflight_claim() picks by the `bpf_atomics`
 # feature; both give the same records):
@@ -126,21 +126,19 @@ SYSCALL_ARGS: dict[str, dict[str, str]] = {
 
 
 class MapFds(NamedTuple):
+    """The fds of the maps the programs use besides their output (made by the session)."""
+
     inflight: int
-    events: int
-    counters: int
+    counters: int     # per-CPU array of NUM_COUNTERS u64 (programs/common.py COUNTER_*)
     stacks: int = -1  # kernel stacks of kernel SIGKILLs (programs/origin.py); -1: none taken
 
 
 class ProbeConfig(NamedTuple):
     filters: Filters
-    output: str  # OUTPUT_RINGBUF or OUTPUT_PERF (ignored when `emit` is set)
+    # Where finished records go: common.RingbufOutput or PerfOutput for `trace`,
+    # count.CountOutput for `top` (which so shares every line of this module's logic).
+    output: Output
     maps: MapFds
-    # Hook for `sigscope top` (programs/count.py): when set, each finished record is handed to
-    # emit(cfg, data_reg, labels, on_success) -> instructions instead of being written out, so
-    # the counting programs share every line of this module's logic. The code it returns must
-    # keep r6-r9 and may use the stack below STACK_USED.
-    emit: Callable[[ProbeConfig, int, _Labels, list | None], list] | None = None
     # Read the sender's ids, comm and uid straight from its task_struct (offsets from the
     # kernel's BTF) where the kernel allows it, instead of through helper calls. False forces
     # the helpers (tests; the records are the same either way).
@@ -172,58 +170,6 @@ def _load_s32(dst: int, src: int, off: int, size: int) -> list:
 
 def _zero_stack_record() -> list:
     return [asm.st(DW, R10, _STACK_RECORD + i, 0) for i in range(0, rec.RECORD_SIZE, 8)]
-
-
-def _bump_counter(cfg: ProbeConfig, index: int, labels: _Labels) -> list:
-    """counters[index] += 1 on this CPU. Clobbers r0-r5."""
-    done = labels("counted")
-    return [
-        asm.st(W, R10, _STACK_KEY, index),
-        asm.ld_map_fd(R1, cfg.maps.counters),
-        asm.mov64_reg(R2, R10),
-        asm.alu64_imm("ADD", R2, _STACK_KEY),
-        asm.call("map_lookup_elem"),
-        asm.jmp_imm("JEQ", R0, 0, done),
-        asm.mov64_imm(R1, 1),
-        asm.atomic_add(DW, R0, R1, 0),
-        asm.label(done),
-    ]
-
-
-def _output(
-    cfg: ProbeConfig, data_reg: int, labels: _Labels, on_success: list | None = None
-) -> list:
-    """Write RECORD_SIZE bytes at data_reg to the events buffer; count a failure as lost.
-    Expects r6 = ctx. Clobbers r0-r5."""
-    if cfg.emit is not None:
-        return cfg.emit(cfg, data_reg, labels, on_success)
-    failed, done = labels("output_failed"), labels("output_done")
-    if cfg.output == OUTPUT_RINGBUF:
-        write = [
-            asm.ld_map_fd(R1, cfg.maps.events),
-            asm.mov64_reg(R2, data_reg),
-            asm.mov64_imm(R3, rec.RECORD_SIZE),
-            asm.mov64_imm(R4, BPF_RB_NO_WAKEUP),
-            asm.call("ringbuf_output"),
-        ]
-    else:
-        write = [
-            asm.mov64_reg(R1, R6),
-            asm.ld_map_fd(R2, cfg.maps.events),
-            asm.ld_imm64(R3, BPF_F_CURRENT_CPU),
-            asm.mov64_reg(R4, data_reg),
-            asm.mov64_imm(R5, rec.RECORD_SIZE),
-            asm.call("perf_event_output"),
-        ]
-    return [
-        *write,
-        asm.jmp_imm("JNE", R0, 0, failed),
-        *(on_success or []),
-        asm.ja(done),
-        asm.label(failed),
-        *_bump_counter(cfg, COUNTER_LOST, labels),
-        asm.label(done),
-    ]
 
 
 def _ids_filter(reg: int, ids: frozenset[int], fail: str, labels: _Labels) -> list:
@@ -587,7 +533,7 @@ def _copy_sender_comm() -> list:
 
 def _inflight_full(cfg: ProbeConfig, full: str, labels: _Labels) -> list:
     """No slot for the call: counted (it is lost, never misattributed)."""
-    return [asm.label(full), *_bump_counter(cfg, COUNTER_INFLIGHT_FULL, labels)]
+    return [asm.label(full), *bump_counter(cfg.maps.counters, COUNTER_INFLIGHT_FULL, labels)]
 
 
 def _build_sys_enter_task(cfg: ProbeConfig, call: str, enter: EventFormat, layout: TaskLayout,
@@ -660,7 +606,7 @@ def build_signal_generate(cfg: ProbeConfig, gen: EventFormat) -> list:
             asm.mov64_reg(R9, R10),
             asm.alu64_imm("ADD", R9, _STACK_RECORD),
         ]
-        prog += _output(cfg, R9, labels)
+        prog += cfg.output.write(R9, labels)
     return prog + _epilogue(out)
 
 
@@ -710,7 +656,7 @@ def _attribute_to_call(cfg: ProbeConfig, gen: EventFormat, out: str, labels: _La
         asm.mov64_reg(R9, R10),
         asm.alu64_imm("ADD", R9, _STACK_RECORD),
     ]
-    prog += _output(cfg, R9, labels, on_success=[
+    prog += cfg.output.write(R9, labels, on_success=[
         asm.ldx(W, R1, R8, _f("nemitted")), asm.alu64_imm("ADD", R1, 1),
         asm.stx(W, R8, R1, _f("nemitted")),
     ])
@@ -746,7 +692,7 @@ def build_sys_exit(cfg: ProbeConfig, call: str, exit_fmt: EventFormat) -> list:
              asm.ldx(W, R1, R8, _f("ngen")), asm.jmp_imm("JNE", R1, 0, timed),
              asm.call("ktime_get_ns"), asm.stx(DW, R8, R0, _f("ktime_ns")),
              asm.label(timed)]
-    prog += _output(cfg, R8, labels)
+    prog += cfg.output.write(R8, labels)
     prog += [asm.label(idle), *_release_inflight(cfg)]
     return prog + _epilogue(out)
 
