@@ -270,7 +270,7 @@ def test_exporter_keys_fold_to_the_labels() -> None:
 def test_count_programs_zero_the_fields_not_kept() -> None:
     from sigscope.programs import common
 
-    labels = common._Labels()
+    labels = common.Labels()
     full = asm.dump(top_probes._build_key(6, labels))
     folded = asm.dump(top_probes._build_key(6, labels, frozenset({"sig", "via"})))
     assert len(folded.splitlines()) < len(full.splitlines())

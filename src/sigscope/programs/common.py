@@ -24,10 +24,10 @@ from sigscope.bpf.uapi import BPF_F_CURRENT_CPU, BPF_RB_NO_WAKEUP
 from sigscope.model import record as rec
 
 # Stack layout (offsets from r10). The record buffer must be 8-aligned.
-_STACK_RECORD = -rec.RECORD_SIZE                 # one record being built
-_STACK_KEY = _STACK_RECORD - 8                   # u32 map key (tid or counter index)
-_STACK_TASK = _STACK_KEY - 8                     # the current task_struct pointer (spilled)
-STACK_USED = -_STACK_TASK                        # bytes of stack these programs use
+STACK_RECORD = -rec.RECORD_SIZE                 # one record being built
+STACK_KEY = STACK_RECORD - 8                   # u32 map key (tid or counter index)
+STACK_TASK = STACK_KEY - 8                     # the current task_struct pointer (spilled)
+STACK_USED = -STACK_TASK                        # bytes of stack these programs use
 
 # Slots of the per-CPU `counters` array (u64 each; programs/count.py adds one after these).
 COUNTER_LOST = 0            # a record could not be written (buffer full)
@@ -35,7 +35,7 @@ COUNTER_INFLIGHT_FULL = 1   # the in-flight map was full: the call is reported a
 NUM_COUNTERS = 4
 
 
-class _Labels:
+class Labels:
     """Unique label names within one program."""
 
     def __init__(self) -> None:
@@ -45,35 +45,31 @@ class _Labels:
         return f"{what}_{next(self._counter)}"
 
 
-def _f(name: str) -> int:
-    return rec.offset(name)
-
-
 def read_kernel_value(src_reg: int, offset: int, fail: str, size: int = 8) -> list:
     """r0 = the `size`-byte (4 or 8) value at src_reg + offset, read with bpf_probe_read_kernel
     through the stack key slot; jump to `fail` when the read fails. Clobbers r1-r5."""
     return [
-        asm.st(DW, R10, _STACK_KEY, 0),
+        asm.st(DW, R10, STACK_KEY, 0),
         asm.mov64_reg(R3, src_reg),
         asm.alu64_imm("ADD", R3, offset),
         asm.mov64_reg(R1, R10),
-        asm.alu64_imm("ADD", R1, _STACK_KEY),
+        asm.alu64_imm("ADD", R1, STACK_KEY),
         asm.mov64_imm(R2, size),
         asm.call("probe_read_kernel"),
         asm.jmp_imm("JNE", R0, 0, fail),
-        asm.ldx(DW if size == 8 else W, R0, R10, _STACK_KEY),
+        asm.ldx(DW if size == 8 else W, R0, R10, STACK_KEY),
     ]
 
 
-def bump_counter(counters_fd: int, index: int, labels: _Labels) -> list:
+def bump_counter(counters_fd: int, index: int, labels: Labels) -> list:
     """counters[index] += 1 on this CPU (counters_fd: the per-CPU `counters` array). Uses the
     stack key slot. Clobbers r0-r5."""
     done = labels("counted")
     return [
-        asm.st(W, R10, _STACK_KEY, index),
+        asm.st(W, R10, STACK_KEY, index),
         asm.ld_map_fd(R1, counters_fd),
         asm.mov64_reg(R2, R10),
-        asm.alu64_imm("ADD", R2, _STACK_KEY),
+        asm.alu64_imm("ADD", R2, STACK_KEY),
         asm.call("map_lookup_elem"),
         asm.jmp_imm("JEQ", R0, 0, done),
         asm.mov64_imm(R1, 1),
@@ -85,14 +81,14 @@ def bump_counter(counters_fd: int, index: int, labels: _Labels) -> list:
 class Output(Protocol):
     """Where a program's finished records go (module docstring)."""
 
-    def write(self, data_reg: int, labels: _Labels, on_success: list | None = None) -> list:
+    def write(self, data_reg: int, labels: Labels, on_success: list | None = None) -> list:
         """The instructions that hand on the rec.RECORD_SIZE bytes at data_reg (the stack
         record, or an in-flight slot), then run `on_success` if that worked. Expect r6 = ctx;
         keep r6-r9; clobber r0-r5; may use the stack below STACK_USED."""
         ...
 
 
-def _written_or_lost(write: list, counters_fd: int, labels: _Labels, failed: str, done: str,
+def _written_or_lost(write: list, counters_fd: int, labels: Labels, failed: str, done: str,
                      on_success: list | None) -> list:
     """After a helper that returns 0 on success: on_success, or a COUNTER_LOST bump."""
     return [
@@ -113,7 +109,7 @@ class RingbufOutput(NamedTuple):
     events: int     # fd of the BPF_MAP_TYPE_RINGBUF map
     counters: int   # fd of the per-CPU `counters` array
 
-    def write(self, data_reg: int, labels: _Labels, on_success: list | None = None) -> list:
+    def write(self, data_reg: int, labels: Labels, on_success: list | None = None) -> list:
         failed, done = labels("output_failed"), labels("output_done")
         return _written_or_lost([
             asm.ld_map_fd(R1, self.events),
@@ -131,7 +127,7 @@ class PerfOutput(NamedTuple):
     events: int     # fd of the BPF_MAP_TYPE_PERF_EVENT_ARRAY map
     counters: int   # fd of the per-CPU `counters` array
 
-    def write(self, data_reg: int, labels: _Labels, on_success: list | None = None) -> list:
+    def write(self, data_reg: int, labels: Labels, on_success: list | None = None) -> list:
         failed, done = labels("output_failed"), labels("output_done")
         return _written_or_lost([
             asm.mov64_reg(R1, R6),

@@ -36,7 +36,7 @@ from sigscope.bpf.asm import DW, R0, R1, R2, R3, R4, R10, W
 from sigscope.bpf.uapi import BPF_NOEXIST
 from sigscope.model import record as rec
 from sigscope.programs import common
-from sigscope.programs.common import STACK_USED, _Labels
+from sigscope.programs.common import STACK_USED, Labels
 
 # A slot of the `counters` array after the common ones: signals whose key did not fit the map.
 COUNTER_OTHER = common.NUM_COUNTERS
@@ -77,7 +77,7 @@ def _k(name: str) -> int:
     return _STACK_COUNT_KEY + _KEY_OFFSETS[name]
 
 
-def _build_key(src: int, labels: _Labels, keep: frozenset[str] | None = None) -> list:
+def _build_key(src: int, labels: Labels, keep: frozenset[str] | None = None) -> list:
     """The count key on the stack from the record at src; fields not in `keep` (None: all are
     kept) are 0. Uses r1."""
     f = rec.offset
@@ -145,7 +145,7 @@ def _add_one(counts_fd: int, percpu: bool, missing: str) -> list:
     return prog
 
 
-def _bump_other(counters_fd: int, labels: _Labels) -> list:
+def _bump_other(counters_fd: int, labels: Labels) -> list:
     done = labels("other_counted")
     return [
         asm.st(W, R10, _STACK_ONE, COUNTER_OTHER),
@@ -170,7 +170,7 @@ class CountOutput(NamedTuple):
     percpu: bool     # counts is a per-CPU hash: plain adds, no atomics needed
     keep: frozenset[str] | None = None
 
-    def write(self, data_reg: int, labels: _Labels, on_success: list | None = None) -> list:
+    def write(self, data_reg: int, labels: Labels, on_success: list | None = None) -> list:
         insert, retry, other, done = (labels("insert"), labels("retry"), labels("other"),
                                       labels("count_done"))
         return [

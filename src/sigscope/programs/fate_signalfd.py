@@ -29,9 +29,10 @@ from sigscope.bpf.asm import DW, R0, R1, R2, R3, R4, R6, R7, R8, R9, R10, W
 from sigscope.bpf.maps import HashMap
 from sigscope.bpf.tracefs import EventFormat
 from sigscope.model import record as rec
-from sigscope.programs.common import _STACK_KEY, _STACK_RECORD, _f, _Labels, read_kernel_value
-from sigscope.programs.fate import _record_header, _thread_filter, _write_record
-from sigscope.programs.signal import ProbeConfig, _epilogue, _prologue, _signal_filter
+from sigscope.model.record import offset as _f
+from sigscope.programs.common import STACK_KEY, STACK_RECORD, Labels, read_kernel_value
+from sigscope.programs.fate import record_header, thread_filter, write_record
+from sigscope.programs.signal import ProbeConfig, epilogue, prologue, signal_filter
 
 SIGINFO_SIZE = 128   # sizeof(struct signalfd_siginfo)
 MAX_SIGINFOS = 8     # signals reported per read (a read may return more; rarely done)
@@ -43,7 +44,7 @@ TRACEPOINTS = (
     ("fate_sfd_rx", "syscalls", "sys_exit_read"),
 )
 # Stack slots below the record and key (programs/common.py) for the map keys.
-_KEY2 = _STACK_KEY - 8
+_KEY2 = STACK_KEY - 8
 
 
 class SignalfdLayout(NamedTuple):
@@ -114,19 +115,19 @@ def build_signalfd_exit(fds: SignalfdMaps, fmt: EventFormat) -> list:
     """sys_exit_signalfd4/signalfd: remember the returned fd as a signalfd."""
     out = "out"
     return [
-        *_prologue(),
+        *prologue(),
         asm.ldx(DW, R8, R6, fmt.field("ret").offset),
         asm.jmp_imm("JSLT", R8, 0, out),
         *_key_of_fd(R8),
-        asm.st(W, R10, _STACK_KEY, 1),
+        asm.st(W, R10, STACK_KEY, 1),
         asm.ld_map_fd(R1, fds.sfds.fd),
         asm.mov64_reg(R2, R10),
         asm.alu64_imm("ADD", R2, _KEY2),
         asm.mov64_reg(R3, R10),
-        asm.alu64_imm("ADD", R3, _STACK_KEY),
+        asm.alu64_imm("ADD", R3, STACK_KEY),
         asm.mov64_imm(R4, 0),  # BPF_ANY
         asm.call("map_update_elem"),
-        *_epilogue(out),
+        *epilogue(out),
     ]
 
 
@@ -134,7 +135,7 @@ def build_read_enter(fds: SignalfdMaps, fmt: EventFormat, layout: SignalfdLayout
     """sys_enter_read: a read of a known signalfd parks its buffer under the thread id."""
     out, stale = "out", "stale"
     prog = [
-        *_prologue(),
+        *prologue(),
         asm.ldx(DW, R8, R6, fmt.field("fd").offset),
         asm.alu64_imm("LSH", R8, 32),  # the fd is an unsigned int
         asm.alu64_imm("RSH", R8, 32),
@@ -169,12 +170,12 @@ def build_read_enter(fds: SignalfdMaps, fmt: EventFormat, layout: SignalfdLayout
         # Park the buffer.
         asm.stx(W, R10, R7, _KEY2),
         asm.ldx(DW, R1, R6, fmt.field("buf").offset),
-        asm.stx(DW, R10, R1, _STACK_KEY),
+        asm.stx(DW, R10, R1, STACK_KEY),
         asm.ld_map_fd(R1, fds.reads.fd),
         asm.mov64_reg(R2, R10),
         asm.alu64_imm("ADD", R2, _KEY2),
         asm.mov64_reg(R3, R10),
-        asm.alu64_imm("ADD", R3, _STACK_KEY),
+        asm.alu64_imm("ADD", R3, STACK_KEY),
         asm.mov64_imm(R4, 0),
         asm.call("map_update_elem"),
         asm.ja(out),
@@ -184,16 +185,16 @@ def build_read_enter(fds: SignalfdMaps, fmt: EventFormat, layout: SignalfdLayout
         asm.mov64_reg(R2, R10),
         asm.alu64_imm("ADD", R2, _KEY2),
         asm.call("map_delete_elem"),
-        *_epilogue(out),
+        *epilogue(out),
     ]
     return prog
 
 
 def build_read_exit(cfg: ProbeConfig, fds: SignalfdMaps, fmt: EventFormat) -> list:
     """sys_exit_read: the signals a signalfd read returned, one KIND_CONSUMED record each."""
-    labels, out = _Labels(), "out"
+    labels, out = Labels(), "out"
     prog = [
-        *_prologue(),
+        *prologue(),
         asm.stx(W, R10, R7, _KEY2),
         asm.ld_map_fd(R1, fds.reads.fd),
         asm.mov64_reg(R2, R10),
@@ -207,27 +208,27 @@ def build_read_exit(cfg: ProbeConfig, fds: SignalfdMaps, fmt: EventFormat) -> li
         asm.call("map_delete_elem"),
         asm.ldx(DW, R1, R6, fmt.field("ret").offset),
         asm.stx(DW, R10, R1, _KEY2),      # the byte count, kept on the stack
-        *_thread_filter(cfg, out, labels),
+        *thread_filter(cfg, out, labels),
     ]
     for i in range(MAX_SIGINFOS):
         nxt = labels("siginfo")
         prog += [
             asm.ldx(DW, R1, R10, _KEY2),
             asm.jmp_imm("JSLT", R1, SIGINFO_SIZE * (i + 1), out),
-            asm.st(DW, R10, _STACK_KEY, 0),
+            asm.st(DW, R10, STACK_KEY, 0),
             asm.mov64_reg(R1, R10),
-            asm.alu64_imm("ADD", R1, _STACK_KEY),
+            asm.alu64_imm("ADD", R1, STACK_KEY),
             asm.mov64_imm(R2, 4),
             asm.mov64_reg(R3, R8),
             asm.alu64_imm("ADD", R3, SIGINFO_SIZE * i),
             asm.call("probe_read_user"),
             asm.jmp_imm("JNE", R0, 0, out),
-            asm.ldx(W, R9, R10, _STACK_KEY),   # ssi_signo
-            *_signal_filter(R9, cfg.filters.signals, nxt, labels,
+            asm.ldx(W, R9, R10, STACK_KEY),   # ssi_signo
+            *signal_filter(R9, cfg.filters.signals, nxt, labels,
                             cfg.filters.excluded_signals),
-            *_record_header(rec.KIND_CONSUMED),
-            asm.stx(W, R10, R9, _STACK_RECORD + _f("sig")),
-            *_write_record(cfg, labels),
+            *record_header(rec.KIND_CONSUMED),
+            asm.stx(W, R10, R9, STACK_RECORD + _f("sig")),
+            *write_record(cfg, labels),
             asm.label(nxt),
         ]
-    return prog + _epilogue(out)
+    return prog + epilogue(out)
