@@ -271,8 +271,7 @@ class Counter(ProbeSession):
     # --- lifecycle -------------------------------------------------------------------------
 
     def _setup(self) -> None:
-        inflight = self._own(probes.make_inflight_map(self.claim))
-        self._inflight = inflight
+        inflight = self._own_inflight_map()
         counters = self._own(PerCPUArrayMap(8, top_probes.NUM_COUNTERS, name="sigscope_count"))
         kind = PerCPUHashMap if self.percpu else HashMap
         counts = self._own(kind(top_probes.KEY_SIZE, top_probes.VALUE_SIZE, self.max_keys,

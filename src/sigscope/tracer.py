@@ -39,7 +39,9 @@ from sigscope.programs.common import (
     NUM_COUNTERS,
     Output,
     PerfOutput,
+    ProgramPlan,
     RingbufOutput,
+    Role,
 )
 from sigscope.programs.origin import make_stack_map
 from sigscope.session import ProbeSession
@@ -150,10 +152,9 @@ class Tracer(ProbeSession):
         if kind == "auto":
             kind = "ringbuf" if features.has("ringbuf") else "perf"
         self.buffer_kind = kind
-        inflight = self._own(probes.make_inflight_map(self.claim))
+        inflight = self._own_inflight_map()
         counters = self._own(PerCPUArrayMap(8, NUM_COUNTERS, name="sigscope_count"))
         self._counters = counters
-        self._inflight = inflight
         if kind == "ringbuf":
             size = _pow2_floor(self.buffer_size // _PAGE_SIZE) * _PAGE_SIZE
             try:
@@ -206,7 +207,8 @@ class Tracer(ProbeSession):
             return False
         self._programs.append(prog)
         try:
-            self._attachments.append(attach_raw_tracepoint(prog, fate_cont.RAW_TRACEPOINT))
+            self._attachments.append(
+                (Role.FATE, attach_raw_tracepoint(prog, fate_cont.RAW_TRACEPOINT)))
         except BPFError:
             return False
         return True
@@ -224,10 +226,10 @@ class Tracer(ProbeSession):
             -1, -3, -4 if self._wants_kill_origins() else -1))
         plans = itertools.chain(self._fate_plans(cfg) if self.fate else [],
                                 probes.signal_probe_plans(cfg))
-        return [(", ".join(event for _, event in tracepoints), insns)
-                for _, tracepoints, insns in plans]
+        return [(", ".join(event for _, event in plan.tracepoints), plan.insns)
+                for plan in plans]
 
-    def _fate_plans(self, cfg: probes.ProbeConfig) -> list[tuple[str, tuple, list]]:
+    def _fate_plans(self, cfg: probes.ProbeConfig) -> list[ProgramPlan]:
         """The --fate programs. The exit code's offset in task_struct (and how the exit
         program knows a thread group died, fate_exit_source) come from the kernel's BTF and
         the tracepoint's format; without BTF deaths are reported as "unknown"
@@ -239,11 +241,12 @@ class Tracer(ProbeSession):
         formats = {event: event_format(system, event)
                    for _, system, event in fate_probes.FATE_TRACEPOINTS}
         self.fate_exit_source = fate_probes.exit_source(formats["sched_process_exit"], layout)
-        plans = [(name, ((system, event),), insns) for name, system, event, insns in
+        plans = [ProgramPlan(name, Role.FATE, ((system, event),), insns)
+                 for name, system, event, insns in
                  fate_probes.build_fate_programs(cfg, formats, layout)]
         return plans + self._signalfd_plans(cfg)
 
-    def _signalfd_plans(self, cfg: probes.ProbeConfig) -> list[tuple[str, tuple, list]]:
+    def _signalfd_plans(self, cfg: probes.ProbeConfig) -> list[ProgramPlan]:
         """--fate: the programs following signalfd reads (programs/fate_signalfd.py); none
         without BTF, kallsyms or the tracepoints (signalfd reads then stay unfollowed)."""
         from sigscope.bpf.tracefs import available
@@ -270,7 +273,7 @@ class Tracer(ProbeSession):
                 insns = sfd.build_read_exit(cfg, maps, fmt)
             else:
                 insns = sfd.build_signalfd_exit(maps, fmt)
-            plans.append((name, ((system, event),), insns))
+            plans.append(ProgramPlan(name, Role.FATE, ((system, event),), insns))
         return plans
 
     def stop(self) -> None:

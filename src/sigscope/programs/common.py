@@ -15,6 +15,7 @@ session; they create none.
 
 from __future__ import annotations
 
+import enum
 import itertools
 from typing import NamedTuple, Protocol
 
@@ -137,3 +138,23 @@ class PerfOutput(NamedTuple):
             asm.mov64_imm(R5, rec.RECORD_SIZE),
             asm.call("perf_event_output"),
         ], self.counters, labels, failed, done, on_success)
+
+
+class Role(enum.Enum):
+    """What a program does among the signal probes: the session detaches by role (entries
+    first, session.DETACH_ORDER), never by the name of a tracepoint."""
+
+    ENTRY = "entry"        # sys_enter_<call>: parks a signal syscall in the in-flight map
+    GENERATE = "generate"  # signal_generate: attributes a recipient, or a kernel signal
+    EXIT = "exit"          # sys_exit_<call>: completes a parked call and writes it out
+    FATE = "fate"          # --fate: what became of a signal (delivery, exit, signalfd, ...)
+
+
+class ProgramPlan(NamedTuple):
+    """One program to load and attach: its name (at most 15 characters), role, the
+    (system, event) tracepoints it serves, and its instructions."""
+
+    name: str
+    role: Role
+    tracepoints: tuple[tuple[str, str], ...]
+    insns: list

@@ -25,8 +25,6 @@ from typing import NamedTuple
 
 from sigscope.bpf import asm, features
 from sigscope.bpf.asm import DW, R0, R1, R2, R3, R4, R6, R7, R8, R9, R10, W
-from sigscope.bpf.attach import detach_all
-from sigscope.bpf.maps import ArrayMap, HashMap, Map
 from sigscope.bpf.tracefs import EventFormat, event_format
 from sigscope.bpf.uapi import BPF_ANY
 from sigscope.model import record as rec
@@ -38,6 +36,8 @@ from sigscope.programs.common import (
     STACK_RECORD,
     Labels,
     Output,
+    ProgramPlan,
+    Role,
     bump_counter,
 )
 from sigscope.programs.origin import kernel_sigkill_stack
@@ -83,33 +83,10 @@ def inflight_claim() -> str:
     return CLAIM_CMPXCHG if features.has("bpf_atomics") else CLAIM_TID_HASH
 
 
-def make_inflight_map(claim: str | None = None) -> Map:
-    """The in-flight map the programs of `claim` (default: inflight_claim()) expect.
-    CLAIM_CMPXCHG: an array (key: u32 slot index; value: a record, then the owner word).
-    CLAIM_TID_HASH: a hash map (key: u32 thread id; value: a record). Either way a value
-    starts with the record, so user space reads both alike."""
-    claim = claim or inflight_claim()
-    if claim == CLAIM_TID_HASH:
-        return HashMap(4, rec.RECORD_SIZE, INFLIGHT_SLOTS, name="sigscope_calls")
-    if claim != CLAIM_CMPXCHG:
-        raise ValueError(f"unknown in-flight claim {claim!r}: one of {', '.join(CLAIMS)}")
-    return ArrayMap(INFLIGHT_VALUE_SIZE, INFLIGHT_SLOTS, name="sigscope_calls")
-
-
-def count_unfinished_calls(inflight: Map) -> int:
-    """After detaching: calls parked by an entry probe whose exit never ran (a thread preempted
-    inside kill(2) while the probes were detached). Their records were never written."""
-    kind_at = rec.offset("kind")
-    return sum(1 for _key, value in inflight.lookup_batch()
-               if int.from_bytes(value[kind_at:kind_at + 4], "little") == rec.KIND_CALL)
-
-
-def detach_in_order(attachments: list) -> None:
-    """Entries first: once they are gone no new call is parked, and every parked call still
-    has its exit attached (or is counted by count_unfinished_calls)."""
-    detach_all(a for a in attachments if ":sys_enter_" in a.description)
-    detach_all(attachments)
-    attachments.clear()
+# The in-flight map each claim expects (the session makes it: session.make_inflight_map).
+# CLAIM_CMPXCHG: an array (key: u32 slot index; value: a record, then the owner word).
+# CLAIM_TID_HASH: a hash map (key: u32 thread id; value: a record). Either way a value starts
+# with the record, so user space reads both alike.
 
 # signal_generate's own fields (names as in its tracefs format file).
 GENERATE_FIELDS = ("sig", "errno", "code", "comm", "pid", "group", "result")
@@ -144,7 +121,7 @@ class ProbeConfig(NamedTuple):
     # the helpers (tests; the records are the same either way).
     task_fields: bool = True
     # How a call claims its in-flight record: CLAIM_CMPXCHG or CLAIM_TID_HASH; None:
-    # inflight_claim(). Must match the map (make_inflight_map with the same claim).
+    # inflight_claim(). Must match the map (session.make_inflight_map with the same claim).
     claim: str | None = None
 
 
@@ -713,10 +690,10 @@ def syscalls_to_trace(filters: Filters) -> tuple[str, ...]:
 Target = tuple[str, str]  # (tracepoint system, event)
 
 
-def signal_probe_plans(cfg: ProbeConfig, prefix: str = "") -> Iterator[tuple[str, tuple, list]]:
-    """(program name, tracepoints to attach it to, instructions) of every signal probe, in
-    attach order: exits first, then generate, then entries, so that a call seen entering is
-    seen leaving. A generator: each program is built only when asked for (load_programs).
+def signal_probe_plans(cfg: ProbeConfig, prefix: str = "") -> Iterator[ProgramPlan]:
+    """The ProgramPlan of every signal probe (roles EXIT, GENERATE, ENTRY), in attach order:
+    exits first, then generate, then entries, so that a call seen entering is seen leaving.
+    A generator: each program is built only when asked for (load_programs).
 
     The exit program does not depend on the call (the parked record says which call it was),
     so one program serves every sys_exit tracepoint whose `ret` field sits at the same offset
@@ -728,12 +705,12 @@ def signal_probe_plans(cfg: ProbeConfig, prefix: str = "") -> Iterator[tuple[str
         exits.setdefault(ret.offset, []).append(call)
     for index, group in enumerate(exits.values()):
         first = f"sys_exit_{group[0]}"
-        yield (f"{prefix}exit{index or ''}"[:15],
-               tuple(("syscalls", f"sys_exit_{call}") for call in group),
-               build_sys_exit(cfg, group[0], event_format("syscalls", first)))
-    yield (f"{prefix}generate"[:15], (("signal", "signal_generate"),),
-           build_signal_generate(cfg, event_format("signal", "signal_generate")))
+        yield ProgramPlan(f"{prefix}exit{index or ''}"[:15], Role.EXIT,
+                          tuple(("syscalls", f"sys_exit_{call}") for call in group),
+                          build_sys_exit(cfg, group[0], event_format("syscalls", first)))
+    yield ProgramPlan(f"{prefix}generate"[:15], Role.GENERATE, (("signal", "signal_generate"),),
+                      build_signal_generate(cfg, event_format("signal", "signal_generate")))
     for call in calls:
         event = f"sys_enter_{call}"
-        yield (f"{prefix}e_{call}"[:15], (("syscalls", event),),
-               build_sys_enter(cfg, call, event_format("syscalls", event)))
+        yield ProgramPlan(f"{prefix}e_{call}"[:15], Role.ENTRY, (("syscalls", event),),
+                          build_sys_enter(cfg, call, event_format("syscalls", event)))
