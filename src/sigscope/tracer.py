@@ -22,7 +22,14 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, TypeAlias
 
 from sigscope.bpf import arch, features
-from sigscope.bpf.maps import Map, PerCPUArrayMap, PerfEventArrayMap, RingBufMap
+from sigscope.bpf.maps import (
+    HashMap,
+    Map,
+    PerCPUArrayMap,
+    PerfEventArrayMap,
+    RingBufMap,
+    StackTraceMap,
+)
 from sigscope.bpf.readers.perfbuf import PerfBufReader
 from sigscope.bpf.readers.ringbuf import RingBufReader
 from sigscope.bpf.tracefs import event_format
@@ -43,7 +50,7 @@ from sigscope.programs.common import (
     RingbufOutput,
     Role,
 )
-from sigscope.programs.origin import make_stack_map
+from sigscope.programs.origin import STACK_DEPTH, STACK_MAP_ENTRIES
 from sigscope.session import ProbeSession
 from sigscope.trace_settings import BUFFER_KINDS, DEFAULT_BUFFER_SIZE, DEFAULT_POLL_INTERVAL_MS
 
@@ -167,7 +174,9 @@ class Tracer(ProbeSession):
         else:
             events = self._own(PerfEventArrayMap(name="sigscope_events"))
             output = PerfOutput(events.fd, counters.fd)
-        stacks = self._own(make_stack_map()) if self._wants_kill_origins() else None
+        stacks = (self._own(StackTraceMap(STACK_MAP_ENTRIES, max_depth=STACK_DEPTH,
+                                          name="sigscope_stacks"))
+                  if self._wants_kill_origins() else None)
         if stacks is not None:
             self.decoder.stacks = KernelStacks(stacks)
         cfg = probes.ProbeConfig(self.filters, output,
@@ -261,9 +270,8 @@ class Tracer(ProbeSession):
                    if available(system, event)]
         if not any(event == "sys_enter_read" for _, _, event in present):
             return []
-        maps = sfd.make_maps()
-        self._own(maps.sfds)
-        self._own(maps.reads)
+        maps = sfd.SignalfdMaps(self._own(HashMap(*sfd.SFDS_MAP, name="sigscope_sfds")).fd,
+                                self._own(HashMap(*sfd.READS_MAP, name="sigscope_sfdrd")).fd)
         plans = []
         for name, system, event in present:
             fmt = event_format(system, event)

@@ -26,7 +26,6 @@ from typing import NamedTuple
 
 from sigscope.bpf import asm, btf_scan
 from sigscope.bpf.asm import DW, R0, R1, R2, R3, R4, R6, R7, R8, R9, R10, W
-from sigscope.bpf.maps import HashMap
 from sigscope.bpf.tracefs import EventFormat
 from sigscope.model import record as rec
 from sigscope.model.record import offset as _f
@@ -57,14 +56,16 @@ class SignalfdLayout(NamedTuple):
     signalfd_read: int   # the address that member holds for a signalfd
 
 
+# The two hash maps the programs use, as (key size, value size, entries); the tracer makes them.
+SFDS_MAP = (8, 4, MAX_SIGNALFDS)   # u64 tgid << 32 | fd -> u32 1
+READS_MAP = (4, 8, 1024)           # u32 tid -> u64 user buffer (one read per thread at a time)
+
+
 class SignalfdMaps(NamedTuple):
-    sfds: HashMap    # u64 tgid << 32 | fd -> u32 1
-    reads: HashMap   # u32 tid -> u64 user buffer
+    """The fds of the SFDS_MAP and READS_MAP hash maps."""
 
-
-def make_maps() -> SignalfdMaps:
-    return SignalfdMaps(HashMap(8, 4, MAX_SIGNALFDS, name="sigscope_sfds"),
-                        HashMap(4, 8, 1024, name="sigscope_sfdrd"))
+    sfds: int
+    reads: int
 
 
 def _kallsyms_address(*names: str, path: str = "/proc/kallsyms") -> tuple[str, int] | None:
@@ -120,7 +121,7 @@ def build_signalfd_exit(fds: SignalfdMaps, fmt: EventFormat) -> list:
         asm.jmp_imm("JSLT", R8, 0, out),
         *_key_of_fd(R8),
         asm.st(W, R10, STACK_KEY, 1),
-        asm.ld_map_fd(R1, fds.sfds.fd),
+        asm.ld_map_fd(R1, fds.sfds),
         asm.mov64_reg(R2, R10),
         asm.alu64_imm("ADD", R2, _KEY2),
         asm.mov64_reg(R3, R10),
@@ -140,7 +141,7 @@ def build_read_enter(fds: SignalfdMaps, fmt: EventFormat, layout: SignalfdLayout
         asm.alu64_imm("LSH", R8, 32),  # the fd is an unsigned int
         asm.alu64_imm("RSH", R8, 32),
         *_key_of_fd(R8),
-        asm.ld_map_fd(R1, fds.sfds.fd),
+        asm.ld_map_fd(R1, fds.sfds),
         asm.mov64_reg(R2, R10),
         asm.alu64_imm("ADD", R2, _KEY2),
         asm.call("map_lookup_elem"),
@@ -171,7 +172,7 @@ def build_read_enter(fds: SignalfdMaps, fmt: EventFormat, layout: SignalfdLayout
         asm.stx(W, R10, R7, _KEY2),
         asm.ldx(DW, R1, R6, fmt.field("buf").offset),
         asm.stx(DW, R10, R1, STACK_KEY),
-        asm.ld_map_fd(R1, fds.reads.fd),
+        asm.ld_map_fd(R1, fds.reads),
         asm.mov64_reg(R2, R10),
         asm.alu64_imm("ADD", R2, _KEY2),
         asm.mov64_reg(R3, R10),
@@ -181,7 +182,7 @@ def build_read_enter(fds: SignalfdMaps, fmt: EventFormat, layout: SignalfdLayout
         asm.ja(out),
         asm.label(stale),  # closed and reused for something else: forget it
         *_key_of_fd(R8),
-        asm.ld_map_fd(R1, fds.sfds.fd),
+        asm.ld_map_fd(R1, fds.sfds),
         asm.mov64_reg(R2, R10),
         asm.alu64_imm("ADD", R2, _KEY2),
         asm.call("map_delete_elem"),
@@ -196,13 +197,13 @@ def build_read_exit(cfg: ProbeConfig, fds: SignalfdMaps, fmt: EventFormat) -> li
     prog = [
         *prologue(),
         asm.stx(W, R10, R7, _KEY2),
-        asm.ld_map_fd(R1, fds.reads.fd),
+        asm.ld_map_fd(R1, fds.reads),
         asm.mov64_reg(R2, R10),
         asm.alu64_imm("ADD", R2, _KEY2),
         asm.call("map_lookup_elem"),
         asm.jmp_imm("JEQ", R0, 0, out),   # the common path ends here
         asm.ldx(DW, R8, R0, 0),           # r8 = the user buffer
-        asm.ld_map_fd(R1, fds.reads.fd),
+        asm.ld_map_fd(R1, fds.reads),
         asm.mov64_reg(R2, R10),
         asm.alu64_imm("ADD", R2, _KEY2),
         asm.call("map_delete_elem"),

@@ -12,18 +12,13 @@ from __future__ import annotations
 
 from sigscope.bpf import asm
 from sigscope.bpf.asm import R0, R1, R2, R3, R6, R9, R10, W
-from sigscope.bpf.maps import StackTraceMap
 from sigscope.model.record import offset as _f
 from sigscope.programs.common import STACK_RECORD, Labels
 
 SIGKILL = 9
+# The BPF_MAP_TYPE_STACK_TRACE map kernel_sigkill_stack() writes to (the tracer makes it).
 STACK_MAP_ENTRIES = 1024  # distinct SIGKILL paths; ids are never deleted while tracing
 STACK_DEPTH = 32          # frames kept: the origin is decided within the first few
-
-
-def make_stack_map() -> StackTraceMap:
-    """The stack map kernel_sigkill_stack() writes to."""
-    return StackTraceMap(STACK_MAP_ENTRIES, max_depth=STACK_DEPTH, name="sigscope_stacks")
 
 
 def kernel_sigkill_stack(stack_map_fd: int, labels: Labels) -> list:
