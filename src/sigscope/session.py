@@ -109,6 +109,12 @@ class ProbeSession:
     def _setup(self) -> None:
         raise NotImplementedError
 
+    @property
+    def _started_claim(self) -> str:
+        """The claim start() decided (for _setup(): the builders probe nothing)."""
+        assert self.claim is not None, "start() decides the claim before _setup()"
+        return self.claim
+
     def _own(self, m: _M) -> _M:
         self._maps.append(m)
         return m

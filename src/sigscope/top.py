@@ -51,6 +51,7 @@ from sigscope.model.signals import errno_name, signal_name
 from sigscope.programs import count as top_probes
 from sigscope.programs import signal as probes
 from sigscope.programs.common import COUNTER_INFLIGHT_FULL
+from sigscope.programs.task import task_layout
 from sigscope.session import ProbeSession
 from sigscope.top_settings import (  # noqa: F401 (re-exported: the API's names)
     DEFAULT_INTERVAL_S,
@@ -279,7 +280,7 @@ class Counter(ProbeSession):
         self._counters, self._counts = counters, counts
         output = top_probes.CountOutput(counts.fd, counters.fd, self.percpu, self.keep)
         cfg = probes.ProbeConfig(self.filters, output, probes.MapFds(inflight.fd, counters.fd),
-                                 claim=self.claim)
+                                 claim=self._started_claim, task=task_layout())
         self._load_and_attach(probes.signal_probe_plans(cfg, prefix="t"))
 
     def close(self) -> Snapshot | None:

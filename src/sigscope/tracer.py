@@ -51,6 +51,7 @@ from sigscope.programs.common import (
     Role,
 )
 from sigscope.programs.origin import STACK_DEPTH, STACK_MAP_ENTRIES
+from sigscope.programs.task import task_layout
 from sigscope.session import ProbeSession
 from sigscope.trace_settings import BUFFER_KINDS, DEFAULT_BUFFER_SIZE, DEFAULT_POLL_INTERVAL_MS
 
@@ -182,7 +183,7 @@ class Tracer(ProbeSession):
         cfg = probes.ProbeConfig(self.filters, output,
                                  probes.MapFds(inflight.fd, counters.fd,
                                                stacks.fd if stacks is not None else -1),
-                                 claim=self.claim)
+                                 claim=self._started_claim, task=task_layout())
         # The reader first: a perf buffer's per-CPU events must be in the map before any
         # program writes to it.
         if kind == "ringbuf":
@@ -232,7 +233,8 @@ class Tracer(ProbeSession):
         kind = self.buffer_kind if self.buffer_kind != "auto" else "ringbuf"
         output = (RingbufOutput if kind == "ringbuf" else PerfOutput)(-2, -3)
         cfg = probes.ProbeConfig(self.filters, output, probes.MapFds(
-            -1, -3, -4 if self._wants_kill_origins() else -1))
+            -1, -3, -4 if self._wants_kill_origins() else -1),
+            claim=self.claim or probes.inflight_claim(), task=task_layout())
         plans = itertools.chain(self._fate_plans(cfg) if self.fate else [],
                                 probes.signal_probe_plans(cfg))
         return [(", ".join(event for _, event in plan.tracepoints), plan.insns)

@@ -29,6 +29,7 @@ from sigscope.model.filters import Filters
 from sigscope.programs import common
 from sigscope.programs import signal as probes
 from sigscope.programs.common import Role
+from sigscope.programs.task import task_layout
 from sigscope.send import send_signal
 from sigscope.session import count_unfinished_calls, detach_in_order, make_inflight_map
 
@@ -48,7 +49,7 @@ class Probes:
         self.cfg = probes.ProbeConfig(
             filters or Filters(), common.RingbufOutput(self.events.fd, self.counters.fd),
             probes.MapFds(self.inflight.fd, self.counters.fd),
-            task_fields=task_fields, claim=claim)
+            claim=claim or probes.inflight_claim(), task=task_layout() if task_fields else None)
         self.reader = RingBufReader(self.events)
         built = [
             (Role.EXIT, "sys_exit_tgkill", probes.build_sys_exit(
@@ -140,7 +141,7 @@ def test_btf_scan_agrees_with_the_full_parser() -> None:
 
 @pytest.mark.needs("btf_vmlinux", "get_current_task_btf")
 def test_this_kernel_reads_the_sender_from_task_struct() -> None:
-    layout = probes.task_layout()
+    layout = task_layout()
     assert layout is not None  # BTF and the helper: the fast path must be the one in use
     assert layout.comm == Btf.load().member_offset("task_struct", "comm")
 

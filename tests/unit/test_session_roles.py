@@ -55,7 +55,7 @@ def test_signal_probe_plans_carry_their_roles(monkeypatch) -> None:
     monkeypatch.setattr(probes, "event_format", lambda system, name: parse_format(
         (FIXTURES / system / name / "format").read_text()))
     cfg = probes.ProbeConfig(Filters(), RingbufOutput(4, 5), probes.MapFds(3, 5),
-                             task_fields=False, claim=probes.CLAIM_TID_HASH)
+                             claim=probes.CLAIM_TID_HASH)
     plans = list(probes.signal_probe_plans(cfg, prefix="s"))
     assert all(isinstance(plan, ProgramPlan) for plan in plans)
     roles = {event: plan.role for plan in plans for _, event in plan.tracepoints}

@@ -190,7 +190,8 @@ def test_counting_programs_assemble_with_the_fixture_formats() -> None:
     for percpu in (True, False):
         output = top_probes.CountOutput(counts=4, counters=5, percpu=percpu)
         cfg = signal_probes.ProbeConfig(Filters(comm="x", failed_only=False), output,
-                                        signal_probes.MapFds(inflight=3, counters=5))
+                                        signal_probes.MapFds(inflight=3, counters=5),
+                                        claim=signal_probes.CLAIM_CMPXCHG)
         program = signal_probes.build_signal_generate(cfg, gen)
         generate = asm.resolve(program)
         assert asm.assemble(signal_probes.build_sys_enter(cfg, "kill", enter))

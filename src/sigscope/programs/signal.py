@@ -44,7 +44,6 @@ from sigscope.programs.origin import kernel_sigkill_stack
 from sigscope.programs.task import (
     TaskLayout,
     comm_cut_at_nul,
-    task_layout,
     task_prologue,
     task_sender_to_stack,
 )
@@ -116,21 +115,14 @@ class ProbeConfig(NamedTuple):
     # count.CountOutput for `top` (which so shares every line of this module's logic).
     output: Output
     maps: MapFds
-    # Read the sender's ids, comm and uid straight from its task_struct (offsets from the
-    # kernel's BTF) where the kernel allows it, instead of through helper calls. False forces
-    # the helpers (tests; the records are the same either way).
-    task_fields: bool = True
-    # How a call claims its in-flight record: CLAIM_CMPXCHG or CLAIM_TID_HASH; None:
-    # inflight_claim(). Must match the map (session.make_inflight_map with the same claim).
-    claim: str | None = None
-
-
-def _claim(cfg: ProbeConfig) -> str:
-    return cfg.claim or inflight_claim()
-
-
-def _layout(cfg: ProbeConfig) -> TaskLayout | None:
-    return task_layout() if cfg.task_fields else None
+    # How a call claims its in-flight record: CLAIM_CMPXCHG or CLAIM_TID_HASH (the caller
+    # decides, by inflight_claim(): the builders probe nothing). Must match the map
+    # (session.make_inflight_map with the same claim).
+    claim: str
+    # Where the kernel allows it (task.task_layout(), decided by the caller), the sender's ids,
+    # comm and uid are read straight from its task_struct at these offsets instead of through
+    # helper calls; None: the helpers (the records are the same either way).
+    task: TaskLayout | None = None
 
 
 # --- small shared pieces ----------------------------------------------------------------
@@ -334,7 +326,7 @@ def _tid_key() -> list:
 def _lookup_inflight(cfg: ProbeConfig, missing: str) -> list:
     """r8 = the current thread's in-flight slot (claimed at entry) or jump to missing.
     Expects r7 = pid_tgid. Clobbers r0-r5."""
-    if _claim(cfg) == CLAIM_TID_HASH:
+    if cfg.claim == CLAIM_TID_HASH:
         return [*_tid_key(), asm.ld_map_fd(R1, cfg.maps.inflight),
                 asm.call("map_lookup_elem"), asm.jmp_imm("JEQ", R0, 0, missing),
                 asm.mov64_reg(R8, R0)]
@@ -394,7 +386,7 @@ def _release_inflight(cfg: ProbeConfig) -> list:
     """The call is over. CLAIM_CMPXCHG: the current thread's slot (r8) goes back to idle; the
     thread keeps it for its next call (r7 = pid_tgid). CLAIM_TID_HASH: the thread's entry is
     deleted (clobbers r0-r5)."""
-    if _claim(cfg) == CLAIM_TID_HASH:
+    if cfg.claim == CLAIM_TID_HASH:
         return [*_tid_key(), asm.ld_map_fd(R1, cfg.maps.inflight),
                 asm.call("map_delete_elem")]
     return [asm.st(W, R8, _f("kind"), rec.KIND_IDLE), asm.stx(W, R8, R7, _OWNER)]
@@ -481,10 +473,10 @@ def build_sys_enter(cfg: ProbeConfig, call: str, enter: EventFormat) -> list:
     sig = enter.field("sig")
     suppressed = call not in cfg.filters.vias  # parked only so generate knows it's no kernel signal
     comm = cfg.filters.comm_bytes()
-    layout = _layout(cfg)
+    layout = cfg.task
     if layout is not None:
         return _build_sys_enter_task(cfg, call, enter, layout, suppressed)
-    by_tid = _claim(cfg) == CLAIM_TID_HASH
+    by_tid = cfg.claim == CLAIM_TID_HASH
     prog = [*prologue(), *_sender_filters(cfg, out, labels)]
     prog += [*_load_s32(R9, R6, sig.offset, sig.size),
              *signal_filter(R9, cfg.filters.signals, out, labels,
@@ -524,7 +516,7 @@ def _build_sys_enter_task(cfg: ProbeConfig, call: str, enter: EventFormat, layou
     instead of four (pid_tgid, comm, uid, time): two helper calls less per call."""
     labels, out, full = Labels(), "out", "inflight_full"
     sig = enter.field("sig")
-    by_tid = _claim(cfg) == CLAIM_TID_HASH
+    by_tid = cfg.claim == CLAIM_TID_HASH
     prog = [*task_prologue(layout), *_sender_filters(cfg, out, labels)]
     prog += [*_load_s32(R9, R6, sig.offset, sig.size),
              *signal_filter(R9, cfg.filters.signals, out, labels,
