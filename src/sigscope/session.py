@@ -1,6 +1,10 @@
 """What `sigscope trace` (tracer.Tracer) and `sigscope top` (top.Counter) share: owning the
 kernel objects of the signal probes, starting them, and taking them down in the right order.
 
+The program builders (programs/) are pure: the run-time steps around them are here — making
+the in-flight map, detaching by program role (DETACH_ORDER), and counting the calls still
+parked once the probes are gone.
+
 Every map, program, perf event and link is owned by a file descriptor of this process, so
 closing the session (or the process dying in any way) leaves nothing loaded.
 """
@@ -11,14 +15,55 @@ from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 from sigscope.bpf import features
-from sigscope.bpf.attach import Attachment, attach_tracepoint
-from sigscope.bpf.maps import Map
+from sigscope.bpf.attach import Attachment, attach_tracepoint, detach_all
+from sigscope.bpf.maps import ArrayMap, HashMap, Map
 from sigscope.bpf.privileges import check_privileges, raise_memlock_limit
 from sigscope.bpf.program import Program, load_programs
 from sigscope.bpf.tracefs import tracefs_root
+from sigscope.model import record as rec
 from sigscope.programs import signal as probes
+from sigscope.programs.common import ProgramPlan, Role
 
 _M = TypeVar("_M", bound=Map)
+
+# Detach order, by role: entries first; once they are gone no new call is parked, and every
+# parked call still has its exit attached (or is counted by count_unfinished_calls). Then all
+# the rest at once (in parallel: attach.detach_all).
+DETACH_ORDER: tuple[frozenset[Role], ...] = (
+    frozenset({Role.ENTRY}),
+    frozenset({Role.GENERATE, Role.EXIT, Role.FATE}),
+)
+
+
+def make_inflight_map(claim: str | None = None) -> Map:
+    """The in-flight map the programs of `claim` (programs/signal.py CLAIM_*; default:
+    probes.inflight_claim()) expect. CLAIM_CMPXCHG: an array (key: u32 slot index; value: a
+    record, then the owner word). CLAIM_TID_HASH: a hash map (key: u32 thread id; value: a
+    record). Either way a value starts with the record, so user space reads both alike.
+    Raises ValueError for an unknown claim, BPFError when the kernel refuses the map."""
+    claim = claim or probes.inflight_claim()
+    if claim == probes.CLAIM_TID_HASH:
+        return HashMap(4, rec.RECORD_SIZE, probes.INFLIGHT_SLOTS, name="sigscope_calls")
+    if claim != probes.CLAIM_CMPXCHG:
+        raise ValueError(f"unknown in-flight claim {claim!r}: one of {', '.join(probes.CLAIMS)}")
+    return ArrayMap(probes.INFLIGHT_VALUE_SIZE, probes.INFLIGHT_SLOTS, name="sigscope_calls")
+
+
+def count_unfinished_calls(inflight: Map) -> int:
+    """After detaching: calls parked by an entry probe whose exit never ran (a thread preempted
+    inside kill(2) while the probes were detached). Their records were never written."""
+    kind_at = rec.offset("kind")
+    return sum(1 for _key, value in inflight.lookup_batch()
+               if int.from_bytes(value[kind_at:kind_at + 4], "little") == rec.KIND_CALL)
+
+
+def detach_in_order(attachments: list[tuple[Role, Attachment]]) -> None:
+    """Detach (role, attachment) pairs in DETACH_ORDER, each group in parallel; empties the
+    list."""
+    for roles in DETACH_ORDER:
+        detach_all(a for role, a in attachments if role in roles)
+    detach_all(a for _, a in attachments)  # a role DETACH_ORDER does not name: last
+    attachments.clear()
 
 
 class ProbeSession:
@@ -34,7 +79,7 @@ class ProbeSession:
         self.claim = claim
         self._maps: list[Map] = []
         self._programs: list[Program] = []
-        self._attachments: list[Attachment] = []
+        self._attachments: list[tuple[Role, Attachment]] = []
         self._inflight: Map | None = None
         self._recursion_at_start = 0
         self._unfinished = 0
@@ -64,35 +109,47 @@ class ProbeSession:
     def _setup(self) -> None:
         raise NotImplementedError
 
+    @property
+    def _started_claim(self) -> str:
+        """The claim start() decided (for _setup(): the builders probe nothing)."""
+        assert self.claim is not None, "start() decides the claim before _setup()"
+        return self.claim
+
     def _own(self, m: _M) -> _M:
         self._maps.append(m)
         return m
 
-    def _load_and_attach(self, plans: Iterable[tuple[str, tuple, list]]) -> None:
-        """Load every (name, ((system, event), ...), instructions) plan, then attach each
-        program to its tracepoints, in the plans' order. Loading everything first means a
-        verifier error leaves nothing attached."""
-        targets: list[tuple] = []
+    def _own_inflight_map(self) -> Map:
+        """Make and own the in-flight map of self.claim (make_inflight_map); it is the one
+        counted at detach (count_unfinished_calls)."""
+        self._inflight = self._own(make_inflight_map(self.claim))
+        return self._inflight
+
+    def _load_and_attach(self, plans: Iterable[ProgramPlan]) -> None:
+        """Load every plan's program, then attach each to its tracepoints, in the plans'
+        order. Loading everything first means a verifier error leaves nothing attached."""
+        loaded: list[ProgramPlan] = []
 
         def specs() -> Iterator[tuple[str, list]]:
-            for name, tracepoints, insns in plans:
-                targets.append(tracepoints)
-                yield name, insns
+            for plan in plans:
+                loaded.append(plan)
+                yield plan.name, plan.insns
 
-        self._programs += load_programs(specs())
-        for prog, tracepoints in zip(self._programs, targets, strict=True):
-            for system, event in tracepoints:
-                self._attachments.append(attach_tracepoint(prog, system, event))
+        programs = load_programs(specs())
+        self._programs += programs
+        for prog, plan in zip(programs, loaded, strict=True):
+            for system, event in plan.tracepoints:
+                self._attachments.append((plan.role, attach_tracepoint(prog, system, event)))
 
     def _detach(self) -> None:
-        """Entries first (see probes.detach_in_order); then count the calls whose exit never
+        """Detach by role (DETACH_ORDER: entries first); then count the calls whose exit never
         ran, whose records were therefore never written."""
-        probes.detach_in_order(self._attachments)
+        detach_in_order(self._attachments)
         if self.started and self._inflight is not None and not self._inflight.closed:
-            self._unfinished = probes.count_unfinished_calls(self._inflight)
+            self._unfinished = count_unfinished_calls(self._inflight)
 
     def _teardown(self) -> None:
-        for attachment in self._attachments:
+        for _, attachment in self._attachments:
             attachment.close()
         self._attachments.clear()
         for prog in self._programs:

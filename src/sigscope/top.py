@@ -50,7 +50,8 @@ from sigscope.model.filters import Filters, make_filters
 from sigscope.model.signals import errno_name, signal_name
 from sigscope.programs import count as top_probes
 from sigscope.programs import signal as probes
-from sigscope.programs.signal import COUNTER_INFLIGHT_FULL
+from sigscope.programs.common import COUNTER_INFLIGHT_FULL
+from sigscope.programs.task import task_layout
 from sigscope.session import ProbeSession
 from sigscope.top_settings import (  # noqa: F401 (re-exported: the API's names)
     DEFAULT_INTERVAL_S,
@@ -271,15 +272,15 @@ class Counter(ProbeSession):
     # --- lifecycle -------------------------------------------------------------------------
 
     def _setup(self) -> None:
-        inflight = self._own(probes.make_inflight_map(self.claim))
-        self._inflight = inflight
+        inflight = self._own_inflight_map()
         counters = self._own(PerCPUArrayMap(8, top_probes.NUM_COUNTERS, name="sigscope_count"))
         kind = PerCPUHashMap if self.percpu else HashMap
         counts = self._own(kind(top_probes.KEY_SIZE, top_probes.VALUE_SIZE, self.max_keys,
                                 name="sigscope_top"))
         self._counters, self._counts = counters, counts
-        fds = top_probes.CountMapFds(inflight.fd, counts.fd, counters.fd, self.percpu)
-        cfg = top_probes.probe_config(self.filters, fds, keep=self.keep, claim=self.claim)
+        output = top_probes.CountOutput(counts.fd, counters.fd, self.percpu, self.keep)
+        cfg = probes.ProbeConfig(self.filters, output, probes.MapFds(inflight.fd, counters.fd),
+                                 claim=self._started_claim, task=task_layout())
         self._load_and_attach(probes.signal_probe_plans(cfg, prefix="t"))
 
     def close(self) -> Snapshot | None:

@@ -22,7 +22,14 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, TypeAlias
 
 from sigscope.bpf import arch, features
-from sigscope.bpf.maps import Map, PerCPUArrayMap, PerfEventArrayMap, RingBufMap
+from sigscope.bpf.maps import (
+    HashMap,
+    Map,
+    PerCPUArrayMap,
+    PerfEventArrayMap,
+    RingBufMap,
+    StackTraceMap,
+)
 from sigscope.bpf.readers.perfbuf import PerfBufReader
 from sigscope.bpf.readers.ringbuf import RingBufReader
 from sigscope.bpf.tracefs import event_format
@@ -33,7 +40,18 @@ from sigscope.model import record as rec
 from sigscope.model.event import Event, Runs
 from sigscope.model.filters import Filters, make_filters
 from sigscope.programs import signal as probes
-from sigscope.programs.origin import make_stack_map
+from sigscope.programs.common import (
+    COUNTER_INFLIGHT_FULL,
+    COUNTER_LOST,
+    NUM_COUNTERS,
+    Output,
+    PerfOutput,
+    ProgramPlan,
+    RingbufOutput,
+    Role,
+)
+from sigscope.programs.origin import STACK_DEPTH, STACK_MAP_ENTRIES
+from sigscope.programs.task import task_layout
 from sigscope.session import ProbeSession
 from sigscope.trace_settings import BUFFER_KINDS, DEFAULT_BUFFER_SIZE, DEFAULT_POLL_INTERVAL_MS
 
@@ -142,10 +160,9 @@ class Tracer(ProbeSession):
         if kind == "auto":
             kind = "ringbuf" if features.has("ringbuf") else "perf"
         self.buffer_kind = kind
-        inflight = self._own(probes.make_inflight_map(self.claim))
-        counters = self._own(PerCPUArrayMap(8, probes.NUM_COUNTERS, name="sigscope_count"))
+        inflight = self._own_inflight_map()
+        counters = self._own(PerCPUArrayMap(8, NUM_COUNTERS, name="sigscope_count"))
         self._counters = counters
-        self._inflight = inflight
         if kind == "ringbuf":
             size = _pow2_floor(self.buffer_size // _PAGE_SIZE) * _PAGE_SIZE
             try:
@@ -154,17 +171,19 @@ class Tracer(ProbeSession):
                 raise KernelError(f"the kernel cannot allocate a {size >> 10}K ring buffer: "
                                   f"{os.strerror(err.errno or errno.ENOMEM)} (a smaller "
                                   "buffer_size= may fit)") from None
-            output = probes.OUTPUT_RINGBUF
+            output: Output = RingbufOutput(events.fd, counters.fd)
         else:
             events = self._own(PerfEventArrayMap(name="sigscope_events"))
-            output = probes.OUTPUT_PERF
-        stacks = self._own(make_stack_map()) if self._wants_kill_origins() else None
+            output = PerfOutput(events.fd, counters.fd)
+        stacks = (self._own(StackTraceMap(STACK_MAP_ENTRIES, max_depth=STACK_DEPTH,
+                                          name="sigscope_stacks"))
+                  if self._wants_kill_origins() else None)
         if stacks is not None:
             self.decoder.stacks = KernelStacks(stacks)
         cfg = probes.ProbeConfig(self.filters, output,
-                                 probes.MapFds(inflight.fd, events.fd, counters.fd,
+                                 probes.MapFds(inflight.fd, counters.fd,
                                                stacks.fd if stacks is not None else -1),
-                                 claim=self.claim)
+                                 claim=self._started_claim, task=task_layout())
         # The reader first: a perf buffer's per-CPU events must be in the map before any
         # program writes to it.
         if kind == "ringbuf":
@@ -198,7 +217,8 @@ class Tracer(ProbeSession):
             return False
         self._programs.append(prog)
         try:
-            self._attachments.append(attach_raw_tracepoint(prog, fate_cont.RAW_TRACEPOINT))
+            self._attachments.append(
+                (Role.FATE, attach_raw_tracepoint(prog, fate_cont.RAW_TRACEPOINT)))
         except BPFError:
             return False
         return True
@@ -211,15 +231,16 @@ class Tracer(ProbeSession):
         """(name, instructions) of every probe, for `--ebpf` (built with placeholder map fds,
         nothing is loaded)."""
         kind = self.buffer_kind if self.buffer_kind != "auto" else "ringbuf"
-        output = probes.OUTPUT_RINGBUF if kind == "ringbuf" else probes.OUTPUT_PERF
+        output = (RingbufOutput if kind == "ringbuf" else PerfOutput)(-2, -3)
         cfg = probes.ProbeConfig(self.filters, output, probes.MapFds(
-            -1, -2, -3, -4 if self._wants_kill_origins() else -1))
+            -1, -3, -4 if self._wants_kill_origins() else -1),
+            claim=self.claim or probes.inflight_claim(), task=task_layout())
         plans = itertools.chain(self._fate_plans(cfg) if self.fate else [],
                                 probes.signal_probe_plans(cfg))
-        return [(", ".join(event for _, event in tracepoints), insns)
-                for _, tracepoints, insns in plans]
+        return [(", ".join(event for _, event in plan.tracepoints), plan.insns)
+                for plan in plans]
 
-    def _fate_plans(self, cfg: probes.ProbeConfig) -> list[tuple[str, tuple, list]]:
+    def _fate_plans(self, cfg: probes.ProbeConfig) -> list[ProgramPlan]:
         """The --fate programs. The exit code's offset in task_struct (and how the exit
         program knows a thread group died, fate_exit_source) come from the kernel's BTF and
         the tracepoint's format; without BTF deaths are reported as "unknown"
@@ -231,11 +252,12 @@ class Tracer(ProbeSession):
         formats = {event: event_format(system, event)
                    for _, system, event in fate_probes.FATE_TRACEPOINTS}
         self.fate_exit_source = fate_probes.exit_source(formats["sched_process_exit"], layout)
-        plans = [(name, ((system, event),), insns) for name, system, event, insns in
+        plans = [ProgramPlan(name, Role.FATE, ((system, event),), insns)
+                 for name, system, event, insns in
                  fate_probes.build_fate_programs(cfg, formats, layout)]
         return plans + self._signalfd_plans(cfg)
 
-    def _signalfd_plans(self, cfg: probes.ProbeConfig) -> list[tuple[str, tuple, list]]:
+    def _signalfd_plans(self, cfg: probes.ProbeConfig) -> list[ProgramPlan]:
         """--fate: the programs following signalfd reads (programs/fate_signalfd.py); none
         without BTF, kallsyms or the tracepoints (signalfd reads then stay unfollowed)."""
         from sigscope.bpf.tracefs import available
@@ -250,9 +272,8 @@ class Tracer(ProbeSession):
                    if available(system, event)]
         if not any(event == "sys_enter_read" for _, _, event in present):
             return []
-        maps = sfd.make_maps()
-        self._own(maps.sfds)
-        self._own(maps.reads)
+        maps = sfd.SignalfdMaps(self._own(HashMap(*sfd.SFDS_MAP, name="sigscope_sfds")).fd,
+                                self._own(HashMap(*sfd.READS_MAP, name="sigscope_sfdrd")).fd)
         plans = []
         for name, system, event in present:
             fmt = event_format(system, event)
@@ -262,7 +283,7 @@ class Tracer(ProbeSession):
                 insns = sfd.build_read_exit(cfg, maps, fmt)
             else:
                 insns = sfd.build_signalfd_exit(maps, fmt)
-            plans.append((name, ((system, event),), insns))
+            plans.append(ProgramPlan(name, Role.FATE, ((system, event),), insns))
         return plans
 
     def stop(self) -> None:
@@ -412,7 +433,7 @@ class Tracer(ProbeSession):
     def _lost_now(self) -> int:
         lost = 0
         if self._counters is not None and not self._counters.closed:
-            for index in (probes.COUNTER_LOST, probes.COUNTER_INFLIGHT_FULL):
+            for index in (COUNTER_LOST, COUNTER_INFLIGHT_FULL):
                 lost += self._counters.sum_u64(struct.pack("<I", index))
         # Not self._reader.lost: a perf buffer's PERF_RECORD_LOST counts the same failed writes
         # the programs count themselves (and arrives late, or never for the last ones).

@@ -26,8 +26,12 @@ from sigscope.bpf.readers.ringbuf import RingBufReader
 from sigscope.bpf.tracefs import event_format
 from sigscope.model import record as rec
 from sigscope.model.filters import Filters
+from sigscope.programs import common
 from sigscope.programs import signal as probes
+from sigscope.programs.common import Role
+from sigscope.programs.task import task_layout
 from sigscope.send import send_signal
+from sigscope.session import count_unfinished_calls, detach_in_order, make_inflight_map
 
 SIGURG = 23  # default action: ignore. Sending it to ourselves generates it, and nothing happens.
 PR_SET_NAME, PR_GET_NAME = 15, 16
@@ -39,26 +43,27 @@ class Probes:
 
     def __init__(self, task_fields: bool, filters: Filters | None = None,
                  claim: str | None = None) -> None:
-        self.inflight = probes.make_inflight_map(claim)
-        self.counters = PerCPUArrayMap(8, probes.NUM_COUNTERS, name="test_counters")
+        self.inflight = make_inflight_map(claim)
+        self.counters = PerCPUArrayMap(8, common.NUM_COUNTERS, name="test_counters")
         self.events = RingBufMap(1 << 20, name="test_events")
         self.cfg = probes.ProbeConfig(
-            filters or Filters(), probes.OUTPUT_RINGBUF,
-            probes.MapFds(self.inflight.fd, self.events.fd, self.counters.fd),
-            task_fields=task_fields, claim=claim)
+            filters or Filters(), common.RingbufOutput(self.events.fd, self.counters.fd),
+            probes.MapFds(self.inflight.fd, self.counters.fd),
+            claim=claim or probes.inflight_claim(), task=task_layout() if task_fields else None)
         self.reader = RingBufReader(self.events)
         built = [
-            ("sys_exit_tgkill", probes.build_sys_exit(
+            (Role.EXIT, "sys_exit_tgkill", probes.build_sys_exit(
                 self.cfg, "tgkill", event_format("syscalls", "sys_exit_tgkill"))),
-            ("signal_generate", probes.build_signal_generate(
+            (Role.GENERATE, "signal_generate", probes.build_signal_generate(
                 self.cfg, event_format("signal", "signal_generate"))),
-            ("sys_enter_tgkill", probes.build_sys_enter(
+            (Role.ENTRY, "sys_enter_tgkill", probes.build_sys_enter(
                 self.cfg, "tgkill", event_format("syscalls", "sys_enter_tgkill"))),
         ]
-        self.programs = [Program.load(insns, name="test_probe") for _, insns in built]
+        self.programs = [Program.load(insns, name="test_probe") for _, _, insns in built]
         self.attachments = [
-            attach_tracepoint(prog, "signal" if event == "signal_generate" else "syscalls", event)
-            for prog, (event, _) in zip(self.programs, built, strict=True)
+            (role, attach_tracepoint(prog, "signal" if event == "signal_generate" else "syscalls",
+                                     event))
+            for prog, (role, event, _) in zip(self.programs, built, strict=True)
         ]
 
     def mine(self) -> list[dict]:
@@ -72,7 +77,7 @@ class Probes:
         return self.counters.sum_u64(index.to_bytes(4, "little"))
 
     def close(self) -> None:
-        probes.detach_in_order(self.attachments)
+        detach_in_order(self.attachments)
         for prog in self.programs:
             prog.close()
         self.reader.close()
@@ -136,7 +141,7 @@ def test_btf_scan_agrees_with_the_full_parser() -> None:
 
 @pytest.mark.needs("btf_vmlinux", "get_current_task_btf")
 def test_this_kernel_reads_the_sender_from_task_struct() -> None:
-    layout = probes.task_layout()
+    layout = task_layout()
     assert layout is not None  # BTF and the helper: the fast path must be the one in use
     assert layout.comm == Btf.load().member_offset("task_struct", "comm")
 
@@ -204,7 +209,7 @@ def test_inflight_slots_collisions_reuse_and_full(task_fields: bool) -> None:
         assert [r["ngen"] for r in p.mine()] == [1]
         assert _owner(p.inflight, tid) == other | busy
         assert _owner(p.inflight, tid + 1) == tid
-        assert probes.count_unfinished_calls(p.inflight) == 1  # the other thread's
+        assert count_unfinished_calls(p.inflight) == 1  # the other thread's
 
         # A slot this thread left busy (its exit never ran) is reused, not duplicated.
         p.inflight.update(_slot_key(tid + 1), _slot(other | busy, rec.KIND_CALL))
@@ -218,7 +223,7 @@ def test_inflight_slots_collisions_reuse_and_full(task_fields: bool) -> None:
         for i in range(probes.INFLIGHT_PROBES):
             p.inflight.update(_slot_key(tid + i), _slot(other | busy, rec.KIND_CALL))
         tgkill_self(SIGURG)
-        assert p.counter(probes.COUNTER_INFLIGHT_FULL) == 1
+        assert p.counter(common.COUNTER_INFLIGHT_FULL) == 1
         mine = p.mine()
         # The generated signal is then seen as the kernel's own (as with a full map before).
         assert [r["kind"] for r in mine] == [rec.KIND_KERNEL]
@@ -240,7 +245,7 @@ def test_inflight_by_tid_stale_entry_reuse_and_full(task_fields: bool) -> None:
         tgkill_self(SIGURG)
         assert [r["ngen"] for r in p.mine()] == [1]
         assert p.inflight.lookup(_tid_key(tid)) is None  # deleted at exit
-        assert probes.count_unfinished_calls(p.inflight) == 1  # the other thread's
+        assert count_unfinished_calls(p.inflight) == 1  # the other thread's
 
         # A stale entry of this thread (its exit never ran): replaced, one record.
         p.inflight.update(_tid_key(tid), _slot(0, rec.KIND_CALL, call_id=9)[:rec.RECORD_SIZE])
@@ -258,5 +263,5 @@ def test_inflight_by_tid_stale_entry_reuse_and_full(task_fields: bool) -> None:
             key += 1
         tgkill_self(SIGURG)
         # >= 1: the programs see every tgkill on the machine, and any is lost while full.
-        assert p.counter(probes.COUNTER_INFLIGHT_FULL) >= 1
+        assert p.counter(common.COUNTER_INFLIGHT_FULL) >= 1
         assert [r["kind"] for r in p.mine()] == [rec.KIND_KERNEL]

@@ -69,6 +69,17 @@ def test_lower_layers_never_import_higher_ones(path: Path) -> None:
     assert not above, f"{here} ({layer_of(here)}) imports higher layers: {above}"
 
 
+# Builders are pure: they take the fds of maps the session made, and attach nothing.
+NOT_IN_PROGRAMS = {"sigscope.bpf.maps", "sigscope.bpf.attach", "sigscope.session"}
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "programs").glob("*.py")),
+                         ids=lambda p: module_name(p))
+def test_program_builders_make_no_maps_and_attach_nothing(path: Path) -> None:
+    found = sigscope_imports(path) & NOT_IN_PROGRAMS
+    assert not found, f"{module_name(path)} imports {sorted(found)}: maps belong to the session"
+
+
 def test_every_module_is_in_a_known_layer_and_parses() -> None:
     assert len(MODULES) > 30
     for path in MODULES:

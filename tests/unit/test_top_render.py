@@ -183,13 +183,15 @@ def test_counter_rejects_bad_settings() -> None:
 
 
 def test_counting_programs_assemble_with_the_fixture_formats() -> None:
-    # sys_exit formats are not among the fixtures; enter + generate cover the emit hook.
+    # sys_exit formats are not among the fixtures; enter + generate cover the count output.
     gen = parse_format((FIXTURES / "signal" / "signal_generate" / "format").read_text())
     enter = parse_format((FIXTURES / "syscalls" / "sys_enter_kill" / "format").read_text())
     atomics = {}
     for percpu in (True, False):
-        fds = top_probes.CountMapFds(inflight=3, counts=4, counters=5, percpu=percpu)
-        cfg = top_probes.probe_config(Filters(comm="x", failed_only=False), fds)
+        output = top_probes.CountOutput(counts=4, counters=5, percpu=percpu)
+        cfg = signal_probes.ProbeConfig(Filters(comm="x", failed_only=False), output,
+                                        signal_probes.MapFds(inflight=3, counters=5),
+                                        claim=signal_probes.CLAIM_CMPXCHG)
         program = signal_probes.build_signal_generate(cfg, gen)
         generate = asm.resolve(program)
         assert asm.assemble(signal_probes.build_sys_enter(cfg, "kill", enter))
@@ -269,7 +271,7 @@ def test_exporter_keys_fold_to_the_labels() -> None:
 def test_count_programs_zero_the_fields_not_kept() -> None:
     from sigscope.programs import common
 
-    labels = common._Labels()
+    labels = common.Labels()
     full = asm.dump(top_probes._build_key(6, labels))
     folded = asm.dump(top_probes._build_key(6, labels, frozenset({"sig", "via"})))
     assert len(folded.splitlines()) < len(full.splitlines())

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from sigscope.errors import UsageError
-from sigscope.programs import signal as probes
+from sigscope.programs import common
 from sigscope.tracer import Tracer, make_filters
 
 
@@ -43,8 +43,8 @@ def test_lost_counts_buffer_and_inflight_skipped_counts_recursion_misses() -> No
     tracer._programs = [first, second, GoneProgram()]  # type: ignore[list-item]
     tracer._recursion_at_start = tracer._recursion_misses()
     assert tracer._recursion_at_start == 3  # what happened before we started is not ours
-    tracer._counters = FakeCounters({probes.COUNTER_LOST: 5,  # type: ignore[assignment]
-                                     probes.COUNTER_INFLIGHT_FULL: 7})
+    tracer._counters = FakeCounters({common.COUNTER_LOST: 5,  # type: ignore[assignment]
+                                     common.COUNTER_INFLIGHT_FULL: 7})
     # A perf buffer's own PERF_RECORD_LOST count is the same failed writes the programs
     # count in COUNTER_LOST: not added twice.
     tracer._reader = SimpleNamespace(lost=5)  # type: ignore[assignment]
@@ -58,13 +58,13 @@ def test_lost_counts_buffer_and_inflight_skipped_counts_recursion_misses() -> No
 
 def test_lost_after_close_is_the_count_taken_at_close() -> None:
     tracer = Tracer()
-    counters = FakeCounters({probes.COUNTER_LOST: 40, probes.COUNTER_INFLIGHT_FULL: 2})
+    counters = FakeCounters({common.COUNTER_LOST: 40, common.COUNTER_INFLIGHT_FULL: 2})
     tracer._counters = counters  # type: ignore[assignment]
     tracer._reader = SimpleNamespace(read=lambda *_args: b"", close=lambda: None)  # type: ignore
     tracer.started = True
     assert tracer.close() == []
     assert tracer.finished and tracer.lost == 42
-    counters.values[probes.COUNTER_LOST] = 1000  # the counters are gone after close
+    counters.values[common.COUNTER_LOST] = 1000  # the counters are gone after close
     assert tracer.lost == 42
 
 

@@ -3,8 +3,9 @@ of writing records.
 
 signal.py decides *what* is one signal (enter parks the call, signal_generate attributes each
 recipient to it or sees a kernel-generated signal, exit completes the call) and hands every
-finished record to an output step. Here that step is replaced, through ``ProbeConfig.emit``, by
-code that folds the record into a count key and adds one to the key's count in a BPF hash map.
+finished record to its output (programs/common.py ``Output``). Here the output is
+``CountOutput``: code that folds the record into a count key and adds one to the key's count in
+a BPF hash map.
 So ``top`` counts exactly what ``trace`` would print, one per send attempt and recipient, with
 the same filters in the kernel — and no record ever crosses to user space.
 
@@ -28,20 +29,18 @@ from __future__ import annotations
 
 import errno
 import struct
-from functools import partial
 from typing import NamedTuple
 
 from sigscope.bpf import asm
 from sigscope.bpf.asm import DW, R0, R1, R2, R3, R4, R10, W
 from sigscope.bpf.uapi import BPF_NOEXIST
 from sigscope.model import record as rec
-from sigscope.model.filters import Filters
-from sigscope.programs import signal as probes
-from sigscope.programs.common import STACK_USED, _Labels
+from sigscope.programs import common
+from sigscope.programs.common import STACK_USED, Labels
 
-# A slot of the `counters` array after signal.py's own: signals whose key did not fit the map.
-COUNTER_OTHER = probes.NUM_COUNTERS
-NUM_COUNTERS = probes.NUM_COUNTERS + 1
+# A slot of the `counters` array after the common ones: signals whose key did not fit the map.
+COUNTER_OTHER = common.NUM_COUNTERS
+NUM_COUNTERS = common.NUM_COUNTERS + 1
 
 # The count key, in map order (every field naturally aligned, no padding).
 KEY_FIELDS = (
@@ -74,18 +73,11 @@ assert -_STACK_ONE <= 512 and _STACK_COUNT_KEY % 8 == 0
 _TG_VIAS = (rec.VIA_CODES["tgkill"], rec.VIA_CODES["rt_tgsigqueueinfo"])
 
 
-class CountMapFds(NamedTuple):
-    inflight: int
-    counts: int      # hash or per-CPU hash: key -> u64
-    counters: int    # per-CPU array of NUM_COUNTERS u64
-    percpu: bool     # counts is a per-CPU hash: plain adds, no atomics needed
-
-
 def _k(name: str) -> int:
     return _STACK_COUNT_KEY + _KEY_OFFSETS[name]
 
 
-def _build_key(src: int, labels: _Labels, keep: frozenset[str] | None = None) -> list:
+def _build_key(src: int, labels: Labels, keep: frozenset[str] | None = None) -> list:
     """The count key on the stack from the record at src; fields not in `keep` (None: all are
     kept) are 0. Uses r1."""
     f = rec.offset
@@ -135,11 +127,11 @@ def _build_key(src: int, labels: _Labels, keep: frozenset[str] | None = None) ->
     return prog
 
 
-def _add_one(fds: CountMapFds, missing: str) -> list:
+def _add_one(counts_fd: int, percpu: bool, missing: str) -> list:
     """counts[key] += 1 or jump to missing. Clobbers r0-r5."""
-    add = (asm.alu64_imm("ADD", R1, 1) if fds.percpu else None)
+    add = (asm.alu64_imm("ADD", R1, 1) if percpu else None)
     prog = [
-        asm.ld_map_fd(R1, fds.counts),
+        asm.ld_map_fd(R1, counts_fd),
         asm.mov64_reg(R2, R10),
         asm.alu64_imm("ADD", R2, _STACK_COUNT_KEY),
         asm.call("map_lookup_elem"),
@@ -153,11 +145,11 @@ def _add_one(fds: CountMapFds, missing: str) -> list:
     return prog
 
 
-def _bump_other(fds: CountMapFds, labels: _Labels) -> list:
+def _bump_other(counters_fd: int, labels: Labels) -> list:
     done = labels("other_counted")
     return [
         asm.st(W, R10, _STACK_ONE, COUNTER_OTHER),
-        asm.ld_map_fd(R1, fds.counters),
+        asm.ld_map_fd(R1, counters_fd),
         asm.mov64_reg(R2, R10),
         asm.alu64_imm("ADD", R2, _STACK_ONE),
         asm.call("map_lookup_elem"),
@@ -168,49 +160,41 @@ def _bump_other(fds: CountMapFds, labels: _Labels) -> list:
     ]
 
 
-def emit_count(
-    cfg: probes.ProbeConfig, data_reg: int, labels: _Labels, on_success: list | None,
-    fds: CountMapFds, keep: frozenset[str] | None = None,
-) -> list:
-    """The ProbeConfig.emit hook: count the record at data_reg under its key (module
-    docstring: `keep`)."""
-    insert, retry, other, done = (labels("insert"), labels("retry"), labels("other"),
-                                  labels("count_done"))
-    return [
-        *_build_key(data_reg, labels, keep),
-        *_add_one(fds, insert),
-        asm.ja(done),
-        asm.label(insert),
-        # A new key. Another CPU may insert the same key meanwhile (EEXIST): add to that one.
-        asm.st(DW, R10, _STACK_ONE, 1),
-        asm.ld_map_fd(R1, fds.counts),
-        asm.mov64_reg(R2, R10),
-        asm.alu64_imm("ADD", R2, _STACK_COUNT_KEY),
-        asm.mov64_reg(R3, R10),
-        asm.alu64_imm("ADD", R3, _STACK_ONE),
-        asm.mov64_imm(R4, BPF_NOEXIST),
-        asm.call("map_update_elem"),
-        asm.jmp_imm("JEQ", R0, 0, done),
-        asm.jmp_imm("JEQ", R0, -errno.EEXIST, retry),
-        asm.ja(other),  # E2BIG (preallocated map full) or ENOMEM
-        asm.label(retry),
-        *_add_one(fds, other),
-        asm.ja(done),
-        asm.label(other),
-        *_bump_other(fds, labels),
-        asm.label(done),
-        *(on_success or []),
-    ]
+class CountOutput(NamedTuple):
+    """The output of `sigscope top`: each finished record is counted under its key in the
+    `counts` map (module docstring: `keep`), never written out. A key that does not fit the
+    map is counted in counters[COUNTER_OTHER]."""
 
+    counts: int      # fd of the hash or per-CPU hash: key -> u64
+    counters: int    # fd of the per-CPU array of NUM_COUNTERS u64
+    percpu: bool     # counts is a per-CPU hash: plain adds, no atomics needed
+    keep: frozenset[str] | None = None
 
-def probe_config(filters: Filters, fds: CountMapFds,
-                 keep: frozenset[str] | None = None,
-                 claim: str | None = None) -> probes.ProbeConfig:
-    """signal.py's configuration with the counting output; `keep`: the key fields counted by
-    (None: all); `claim`: ProbeConfig.claim."""
-    return probes.ProbeConfig(
-        filters, probes.OUTPUT_RINGBUF,
-        probes.MapFds(inflight=fds.inflight, events=fds.counts, counters=fds.counters),
-        emit=partial(emit_count, fds=fds, keep=keep), claim=claim,
-    )
-
+    def write(self, data_reg: int, labels: Labels, on_success: list | None = None) -> list:
+        insert, retry, other, done = (labels("insert"), labels("retry"), labels("other"),
+                                      labels("count_done"))
+        return [
+            *_build_key(data_reg, labels, self.keep),
+            *_add_one(self.counts, self.percpu, insert),
+            asm.ja(done),
+            asm.label(insert),
+            # A new key. Another CPU may insert the same key meanwhile (EEXIST): add to that one.
+            asm.st(DW, R10, _STACK_ONE, 1),
+            asm.ld_map_fd(R1, self.counts),
+            asm.mov64_reg(R2, R10),
+            asm.alu64_imm("ADD", R2, _STACK_COUNT_KEY),
+            asm.mov64_reg(R3, R10),
+            asm.alu64_imm("ADD", R3, _STACK_ONE),
+            asm.mov64_imm(R4, BPF_NOEXIST),
+            asm.call("map_update_elem"),
+            asm.jmp_imm("JEQ", R0, 0, done),
+            asm.jmp_imm("JEQ", R0, -errno.EEXIST, retry),
+            asm.ja(other),  # E2BIG (preallocated map full) or ENOMEM
+            asm.label(retry),
+            *_add_one(self.counts, self.percpu, other),
+            asm.ja(done),
+            asm.label(other),
+            *_bump_other(self.counters, labels),
+            asm.label(done),
+            *(on_success or []),
+        ]

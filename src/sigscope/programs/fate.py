@@ -41,16 +41,15 @@ from sigscope.bpf.asm import DW, R0, R1, R2, R3, R6, R7, R8, R9, R10, B, W
 from sigscope.bpf.tracefs import EventFormat
 from sigscope.model import record as rec
 from sigscope.model.signals import SIGKILL
-from sigscope.programs.common import _STACK_KEY, _STACK_RECORD, _Labels
+from sigscope.programs.common import STACK_KEY, STACK_RECORD, Labels
 from sigscope.programs.signal import (
     ProbeConfig,
-    _current_comm_into_stack,
-    _epilogue,
-    _fill_sender_into_stack,
-    _output,
-    _prologue,
-    _signal_filter,
-    _zero_stack_record,
+    current_comm_into_stack,
+    epilogue,
+    fill_sender_into_stack,
+    prologue,
+    signal_filter,
+    zero_stack_record,
 )
 
 # How the exit program knows the thread group is dead (selftest prints it).
@@ -100,7 +99,7 @@ def _f(name: str) -> int:
     return rec.offset(name)
 
 
-def _thread_filter(cfg: ProbeConfig, fail: str, labels: _Labels) -> list:
+def thread_filter(cfg: ProbeConfig, fail: str, labels: Labels) -> list:
     """Fall through when the current thread, or its process, is one of -T (r7 = pid_tgid).
     Uses r1."""
     ids = cfg.filters.target_ids
@@ -114,26 +113,26 @@ def _thread_filter(cfg: ProbeConfig, fail: str, labels: _Labels) -> list:
     return [*out, asm.ja(fail), asm.label(ok)]
 
 
-def _record_header(kind: int) -> list:
+def record_header(kind: int) -> list:
     """Zero the stack record and fill kind, the current thread and its comm. Clobbers r0-r5."""
     return [
-        *_zero_stack_record(),
-        *_current_comm_into_stack(),
-        *_fill_sender_into_stack(),
-        asm.st(W, R10, _STACK_RECORD + _f("kind"), kind),
-        asm.st(W, R10, _STACK_RECORD + _f("arg_pidfd"), -1),
-        asm.st(W, R10, _STACK_RECORD + _f("gen_result"), rec.GEN_NONE),
+        *zero_stack_record(),
+        *current_comm_into_stack(),
+        *fill_sender_into_stack(),
+        asm.st(W, R10, STACK_RECORD + _f("kind"), kind),
+        asm.st(W, R10, STACK_RECORD + _f("arg_pidfd"), -1),
+        asm.st(W, R10, STACK_RECORD + _f("gen_result"), rec.GEN_NONE),
     ]
 
 
-def _write_record(cfg: ProbeConfig, labels: _Labels) -> list:
+def write_record(cfg: ProbeConfig, labels: Labels) -> list:
     """Stamp the stack record with the time and write it out. Clobbers r0-r5, r9."""
     return [
         asm.call("ktime_get_ns"),
-        asm.stx(DW, R10, R0, _STACK_RECORD + _f("ktime_ns")),
+        asm.stx(DW, R10, R0, STACK_RECORD + _f("ktime_ns")),
         asm.mov64_reg(R9, R10),
-        asm.alu64_imm("ADD", R9, _STACK_RECORD),
-        *_output(cfg, R9, labels),
+        asm.alu64_imm("ADD", R9, STACK_RECORD),
+        *cfg.output.write(R9, labels),
     ]
 
 
@@ -147,21 +146,21 @@ def _wanted_signals(cfg: ProbeConfig) -> tuple[frozenset[int] | None, frozenset[
 
 def build_signal_deliver(cfg: ProbeConfig, fmt: EventFormat) -> list:
     """signal:signal_deliver: which thread took which signal, and its disposition then."""
-    labels, out = _Labels(), "out"
-    prog = [*_prologue(), asm.ldx(W, R9, R6, fmt.field("sig").offset)]
+    labels, out = Labels(), "out"
+    prog = [*prologue(), asm.ldx(W, R9, R6, fmt.field("sig").offset)]
     wanted, excluded = _wanted_signals(cfg)
-    prog += _signal_filter(R9, wanted, out, labels, excluded)
-    prog += _thread_filter(cfg, out, labels)
-    prog += _record_header(rec.KIND_DELIVER)
-    prog += [asm.stx(W, R10, R9, _STACK_RECORD + _f("sig"))]
+    prog += signal_filter(R9, wanted, out, labels, excluded)
+    prog += thread_filter(cfg, out, labels)
+    prog += record_header(rec.KIND_DELIVER)
+    prog += [asm.stx(W, R10, R9, STACK_RECORD + _f("sig"))]
     for src, dst in (("code", "gen_code"), ("errno", "gen_errno")):
         prog += [asm.ldx(W, R1, R6, fmt.field(src).offset),
-                 asm.stx(W, R10, R1, _STACK_RECORD + _f(dst))]
+                 asm.stx(W, R10, R1, STACK_RECORD + _f(dst))]
     for src, dst in (("sa_handler", "ret"), ("sa_flags", "arg_tid")):
         prog += [asm.ldx(DW, R1, R6, fmt.field(src).offset),
-                 asm.stx(DW, R10, R1, _STACK_RECORD + _f(dst))]
-    prog += _write_record(cfg, labels)
-    return prog + _epilogue(out)
+                 asm.stx(DW, R10, R1, STACK_RECORD + _f(dst))]
+    prog += write_record(cfg, labels)
+    return prog + epilogue(out)
 
 
 def _read_kernel(dst_off: int, size: int, fail: str) -> list:
@@ -175,14 +174,14 @@ def build_process_exit(cfg: ProbeConfig, fmt: EventFormat, layout: ExitLayout | 
     thread of a process (r9 = group dead, from exit_source()). Without BTF (layout None) the
     exit code is unknown: with the group_dead field only the last thread is written, without
     it every thread (its group's death unknown); both marked FLAG_EXIT_CODE_UNKNOWN."""
-    labels, out = _Labels(), "out"
+    labels, out = Labels(), "out"
     source = exit_source(fmt, layout)
-    prog = [*_prologue()]
+    prog = [*prologue()]
     if source == EXIT_GROUP_DEAD_FIELD:
         prog += [asm.ldx(B, R9, R6, fmt.field("group_dead").offset)]
     else:
         prog += [asm.mov64_imm(R9, 0)]
-    prog += _thread_filter(cfg, out, labels)
+    prog += thread_filter(cfg, out, labels)
     if layout is None:
         if source == EXIT_GROUP_DEAD_FIELD:
             prog += [asm.jmp_imm("JEQ", R9, 0, out)]
@@ -192,24 +191,24 @@ def build_process_exit(cfg: ProbeConfig, fmt: EventFormat, layout: ExitLayout | 
             flags |= rec.FLAG_GROUP_UNKNOWN
     else:
         keep = labels("keep")
-        prog += [asm.call("get_current_task"), asm.stx(DW, R10, R0, _STACK_RECORD)]
+        prog += [asm.call("get_current_task"), asm.stx(DW, R10, R0, STACK_RECORD)]
         if source == EXIT_SIGNAL_LIVE:
             # r9 = (task->signal->live == 0), read through the task pointer spilled at
-            # _STACK_RECORD (the record is zeroed and filled only later).
+            # STACK_RECORD (the record is zeroed and filled only later).
             alive = labels("alive")
             prog += [asm.mov64_reg(R3, R0), asm.alu64_imm("ADD", R3, layout.signal),
-                     *_read_kernel(_STACK_KEY, 8, out),
-                     asm.ldx(DW, R3, R10, _STACK_KEY), asm.alu64_imm("ADD", R3, layout.live),
-                     *_read_kernel(_STACK_KEY, 4, out),
-                     asm.ldx(W, R1, R10, _STACK_KEY),
+                     *_read_kernel(STACK_KEY, 8, out),
+                     asm.ldx(DW, R3, R10, STACK_KEY), asm.alu64_imm("ADD", R3, layout.live),
+                     *_read_kernel(STACK_KEY, 4, out),
+                     asm.ldx(W, R1, R10, STACK_KEY),
                      asm.jmp_imm("JNE", R1, 0, alive),
                      asm.mov64_imm(R9, 1),
                      asm.label(alive)]
         prog += [
-            asm.ldx(DW, R3, R10, _STACK_RECORD),
+            asm.ldx(DW, R3, R10, STACK_RECORD),
             asm.alu64_imm("ADD", R3, layout.exit_code),
-            *_read_kernel(_STACK_KEY, 4, out),
-            asm.ldx(W, R8, R10, _STACK_KEY),
+            *_read_kernel(STACK_KEY, 4, out),
+            asm.ldx(W, R8, R10, STACK_KEY),
             # A death by signal has the signal in the low 7 bits; keep it, and every last thread.
             asm.mov64_reg(R1, R8),
             asm.alu64_imm("AND", R1, 0x7F),
@@ -218,56 +217,56 @@ def build_process_exit(cfg: ProbeConfig, fmt: EventFormat, layout: ExitLayout | 
             asm.label(keep),
         ]
         flags = 0
-    prog += _record_header(rec.KIND_EXIT)
+    prog += record_header(rec.KIND_EXIT)
     prog += [
-        asm.stx(DW, R10, R8, _STACK_RECORD + _f("ret")),
-        asm.stx(W, R10, R9, _STACK_RECORD + _f("gen_group")),
-        asm.st(W, R10, _STACK_RECORD + _f("flags"), flags),
+        asm.stx(DW, R10, R8, STACK_RECORD + _f("ret")),
+        asm.stx(W, R10, R9, STACK_RECORD + _f("gen_group")),
+        asm.st(W, R10, STACK_RECORD + _f("flags"), flags),
     ]
-    prog += _write_record(cfg, labels)
-    return prog + _epilogue(out)
+    prog += write_record(cfg, labels)
+    return prog + epilogue(out)
 
 
 def build_sigtimedwait_exit(cfg: ProbeConfig, fmt: EventFormat) -> list:
     """sys_exit_rt_sigtimedwait: a positive return is the signal dequeued (consumed)."""
-    labels, out = _Labels(), "out"
-    prog = [*_prologue(), asm.ldx(DW, R9, R6, fmt.field("ret").offset),
+    labels, out = Labels(), "out"
+    prog = [*prologue(), asm.ldx(DW, R9, R6, fmt.field("ret").offset),
             asm.jmp_imm("JSLE", R9, 0, out)]
-    prog += _signal_filter(R9, cfg.filters.signals, out, labels,
+    prog += signal_filter(R9, cfg.filters.signals, out, labels,
                            cfg.filters.excluded_signals)
-    prog += _thread_filter(cfg, out, labels)
-    prog += _record_header(rec.KIND_CONSUMED)
-    prog += [asm.stx(W, R10, R9, _STACK_RECORD + _f("sig"))]
-    prog += _write_record(cfg, labels)
-    return prog + _epilogue(out)
+    prog += thread_filter(cfg, out, labels)
+    prog += record_header(rec.KIND_CONSUMED)
+    prog += [asm.stx(W, R10, R9, STACK_RECORD + _f("sig"))]
+    prog += write_record(cfg, labels)
+    return prog + epilogue(out)
 
 
 def build_sigaction_enter(cfg: ProbeConfig, fmt: EventFormat) -> list:
     """sys_enter_rt_sigaction: report a new handler of SIG_DFL or SIG_IGN (read from the
     caller's struct sigaction, whose first member is sa_handler)."""
-    labels, out = _Labels(), "out"
+    labels, out = Labels(), "out"
     sig, act = fmt.field("sig"), fmt.field("act")
-    prog = [*_prologue(), asm.ldx(DW, R9, R6, sig.offset)]
+    prog = [*prologue(), asm.ldx(DW, R9, R6, sig.offset)]
     prog += [asm.jmp_imm("JGT", R9, 64, out)]  # unsigned: negative numbers leave too
-    prog += _signal_filter(R9, cfg.filters.signals, out, labels,
+    prog += signal_filter(R9, cfg.filters.signals, out, labels,
                            cfg.filters.excluded_signals)
-    prog += _thread_filter(cfg, out, labels)
+    prog += thread_filter(cfg, out, labels)
     prog += [
         asm.ldx(DW, R3, R6, act.offset),
         asm.jmp_imm("JEQ", R3, 0, out),  # a query: nothing changes
         asm.mov64_reg(R1, R10),
-        asm.alu64_imm("ADD", R1, _STACK_KEY),
+        asm.alu64_imm("ADD", R1, STACK_KEY),
         asm.mov64_imm(R2, 8),
         asm.call("probe_read_user"),
         asm.jmp_imm("JNE", R0, 0, out),
-        asm.ldx(DW, R8, R10, _STACK_KEY),
+        asm.ldx(DW, R8, R10, STACK_KEY),
         asm.jmp_imm("JGT", R8, 1, out),  # a real handler never flushes
     ]
-    prog += _record_header(rec.KIND_SIGACTION)
-    prog += [asm.stx(W, R10, R9, _STACK_RECORD + _f("sig")),
-             asm.stx(DW, R10, R8, _STACK_RECORD + _f("ret"))]
-    prog += _write_record(cfg, labels)
-    return prog + _epilogue(out)
+    prog += record_header(rec.KIND_SIGACTION)
+    prog += [asm.stx(W, R10, R9, STACK_RECORD + _f("sig")),
+             asm.stx(DW, R10, R8, STACK_RECORD + _f("ret"))]
+    prog += write_record(cfg, labels)
+    return prog + epilogue(out)
 
 
 def build_fate_programs(

@@ -24,8 +24,9 @@ from typing import NamedTuple
 from sigscope.bpf import asm, btf_scan
 from sigscope.bpf.asm import DW, R0, R1, R6, R7, R8, R9, R10, W
 from sigscope.model import record as rec
-from sigscope.programs.common import _STACK_RECORD, _f, _Labels, read_kernel_value
-from sigscope.programs.signal import ProbeConfig, _output, _zero_stack_record
+from sigscope.model.record import offset as _f
+from sigscope.programs.common import STACK_RECORD, Labels, read_kernel_value
+from sigscope.programs.signal import ProbeConfig, zero_stack_record
 
 SIGCONT = 18
 # include/linux/sched/signal.h
@@ -61,7 +62,7 @@ def cont_layout() -> ContLayout | None:
 def build_sigcont_state(cfg: ProbeConfig, layout: ContLayout) -> list:
     """The raw signal_generate program: a KIND_SIGCONT record for every SIGCONT generated
     (to any process the target filter keeps)."""
-    labels, out = _Labels(), "out"
+    labels, out = Labels(), "out"
     ids = cfg.filters.target_ids
     prog = [
         asm.mov64_reg(R6, R1),
@@ -86,26 +87,26 @@ def build_sigcont_state(cfg: ProbeConfig, layout: ContLayout) -> list:
         asm.mov64_reg(R9, R0),
         *read_kernel_value(R9, layout.signal_flags, out, size=4),
         asm.mov64_reg(R9, R0),                # r9 = signal->flags
-        *_zero_stack_record(),
-        asm.st(W, R10, _STACK_RECORD + _f("kind"), rec.KIND_SIGCONT),
-        asm.st(W, R10, _STACK_RECORD + _f("sig"), SIGCONT),
-        asm.st(W, R10, _STACK_RECORD + _f("arg_pidfd"), -1),
-        asm.stx(W, R10, R7, _STACK_RECORD + _f("target_tid")),
+        *zero_stack_record(),
+        asm.st(W, R10, STACK_RECORD + _f("kind"), rec.KIND_SIGCONT),
+        asm.st(W, R10, STACK_RECORD + _f("sig"), SIGCONT),
+        asm.st(W, R10, STACK_RECORD + _f("arg_pidfd"), -1),
+        asm.stx(W, R10, R7, STACK_RECORD + _f("target_tid")),
         asm.mov64_reg(R1, R7),
         asm.alu64_imm("RSH", R1, 32),
-        asm.stx(DW, R10, R1, _STACK_RECORD + _f("arg_pid")),
-        asm.stx(DW, R10, R9, _STACK_RECORD + _f("arg_tid")),
+        asm.stx(DW, R10, R1, STACK_RECORD + _f("arg_pid")),
+        asm.stx(DW, R10, R9, STACK_RECORD + _f("arg_tid")),
         asm.ldx(DW, R1, R6, _ARG_RESULT * 8),
-        asm.stx(W, R10, R1, _STACK_RECORD + _f("gen_result")),
+        asm.stx(W, R10, R1, STACK_RECORD + _f("gen_result")),
         asm.call("get_current_pid_tgid"),
-        asm.stx(W, R10, R0, _STACK_RECORD + _f("sender_tid")),
+        asm.stx(W, R10, R0, STACK_RECORD + _f("sender_tid")),
         asm.alu64_imm("RSH", R0, 32),
-        asm.stx(W, R10, R0, _STACK_RECORD + _f("sender_tgid")),
+        asm.stx(W, R10, R0, STACK_RECORD + _f("sender_tgid")),
         asm.call("ktime_get_ns"),
-        asm.stx(DW, R10, R0, _STACK_RECORD + _f("ktime_ns")),
+        asm.stx(DW, R10, R0, STACK_RECORD + _f("ktime_ns")),
         asm.mov64_reg(R9, R10),
-        asm.alu64_imm("ADD", R9, _STACK_RECORD),
-        *_output(cfg, R9, labels),
+        asm.alu64_imm("ADD", R9, STACK_RECORD),
+        *cfg.output.write(R9, labels),
         asm.label(out),
         asm.mov64_imm(R0, 0),
         asm.exit_(),

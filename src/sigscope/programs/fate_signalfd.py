@@ -26,12 +26,12 @@ from typing import NamedTuple
 
 from sigscope.bpf import asm, btf_scan
 from sigscope.bpf.asm import DW, R0, R1, R2, R3, R4, R6, R7, R8, R9, R10, W
-from sigscope.bpf.maps import HashMap
 from sigscope.bpf.tracefs import EventFormat
 from sigscope.model import record as rec
-from sigscope.programs.common import _STACK_KEY, _STACK_RECORD, _f, _Labels, read_kernel_value
-from sigscope.programs.fate import _record_header, _thread_filter, _write_record
-from sigscope.programs.signal import ProbeConfig, _epilogue, _prologue, _signal_filter
+from sigscope.model.record import offset as _f
+from sigscope.programs.common import STACK_KEY, STACK_RECORD, Labels, read_kernel_value
+from sigscope.programs.fate import record_header, thread_filter, write_record
+from sigscope.programs.signal import ProbeConfig, epilogue, prologue, signal_filter
 
 SIGINFO_SIZE = 128   # sizeof(struct signalfd_siginfo)
 MAX_SIGINFOS = 8     # signals reported per read (a read may return more; rarely done)
@@ -43,7 +43,7 @@ TRACEPOINTS = (
     ("fate_sfd_rx", "syscalls", "sys_exit_read"),
 )
 # Stack slots below the record and key (programs/common.py) for the map keys.
-_KEY2 = _STACK_KEY - 8
+_KEY2 = STACK_KEY - 8
 
 
 class SignalfdLayout(NamedTuple):
@@ -56,14 +56,16 @@ class SignalfdLayout(NamedTuple):
     signalfd_read: int   # the address that member holds for a signalfd
 
 
+# The two hash maps the programs use, as (key size, value size, entries); the tracer makes them.
+SFDS_MAP = (8, 4, MAX_SIGNALFDS)   # u64 tgid << 32 | fd -> u32 1
+READS_MAP = (4, 8, 1024)           # u32 tid -> u64 user buffer (one read per thread at a time)
+
+
 class SignalfdMaps(NamedTuple):
-    sfds: HashMap    # u64 tgid << 32 | fd -> u32 1
-    reads: HashMap   # u32 tid -> u64 user buffer
+    """The fds of the SFDS_MAP and READS_MAP hash maps."""
 
-
-def make_maps() -> SignalfdMaps:
-    return SignalfdMaps(HashMap(8, 4, MAX_SIGNALFDS, name="sigscope_sfds"),
-                        HashMap(4, 8, 1024, name="sigscope_sfdrd"))
+    sfds: int
+    reads: int
 
 
 def _kallsyms_address(*names: str, path: str = "/proc/kallsyms") -> tuple[str, int] | None:
@@ -114,19 +116,19 @@ def build_signalfd_exit(fds: SignalfdMaps, fmt: EventFormat) -> list:
     """sys_exit_signalfd4/signalfd: remember the returned fd as a signalfd."""
     out = "out"
     return [
-        *_prologue(),
+        *prologue(),
         asm.ldx(DW, R8, R6, fmt.field("ret").offset),
         asm.jmp_imm("JSLT", R8, 0, out),
         *_key_of_fd(R8),
-        asm.st(W, R10, _STACK_KEY, 1),
-        asm.ld_map_fd(R1, fds.sfds.fd),
+        asm.st(W, R10, STACK_KEY, 1),
+        asm.ld_map_fd(R1, fds.sfds),
         asm.mov64_reg(R2, R10),
         asm.alu64_imm("ADD", R2, _KEY2),
         asm.mov64_reg(R3, R10),
-        asm.alu64_imm("ADD", R3, _STACK_KEY),
+        asm.alu64_imm("ADD", R3, STACK_KEY),
         asm.mov64_imm(R4, 0),  # BPF_ANY
         asm.call("map_update_elem"),
-        *_epilogue(out),
+        *epilogue(out),
     ]
 
 
@@ -134,12 +136,12 @@ def build_read_enter(fds: SignalfdMaps, fmt: EventFormat, layout: SignalfdLayout
     """sys_enter_read: a read of a known signalfd parks its buffer under the thread id."""
     out, stale = "out", "stale"
     prog = [
-        *_prologue(),
+        *prologue(),
         asm.ldx(DW, R8, R6, fmt.field("fd").offset),
         asm.alu64_imm("LSH", R8, 32),  # the fd is an unsigned int
         asm.alu64_imm("RSH", R8, 32),
         *_key_of_fd(R8),
-        asm.ld_map_fd(R1, fds.sfds.fd),
+        asm.ld_map_fd(R1, fds.sfds),
         asm.mov64_reg(R2, R10),
         asm.alu64_imm("ADD", R2, _KEY2),
         asm.call("map_lookup_elem"),
@@ -169,65 +171,65 @@ def build_read_enter(fds: SignalfdMaps, fmt: EventFormat, layout: SignalfdLayout
         # Park the buffer.
         asm.stx(W, R10, R7, _KEY2),
         asm.ldx(DW, R1, R6, fmt.field("buf").offset),
-        asm.stx(DW, R10, R1, _STACK_KEY),
-        asm.ld_map_fd(R1, fds.reads.fd),
+        asm.stx(DW, R10, R1, STACK_KEY),
+        asm.ld_map_fd(R1, fds.reads),
         asm.mov64_reg(R2, R10),
         asm.alu64_imm("ADD", R2, _KEY2),
         asm.mov64_reg(R3, R10),
-        asm.alu64_imm("ADD", R3, _STACK_KEY),
+        asm.alu64_imm("ADD", R3, STACK_KEY),
         asm.mov64_imm(R4, 0),
         asm.call("map_update_elem"),
         asm.ja(out),
         asm.label(stale),  # closed and reused for something else: forget it
         *_key_of_fd(R8),
-        asm.ld_map_fd(R1, fds.sfds.fd),
+        asm.ld_map_fd(R1, fds.sfds),
         asm.mov64_reg(R2, R10),
         asm.alu64_imm("ADD", R2, _KEY2),
         asm.call("map_delete_elem"),
-        *_epilogue(out),
+        *epilogue(out),
     ]
     return prog
 
 
 def build_read_exit(cfg: ProbeConfig, fds: SignalfdMaps, fmt: EventFormat) -> list:
     """sys_exit_read: the signals a signalfd read returned, one KIND_CONSUMED record each."""
-    labels, out = _Labels(), "out"
+    labels, out = Labels(), "out"
     prog = [
-        *_prologue(),
+        *prologue(),
         asm.stx(W, R10, R7, _KEY2),
-        asm.ld_map_fd(R1, fds.reads.fd),
+        asm.ld_map_fd(R1, fds.reads),
         asm.mov64_reg(R2, R10),
         asm.alu64_imm("ADD", R2, _KEY2),
         asm.call("map_lookup_elem"),
         asm.jmp_imm("JEQ", R0, 0, out),   # the common path ends here
         asm.ldx(DW, R8, R0, 0),           # r8 = the user buffer
-        asm.ld_map_fd(R1, fds.reads.fd),
+        asm.ld_map_fd(R1, fds.reads),
         asm.mov64_reg(R2, R10),
         asm.alu64_imm("ADD", R2, _KEY2),
         asm.call("map_delete_elem"),
         asm.ldx(DW, R1, R6, fmt.field("ret").offset),
         asm.stx(DW, R10, R1, _KEY2),      # the byte count, kept on the stack
-        *_thread_filter(cfg, out, labels),
+        *thread_filter(cfg, out, labels),
     ]
     for i in range(MAX_SIGINFOS):
         nxt = labels("siginfo")
         prog += [
             asm.ldx(DW, R1, R10, _KEY2),
             asm.jmp_imm("JSLT", R1, SIGINFO_SIZE * (i + 1), out),
-            asm.st(DW, R10, _STACK_KEY, 0),
+            asm.st(DW, R10, STACK_KEY, 0),
             asm.mov64_reg(R1, R10),
-            asm.alu64_imm("ADD", R1, _STACK_KEY),
+            asm.alu64_imm("ADD", R1, STACK_KEY),
             asm.mov64_imm(R2, 4),
             asm.mov64_reg(R3, R8),
             asm.alu64_imm("ADD", R3, SIGINFO_SIZE * i),
             asm.call("probe_read_user"),
             asm.jmp_imm("JNE", R0, 0, out),
-            asm.ldx(W, R9, R10, _STACK_KEY),   # ssi_signo
-            *_signal_filter(R9, cfg.filters.signals, nxt, labels,
+            asm.ldx(W, R9, R10, STACK_KEY),   # ssi_signo
+            *signal_filter(R9, cfg.filters.signals, nxt, labels,
                             cfg.filters.excluded_signals),
-            *_record_header(rec.KIND_CONSUMED),
-            asm.stx(W, R10, R9, _STACK_RECORD + _f("sig")),
-            *_write_record(cfg, labels),
+            *record_header(rec.KIND_CONSUMED),
+            asm.stx(W, R10, R9, STACK_RECORD + _f("sig")),
+            *write_record(cfg, labels),
             asm.label(nxt),
         ]
-    return prog + _epilogue(out)
+    return prog + epilogue(out)

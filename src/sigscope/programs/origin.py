@@ -12,20 +12,16 @@ from __future__ import annotations
 
 from sigscope.bpf import asm
 from sigscope.bpf.asm import R0, R1, R2, R3, R6, R9, R10, W
-from sigscope.bpf.maps import StackTraceMap
-from sigscope.programs.common import _STACK_RECORD, _f, _Labels
+from sigscope.model.record import offset as _f
+from sigscope.programs.common import STACK_RECORD, Labels
 
 SIGKILL = 9
+# The BPF_MAP_TYPE_STACK_TRACE map kernel_sigkill_stack() writes to (the tracer makes it).
 STACK_MAP_ENTRIES = 1024  # distinct SIGKILL paths; ids are never deleted while tracing
 STACK_DEPTH = 32          # frames kept: the origin is decided within the first few
 
 
-def make_stack_map() -> StackTraceMap:
-    """The stack map kernel_sigkill_stack() writes to."""
-    return StackTraceMap(STACK_MAP_ENTRIES, max_depth=STACK_DEPTH, name="sigscope_stacks")
-
-
-def kernel_sigkill_stack(stack_map_fd: int, labels: _Labels) -> list:
+def kernel_sigkill_stack(stack_map_fd: int, labels: Labels) -> list:
     """When the signal in r9 is SIGKILL, take the kernel stack (ctx in r6) and store id + 1
     (or the negative error) in the stack record's kstack field. No-op when stack_map_fd < 0.
     Clobbers r0-r5."""
@@ -41,6 +37,6 @@ def kernel_sigkill_stack(stack_map_fd: int, labels: _Labels) -> list:
         asm.jmp_imm("JSLT", R0, 0, failed),
         asm.alu64_imm("ADD", R0, 1),
         asm.label(failed),
-        asm.stx(W, R10, R0, _STACK_RECORD + _f("kstack")),
+        asm.stx(W, R10, R0, STACK_RECORD + _f("kstack")),
         asm.label(done),
     ]

@@ -12,42 +12,41 @@ Three kinds of program share one body of logic, like a libbpf tool's thin per-sy
 
 So each send attempt and recipient is exactly one record, and a signal is never reported twice.
 
-Filters are load-time constants compiled into the instructions. The output is either a BPF ring
-buffer (``bpf_ringbuf_output`` with BPF_RB_NO_WAKEUP: the reader polls at a bounded interval so a
-signal storm never pays for a reader wake-up per event) or a perf event array.
-Writes that fail (buffer full) are counted per CPU in the ``counters`` map: lost, never hidden.
+Filters are load-time constants compiled into the instructions. Finished records go to the
+configured output (programs/common.py ``Output``: a ring buffer, a perf event array, or `top`'s
+count map); writes that fail (buffer full) are counted per CPU in the ``counters`` map: lost,
+never hidden.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from sigscope.bpf import asm, features
-from sigscope.bpf.asm import DW, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, W
-from sigscope.bpf.attach import detach_all
-from sigscope.bpf.maps import ArrayMap, HashMap, Map
+from sigscope.bpf.asm import DW, R0, R1, R2, R3, R4, R6, R7, R8, R9, R10, W
 from sigscope.bpf.tracefs import EventFormat, event_format
-from sigscope.bpf.uapi import BPF_ANY, BPF_F_CURRENT_CPU, BPF_RB_NO_WAKEUP
+from sigscope.bpf.uapi import BPF_ANY
 from sigscope.model import record as rec
 from sigscope.model.filters import Filters
-from sigscope.programs.common import _STACK_KEY, _STACK_RECORD, _f, _Labels
+from sigscope.model.record import offset as _f
+from sigscope.programs.common import (
+    COUNTER_INFLIGHT_FULL,
+    STACK_KEY,
+    STACK_RECORD,
+    Labels,
+    Output,
+    ProgramPlan,
+    Role,
+    bump_counter,
+)
 from sigscope.programs.origin import kernel_sigkill_stack
 from sigscope.programs.task import (
     TaskLayout,
-    _task_prologue,
-    _task_sender_to_stack,
     comm_cut_at_nul,
-    task_layout,
+    task_prologue,
+    task_sender_to_stack,
 )
-
-# Slots of the per-CPU `counters` array.
-COUNTER_LOST = 0            # a record could not be written (buffer full)
-COUNTER_INFLIGHT_FULL = 1   # the in-flight map was full: the call is reported as lost
-NUM_COUNTERS = 4
-
-OUTPUT_RINGBUF = "ringbuf"
-OUTPUT_PERF = "perf"
 
 # The in-flight calls, claimed one of two ways (inflight_claim() picks by the `bpf_atomics`
 # feature; both give the same records):
@@ -83,33 +82,10 @@ def inflight_claim() -> str:
     return CLAIM_CMPXCHG if features.has("bpf_atomics") else CLAIM_TID_HASH
 
 
-def make_inflight_map(claim: str | None = None) -> Map:
-    """The in-flight map the programs of `claim` (default: inflight_claim()) expect.
-    CLAIM_CMPXCHG: an array (key: u32 slot index; value: a record, then the owner word).
-    CLAIM_TID_HASH: a hash map (key: u32 thread id; value: a record). Either way a value
-    starts with the record, so user space reads both alike."""
-    claim = claim or inflight_claim()
-    if claim == CLAIM_TID_HASH:
-        return HashMap(4, rec.RECORD_SIZE, INFLIGHT_SLOTS, name="sigscope_calls")
-    if claim != CLAIM_CMPXCHG:
-        raise ValueError(f"unknown in-flight claim {claim!r}: one of {', '.join(CLAIMS)}")
-    return ArrayMap(INFLIGHT_VALUE_SIZE, INFLIGHT_SLOTS, name="sigscope_calls")
-
-
-def count_unfinished_calls(inflight: Map) -> int:
-    """After detaching: calls parked by an entry probe whose exit never ran (a thread preempted
-    inside kill(2) while the probes were detached). Their records were never written."""
-    kind_at = rec.offset("kind")
-    return sum(1 for _key, value in inflight.lookup_batch()
-               if int.from_bytes(value[kind_at:kind_at + 4], "little") == rec.KIND_CALL)
-
-
-def detach_in_order(attachments: list) -> None:
-    """Entries first: once they are gone no new call is parked, and every parked call still
-    has its exit attached (or is counted by count_unfinished_calls)."""
-    detach_all(a for a in attachments if ":sys_enter_" in a.description)
-    detach_all(attachments)
-    attachments.clear()
+# The in-flight map each claim expects (the session makes it: session.make_inflight_map).
+# CLAIM_CMPXCHG: an array (key: u32 slot index; value: a record, then the owner word).
+# CLAIM_TID_HASH: a hash map (key: u32 thread id; value: a record). Either way a value starts
+# with the record, so user space reads both alike.
 
 # signal_generate's own fields (names as in its tracefs format file).
 GENERATE_FIELDS = ("sig", "errno", "code", "comm", "pid", "group", "result")
@@ -126,36 +102,27 @@ SYSCALL_ARGS: dict[str, dict[str, str]] = {
 
 
 class MapFds(NamedTuple):
+    """The fds of the maps the programs use besides their output (made by the session)."""
+
     inflight: int
-    events: int
-    counters: int
+    counters: int     # per-CPU array of NUM_COUNTERS u64 (programs/common.py COUNTER_*)
     stacks: int = -1  # kernel stacks of kernel SIGKILLs (programs/origin.py); -1: none taken
 
 
 class ProbeConfig(NamedTuple):
     filters: Filters
-    output: str  # OUTPUT_RINGBUF or OUTPUT_PERF (ignored when `emit` is set)
+    # Where finished records go: common.RingbufOutput or PerfOutput for `trace`,
+    # count.CountOutput for `top` (which so shares every line of this module's logic).
+    output: Output
     maps: MapFds
-    # Hook for `sigscope top` (programs/count.py): when set, each finished record is handed to
-    # emit(cfg, data_reg, labels, on_success) -> instructions instead of being written out, so
-    # the counting programs share every line of this module's logic. The code it returns must
-    # keep r6-r9 and may use the stack below STACK_USED.
-    emit: Callable[[ProbeConfig, int, _Labels, list | None], list] | None = None
-    # Read the sender's ids, comm and uid straight from its task_struct (offsets from the
-    # kernel's BTF) where the kernel allows it, instead of through helper calls. False forces
-    # the helpers (tests; the records are the same either way).
-    task_fields: bool = True
-    # How a call claims its in-flight record: CLAIM_CMPXCHG or CLAIM_TID_HASH; None:
-    # inflight_claim(). Must match the map (make_inflight_map with the same claim).
-    claim: str | None = None
-
-
-def _claim(cfg: ProbeConfig) -> str:
-    return cfg.claim or inflight_claim()
-
-
-def _layout(cfg: ProbeConfig) -> TaskLayout | None:
-    return task_layout() if cfg.task_fields else None
+    # How a call claims its in-flight record: CLAIM_CMPXCHG or CLAIM_TID_HASH (the caller
+    # decides, by inflight_claim(): the builders probe nothing). Must match the map
+    # (session.make_inflight_map with the same claim).
+    claim: str
+    # Where the kernel allows it (task.task_layout(), decided by the caller), the sender's ids,
+    # comm and uid are read straight from its task_struct at these offsets instead of through
+    # helper calls; None: the helpers (the records are the same either way).
+    task: TaskLayout | None = None
 
 
 # --- small shared pieces ----------------------------------------------------------------
@@ -170,63 +137,13 @@ def _load_s32(dst: int, src: int, off: int, size: int) -> list:
     ]
 
 
-def _zero_stack_record() -> list:
-    return [asm.st(DW, R10, _STACK_RECORD + i, 0) for i in range(0, rec.RECORD_SIZE, 8)]
+def zero_stack_record() -> list:
+    """Zero the RECORD_SIZE bytes of the stack record (every byte of a record written out
+    must be initialised)."""
+    return [asm.st(DW, R10, STACK_RECORD + i, 0) for i in range(0, rec.RECORD_SIZE, 8)]
 
 
-def _bump_counter(cfg: ProbeConfig, index: int, labels: _Labels) -> list:
-    """counters[index] += 1 on this CPU. Clobbers r0-r5."""
-    done = labels("counted")
-    return [
-        asm.st(W, R10, _STACK_KEY, index),
-        asm.ld_map_fd(R1, cfg.maps.counters),
-        asm.mov64_reg(R2, R10),
-        asm.alu64_imm("ADD", R2, _STACK_KEY),
-        asm.call("map_lookup_elem"),
-        asm.jmp_imm("JEQ", R0, 0, done),
-        asm.mov64_imm(R1, 1),
-        asm.atomic_add(DW, R0, R1, 0),
-        asm.label(done),
-    ]
-
-
-def _output(
-    cfg: ProbeConfig, data_reg: int, labels: _Labels, on_success: list | None = None
-) -> list:
-    """Write RECORD_SIZE bytes at data_reg to the events buffer; count a failure as lost.
-    Expects r6 = ctx. Clobbers r0-r5."""
-    if cfg.emit is not None:
-        return cfg.emit(cfg, data_reg, labels, on_success)
-    failed, done = labels("output_failed"), labels("output_done")
-    if cfg.output == OUTPUT_RINGBUF:
-        write = [
-            asm.ld_map_fd(R1, cfg.maps.events),
-            asm.mov64_reg(R2, data_reg),
-            asm.mov64_imm(R3, rec.RECORD_SIZE),
-            asm.mov64_imm(R4, BPF_RB_NO_WAKEUP),
-            asm.call("ringbuf_output"),
-        ]
-    else:
-        write = [
-            asm.mov64_reg(R1, R6),
-            asm.ld_map_fd(R2, cfg.maps.events),
-            asm.ld_imm64(R3, BPF_F_CURRENT_CPU),
-            asm.mov64_reg(R4, data_reg),
-            asm.mov64_imm(R5, rec.RECORD_SIZE),
-            asm.call("perf_event_output"),
-        ]
-    return [
-        *write,
-        asm.jmp_imm("JNE", R0, 0, failed),
-        *(on_success or []),
-        asm.ja(done),
-        asm.label(failed),
-        *_bump_counter(cfg, COUNTER_LOST, labels),
-        asm.label(done),
-    ]
-
-
-def _ids_filter(reg: int, ids: frozenset[int], fail: str, labels: _Labels) -> list:
+def _ids_filter(reg: int, ids: frozenset[int], fail: str, labels: Labels) -> list:
     """Fall through when reg (32-bit) is one of ids, else jump to fail."""
     if not ids:
         return []
@@ -235,8 +152,8 @@ def _ids_filter(reg: int, ids: frozenset[int], fail: str, labels: _Labels) -> li
     return [*out, asm.ja(fail), asm.label(ok)]
 
 
-def _signal_filter(
-    sig_reg: int, signals: frozenset[int] | None, fail: str, labels: _Labels,
+def signal_filter(
+    sig_reg: int, signals: frozenset[int] | None, fail: str, labels: Labels,
     excluded: frozenset[int] = frozenset(),
 ) -> list:
     """Fall through when the signal in sig_reg is wanted: one of `signals`, or (signals None)
@@ -261,7 +178,7 @@ def _signal_filter(
 
 
 def _excluded_signal_filter(
-    sig_reg: int, excluded: frozenset[int], fail: str, labels: _Labels
+    sig_reg: int, excluded: frozenset[int], fail: str, labels: Labels
 ) -> list:
     """Jump to fail when the signal in sig_reg is one of `excluded`; every other value falls
     through (65 and -1 too: an exclusion hides nothing else). Uses r1 and r2."""
@@ -300,7 +217,7 @@ def _comm_filter(comm_off_reg: int, comm_off: int, comm: bytes | None, fail: str
     ]
 
 
-def _sender_filters(cfg: ProbeConfig, fail: str, labels: _Labels) -> list:
+def _sender_filters(cfg: ProbeConfig, fail: str, labels: Labels) -> list:
     """Sender pid filter on r7 (pid_tgid). Uses r1."""
     if not cfg.filters.sender_pids:
         return []
@@ -311,35 +228,35 @@ def _sender_filters(cfg: ProbeConfig, fail: str, labels: _Labels) -> list:
     ]
 
 
-def _current_comm_into_stack() -> list:
+def current_comm_into_stack() -> list:
     """bpf_get_current_comm into the stack record's sender_comm, cleared first: the helper
     copies with strscpy on some kernels (6.1 among them), which stops at the NUL and leaves
     the bytes after it as they were. Clobbers r0-r5."""
-    at = _STACK_RECORD + _f("sender_comm")
+    at = STACK_RECORD + _f("sender_comm")
     return [
         asm.st(DW, R10, at, 0),
         asm.st(DW, R10, at + 8, 0),
         asm.mov64_reg(R1, R10),
-        asm.alu64_imm("ADD", R1, _STACK_RECORD + _f("sender_comm")),
+        asm.alu64_imm("ADD", R1, STACK_RECORD + _f("sender_comm")),
         asm.mov64_imm(R2, 16),
         asm.call("get_current_comm"),
     ]
 
 
-def _fill_sender_into_stack() -> list:
+def fill_sender_into_stack() -> list:
     """Sender ids and uid into the stack record, from r7 = pid_tgid. Clobbers r0-r5."""
     return [
-        asm.stx(W, R10, R7, _STACK_RECORD + _f("sender_tid")),
+        asm.stx(W, R10, R7, STACK_RECORD + _f("sender_tid")),
         asm.mov64_reg(R1, R7),
         asm.alu64_imm("RSH", R1, 32),
-        asm.stx(W, R10, R1, _STACK_RECORD + _f("sender_tgid")),
+        asm.stx(W, R10, R1, STACK_RECORD + _f("sender_tgid")),
         asm.call("get_current_uid_gid"),
-        asm.stx(W, R10, R0, _STACK_RECORD + _f("sender_uid")),
+        asm.stx(W, R10, R0, STACK_RECORD + _f("sender_uid")),
     ]
 
 
 def _copy_generate_fields(dst: int, dst_base: int, gen: EventFormat,
-                          labels: _Labels) -> list:
+                          labels: Labels) -> list:
     """Copy signal_generate's recipient fields from ctx (r6) to dst+dst_base+record offsets.
     Uses r1-r5. The comm is read in 4-byte words (tracepoint context reads must be aligned)
     and cut at its NUL (comm_cut_at_nul: the tracepoint copies all 16 bytes of the task's)."""
@@ -360,7 +277,7 @@ def _copy_generate_fields(dst: int, dst_base: int, gen: EventFormat,
     return out
 
 
-def _target_filter(cfg: ProbeConfig, gen: EventFormat, fail: str, labels: _Labels) -> list:
+def _target_filter(cfg: ProbeConfig, gen: EventFormat, fail: str, labels: Labels) -> list:
     """Fall through when the recipient's pid (a thread id) is one of -T, or when the recipient
     is the current thread (a fault, a broken pipe) and its process is one of -T. Expects
     r7 = pid_tgid. Uses r1."""
@@ -386,10 +303,10 @@ def _inflight_slot(cfg: ProbeConfig, probe: int, missing: str) -> list:
         asm.mov32_reg(R1, R7),
         asm.alu32_imm("ADD", R1, probe),
         asm.alu32_imm("AND", R1, INFLIGHT_SLOTS - 1),
-        asm.stx(W, R10, R1, _STACK_KEY),
+        asm.stx(W, R10, R1, STACK_KEY),
         asm.ld_map_fd(R1, cfg.maps.inflight),
         asm.mov64_reg(R2, R10),
-        asm.alu64_imm("ADD", R2, _STACK_KEY),
+        asm.alu64_imm("ADD", R2, STACK_KEY),
         asm.call("map_lookup_elem"),
         asm.jmp_imm("JEQ", R0, 0, missing),
     ]
@@ -401,15 +318,15 @@ def _busy_owner(dst: int) -> list:
 
 
 def _tid_key() -> list:
-    """The current thread's id (r7 = pid_tgid) at _STACK_KEY, and r2 pointing at it."""
-    return [asm.stx(W, R10, R7, _STACK_KEY), asm.mov64_reg(R2, R10),
-            asm.alu64_imm("ADD", R2, _STACK_KEY)]
+    """The current thread's id (r7 = pid_tgid) at STACK_KEY, and r2 pointing at it."""
+    return [asm.stx(W, R10, R7, STACK_KEY), asm.mov64_reg(R2, R10),
+            asm.alu64_imm("ADD", R2, STACK_KEY)]
 
 
 def _lookup_inflight(cfg: ProbeConfig, missing: str) -> list:
     """r8 = the current thread's in-flight slot (claimed at entry) or jump to missing.
     Expects r7 = pid_tgid. Clobbers r0-r5."""
-    if _claim(cfg) == CLAIM_TID_HASH:
+    if cfg.claim == CLAIM_TID_HASH:
         return [*_tid_key(), asm.ld_map_fd(R1, cfg.maps.inflight),
                 asm.call("map_lookup_elem"), asm.jmp_imm("JEQ", R0, 0, missing),
                 asm.mov64_reg(R8, R0)]
@@ -424,7 +341,7 @@ def _lookup_inflight(cfg: ProbeConfig, missing: str) -> list:
     return [*prog, asm.ja(missing), asm.label(found), asm.mov64_reg(R8, R0)]
 
 
-def _claim_inflight(cfg: ProbeConfig, full: str, labels: _Labels) -> list:
+def _claim_inflight(cfg: ProbeConfig, full: str, labels: Labels) -> list:
     """r8 = an in-flight slot now owned (busy) by the current thread, or jump to full. A slot
     the thread still holds busy (its last call's exit never ran) is reused, as the map entry
     was before. Expects r7 = pid_tgid. Clobbers r0-r5."""
@@ -469,7 +386,7 @@ def _release_inflight(cfg: ProbeConfig) -> list:
     """The call is over. CLAIM_CMPXCHG: the current thread's slot (r8) goes back to idle; the
     thread keeps it for its next call (r7 = pid_tgid). CLAIM_TID_HASH: the thread's entry is
     deleted (clobbers r0-r5)."""
-    if _claim(cfg) == CLAIM_TID_HASH:
+    if cfg.claim == CLAIM_TID_HASH:
         return [*_tid_key(), asm.ld_map_fd(R1, cfg.maps.inflight),
                 asm.call("map_delete_elem")]
     return [asm.st(W, R8, _f("kind"), rec.KIND_IDLE), asm.stx(W, R8, R7, _OWNER)]
@@ -481,12 +398,14 @@ def _store_call_by_tid(cfg: ProbeConfig, full: str) -> list:
     the array path reuses its slot); jump to full when the map cannot take it. Clobbers
     r0-r5."""
     return [*_tid_key(), asm.ld_map_fd(R1, cfg.maps.inflight),
-            asm.mov64_reg(R3, R10), asm.alu64_imm("ADD", R3, _STACK_RECORD),
+            asm.mov64_reg(R3, R10), asm.alu64_imm("ADD", R3, STACK_RECORD),
             asm.mov64_imm(R4, BPF_ANY), asm.call("map_update_elem"),
             asm.jmp_imm("JNE", R0, 0, full)]
 
 
-def _prologue() -> list:
+def prologue() -> list:
+    """The start of a tracepoint program: r6 = ctx, r7 = pid_tgid (tgid << 32 | tid, from
+    bpf_get_current_pid_tgid). Clobbers r0-r5."""
     return [asm.mov64_reg(R6, R1), asm.call("get_current_pid_tgid"), asm.mov64_reg(R7, R0)]
 
 
@@ -494,7 +413,8 @@ def _prologue() -> list:
 
 
 
-def _epilogue(out: str) -> list:
+def epilogue(out: str) -> list:
+    """The label `out` and the program's end: return 0."""
     return [asm.label(out), asm.mov64_imm(R0, 0), asm.exit_()]
 
 
@@ -517,7 +437,7 @@ def _fill_call(base: int, off0: int, call: str, enter: EventFormat, suppressed: 
         asm.stx(W, base, R1, at("sender_tgid")),
     ]
     if uid_on_stack:
-        prog += [asm.ldx(W, R0, R10, _STACK_RECORD + _f("sender_uid"))]
+        prog += [asm.ldx(W, R0, R10, STACK_RECORD + _f("sender_uid"))]
     else:
         prog += [asm.call("get_current_uid_gid")]
     prog += [
@@ -549,79 +469,79 @@ def _fill_call(base: int, off0: int, call: str, enter: EventFormat, suppressed: 
 def build_sys_enter(cfg: ProbeConfig, call: str, enter: EventFormat) -> list:
     """sys_enter_<call>: park the call in the thread's in-flight slot when its sender and
     signal pass. The slot is rewritten in place: no insert or delete per call."""
-    labels, out, full = _Labels(), "out", "inflight_full"
+    labels, out, full = Labels(), "out", "inflight_full"
     sig = enter.field("sig")
     suppressed = call not in cfg.filters.vias  # parked only so generate knows it's no kernel signal
     comm = cfg.filters.comm_bytes()
-    layout = _layout(cfg)
+    layout = cfg.task
     if layout is not None:
         return _build_sys_enter_task(cfg, call, enter, layout, suppressed)
-    by_tid = _claim(cfg) == CLAIM_TID_HASH
-    prog = [*_prologue(), *_sender_filters(cfg, out, labels)]
+    by_tid = cfg.claim == CLAIM_TID_HASH
+    prog = [*prologue(), *_sender_filters(cfg, out, labels)]
     prog += [*_load_s32(R9, R6, sig.offset, sig.size),
-             *_signal_filter(R9, cfg.filters.signals, out, labels,
+             *signal_filter(R9, cfg.filters.signals, out, labels,
                              cfg.filters.excluded_signals)]
     if by_tid:
-        prog += _zero_stack_record()  # the whole record is stored: every byte initialised
-    prog += _current_comm_into_stack()
-    prog += _comm_filter(R10, _STACK_RECORD + _f("sender_comm"), comm, out)
+        prog += zero_stack_record()  # the whole record is stored: every byte initialised
+    prog += current_comm_into_stack()
+    prog += _comm_filter(R10, STACK_RECORD + _f("sender_comm"), comm, out)
     if by_tid:
-        prog += [*_fill_call(R10, _STACK_RECORD, call, enter, suppressed),
+        prog += [*_fill_call(R10, STACK_RECORD, call, enter, suppressed),
                  *_store_call_by_tid(cfg, full), asm.ja(out)]
     else:
         prog += _claim_inflight(cfg, full, labels)
         prog += [*_copy_sender_comm(), *_fill_call(R8, 0, call, enter, suppressed),
                  asm.ja(out)]
     prog += _inflight_full(cfg, full, labels)
-    return prog + _epilogue(out)
+    return prog + epilogue(out)
 
 
 def _copy_sender_comm() -> list:
     """The comm read into the stack record, into the claimed slot (r8)."""
     prog: list = []
     for i in (0, 8):
-        prog += [asm.ldx(DW, R1, R10, _STACK_RECORD + _f("sender_comm") + i),
+        prog += [asm.ldx(DW, R1, R10, STACK_RECORD + _f("sender_comm") + i),
                  asm.stx(DW, R8, R1, _f("sender_comm") + i)]
     return prog
 
 
-def _inflight_full(cfg: ProbeConfig, full: str, labels: _Labels) -> list:
+def _inflight_full(cfg: ProbeConfig, full: str, labels: Labels) -> list:
     """No slot for the call: counted (it is lost, never misattributed)."""
-    return [asm.label(full), *_bump_counter(cfg, COUNTER_INFLIGHT_FULL, labels)]
+    return [asm.label(full), *bump_counter(cfg.maps.counters, COUNTER_INFLIGHT_FULL, labels)]
 
 
 def _build_sys_enter_task(cfg: ProbeConfig, call: str, enter: EventFormat, layout: TaskLayout,
                           suppressed: bool) -> list:
     """build_sys_enter reading the sender from its task_struct: two helper calls (task, time)
     instead of four (pid_tgid, comm, uid, time): two helper calls less per call."""
-    labels, out, full = _Labels(), "out", "inflight_full"
+    labels, out, full = Labels(), "out", "inflight_full"
     sig = enter.field("sig")
-    by_tid = _claim(cfg) == CLAIM_TID_HASH
-    prog = [*_task_prologue(layout), *_sender_filters(cfg, out, labels)]
+    by_tid = cfg.claim == CLAIM_TID_HASH
+    prog = [*task_prologue(layout), *_sender_filters(cfg, out, labels)]
     prog += [*_load_s32(R9, R6, sig.offset, sig.size),
-             *_signal_filter(R9, cfg.filters.signals, out, labels,
+             *signal_filter(R9, cfg.filters.signals, out, labels,
                              cfg.filters.excluded_signals)]
     if by_tid:
-        prog += _zero_stack_record()
-    prog += _task_sender_to_stack(layout, cfg.filters.comm_bytes(), out, labels)
+        prog += zero_stack_record()
+    prog += task_sender_to_stack(layout, cfg.filters.comm_bytes(), out, labels)
     if by_tid:
-        prog += [*_fill_call(R10, _STACK_RECORD, call, enter, suppressed, uid_on_stack=True),
+        prog += [*_fill_call(R10, STACK_RECORD, call, enter, suppressed, uid_on_stack=True),
                  *_store_call_by_tid(cfg, full), asm.ja(out)]
     else:
         prog += _claim_inflight(cfg, full, labels)
         prog += [*_copy_sender_comm(),
                  *_fill_call(R8, 0, call, enter, suppressed, uid_on_stack=True), asm.ja(out)]
     prog += _inflight_full(cfg, full, labels)
-    return prog + _epilogue(out)
+    return prog + epilogue(out)
 
 
 def build_signal_generate(cfg: ProbeConfig, gen: EventFormat) -> list:
     """signal:signal_generate: attribute the recipient to the in-flight call, or report a
     kernel-generated signal."""
-    labels, out, kernel = _Labels(), "out", "kernel_generated"
+    labels, out, kernel = Labels(), "out", "kernel_generated"
     f = cfg.filters
     sig = gen.field("sig")
-    prog = [*_prologue(), *_lookup_inflight(cfg, kernel)]
+    prog = [*prologue(), *_lookup_inflight(cfg, kernel)]
     prog += [asm.ldx(W, R3, R8, _f("kind")), asm.jmp_imm("JEQ", R3, rec.KIND_IDLE, kernel)]
     # Inside a signal syscall, but for another signal (seccomp's SIGSYS, say): the kernel's own.
     prog += [asm.ldx(W, R1, R6, sig.offset), asm.ldx(W, R2, R8, _f("sig")),
@@ -642,30 +562,30 @@ def build_signal_generate(cfg: ProbeConfig, gen: EventFormat) -> list:
     else:
         prog += _sender_filters(cfg, out, labels)
         prog += [asm.ldx(W, R9, R6, sig.offset)]
-        prog += _signal_filter(R9, f.signals, out, labels, f.excluded_signals)
+        prog += signal_filter(R9, f.signals, out, labels, f.excluded_signals)
         prog += _target_filter(cfg, gen, out, labels)
-        prog += _zero_stack_record()
-        prog += _current_comm_into_stack()
-        prog += _comm_filter(R10, _STACK_RECORD + _f("sender_comm"), f.comm_bytes(), out)
-        prog += _fill_sender_into_stack()
-        prog += _copy_generate_fields(R10, _STACK_RECORD, gen, labels)
+        prog += zero_stack_record()
+        prog += current_comm_into_stack()
+        prog += _comm_filter(R10, STACK_RECORD + _f("sender_comm"), f.comm_bytes(), out)
+        prog += fill_sender_into_stack()
+        prog += _copy_generate_fields(R10, STACK_RECORD, gen, labels)
         prog += kernel_sigkill_stack(cfg.maps.stacks, labels)  # why the kernel killed
         prog += [
-            asm.stx(W, R10, R9, _STACK_RECORD + _f("sig")),
-            asm.st(W, R10, _STACK_RECORD + _f("kind"), rec.KIND_KERNEL),
-            asm.st(W, R10, _STACK_RECORD + _f("via"), rec.VIA_KERNEL),
-            asm.st(W, R10, _STACK_RECORD + _f("arg_pidfd"), -1),
+            asm.stx(W, R10, R9, STACK_RECORD + _f("sig")),
+            asm.st(W, R10, STACK_RECORD + _f("kind"), rec.KIND_KERNEL),
+            asm.st(W, R10, STACK_RECORD + _f("via"), rec.VIA_KERNEL),
+            asm.st(W, R10, STACK_RECORD + _f("arg_pidfd"), -1),
             asm.call("ktime_get_ns"),
-            asm.stx(DW, R10, R0, _STACK_RECORD + _f("ktime_ns")),
+            asm.stx(DW, R10, R0, STACK_RECORD + _f("ktime_ns")),
             asm.mov64_reg(R9, R10),
-            asm.alu64_imm("ADD", R9, _STACK_RECORD),
+            asm.alu64_imm("ADD", R9, STACK_RECORD),
         ]
-        prog += _output(cfg, R9, labels)
-    return prog + _epilogue(out)
+        prog += cfg.output.write(R9, labels)
+    return prog + epilogue(out)
 
 
 
-def _attribute_to_call(cfg: ProbeConfig, gen: EventFormat, out: str, labels: _Labels) -> list:
+def _attribute_to_call(cfg: ProbeConfig, gen: EventFormat, out: str, labels: Labels) -> list:
     """The recipient belongs to the call parked in r8: complete it or write a FANOUT record."""
     f = cfg.filters
     prog: list = []
@@ -699,18 +619,18 @@ def _attribute_to_call(cfg: ProbeConfig, gen: EventFormat, out: str, labels: _La
     prog.append(asm.label(fanout))
     prog += [asm.alu64_imm("ADD", R9, 1), asm.stx(W, R8, R9, _f("ngen"))]
     for i in range(0, rec.RECORD_SIZE, 8):
-        prog += [asm.ldx(DW, R1, R8, i), asm.stx(DW, R10, R1, _STACK_RECORD + i)]
-    prog += _copy_generate_fields(R10, _STACK_RECORD, gen, labels)
+        prog += [asm.ldx(DW, R1, R8, i), asm.stx(DW, R10, R1, STACK_RECORD + i)]
+    prog += _copy_generate_fields(R10, STACK_RECORD, gen, labels)
     prog += [
-        asm.st(W, R10, _STACK_RECORD + _f("kind"), rec.KIND_FANOUT),
+        asm.st(W, R10, STACK_RECORD + _f("kind"), rec.KIND_FANOUT),
         asm.alu64_imm("SUB", R9, 1),
-        asm.stx(W, R10, R9, _STACK_RECORD + _f("ngen")),  # this recipient's index in the call
+        asm.stx(W, R10, R9, STACK_RECORD + _f("ngen")),  # this recipient's index in the call
         asm.call("ktime_get_ns"),
-        asm.stx(DW, R10, R0, _STACK_RECORD + _f("ktime_ns")),
+        asm.stx(DW, R10, R0, STACK_RECORD + _f("ktime_ns")),
         asm.mov64_reg(R9, R10),
-        asm.alu64_imm("ADD", R9, _STACK_RECORD),
+        asm.alu64_imm("ADD", R9, STACK_RECORD),
     ]
-    prog += _output(cfg, R9, labels, on_success=[
+    prog += cfg.output.write(R9, labels, on_success=[
         asm.ldx(W, R1, R8, _f("nemitted")), asm.alu64_imm("ADD", R1, 1),
         asm.stx(W, R8, R1, _f("nemitted")),
     ])
@@ -721,9 +641,9 @@ def _attribute_to_call(cfg: ProbeConfig, gen: EventFormat, out: str, labels: _La
 def build_sys_exit(cfg: ProbeConfig, call: str, exit_fmt: EventFormat) -> list:
     """sys_exit_<call>: complete the parked call with its return value and write it out; the
     thread's in-flight record goes back to idle (it is reused by the thread's next call)."""
-    labels, out, idle = _Labels(), "out", "idle"
+    labels, out, idle = Labels(), "out", "idle"
     f = cfg.filters
-    prog = [*_prologue(), *_lookup_inflight(cfg, out)]
+    prog = [*prologue(), *_lookup_inflight(cfg, out)]
     prog += [asm.ldx(W, R1, R8, _f("kind")), asm.jmp_imm("JEQ", R1, rec.KIND_IDLE, out),
              asm.jmp_imm("JEQ", R1, rec.KIND_SUPPRESSED, idle)]
     ret = exit_fmt.field("ret")
@@ -746,9 +666,9 @@ def build_sys_exit(cfg: ProbeConfig, call: str, exit_fmt: EventFormat) -> list:
              asm.ldx(W, R1, R8, _f("ngen")), asm.jmp_imm("JNE", R1, 0, timed),
              asm.call("ktime_get_ns"), asm.stx(DW, R8, R0, _f("ktime_ns")),
              asm.label(timed)]
-    prog += _output(cfg, R8, labels)
+    prog += cfg.output.write(R8, labels)
     prog += [asm.label(idle), *_release_inflight(cfg)]
-    return prog + _epilogue(out)
+    return prog + epilogue(out)
 
 
 def syscalls_to_trace(filters: Filters) -> tuple[str, ...]:
@@ -762,10 +682,10 @@ def syscalls_to_trace(filters: Filters) -> tuple[str, ...]:
 Target = tuple[str, str]  # (tracepoint system, event)
 
 
-def signal_probe_plans(cfg: ProbeConfig, prefix: str = "") -> Iterator[tuple[str, tuple, list]]:
-    """(program name, tracepoints to attach it to, instructions) of every signal probe, in
-    attach order: exits first, then generate, then entries, so that a call seen entering is
-    seen leaving. A generator: each program is built only when asked for (load_programs).
+def signal_probe_plans(cfg: ProbeConfig, prefix: str = "") -> Iterator[ProgramPlan]:
+    """The ProgramPlan of every signal probe (roles EXIT, GENERATE, ENTRY), in attach order:
+    exits first, then generate, then entries, so that a call seen entering is seen leaving.
+    A generator: each program is built only when asked for (load_programs).
 
     The exit program does not depend on the call (the parked record says which call it was),
     so one program serves every sys_exit tracepoint whose `ret` field sits at the same offset
@@ -777,12 +697,12 @@ def signal_probe_plans(cfg: ProbeConfig, prefix: str = "") -> Iterator[tuple[str
         exits.setdefault(ret.offset, []).append(call)
     for index, group in enumerate(exits.values()):
         first = f"sys_exit_{group[0]}"
-        yield (f"{prefix}exit{index or ''}"[:15],
-               tuple(("syscalls", f"sys_exit_{call}") for call in group),
-               build_sys_exit(cfg, group[0], event_format("syscalls", first)))
-    yield (f"{prefix}generate"[:15], (("signal", "signal_generate"),),
-           build_signal_generate(cfg, event_format("signal", "signal_generate")))
+        yield ProgramPlan(f"{prefix}exit{index or ''}"[:15], Role.EXIT,
+                          tuple(("syscalls", f"sys_exit_{call}") for call in group),
+                          build_sys_exit(cfg, group[0], event_format("syscalls", first)))
+    yield ProgramPlan(f"{prefix}generate"[:15], Role.GENERATE, (("signal", "signal_generate"),),
+                      build_signal_generate(cfg, event_format("signal", "signal_generate")))
     for call in calls:
         event = f"sys_enter_{call}"
-        yield (f"{prefix}e_{call}"[:15], (("syscalls", event),),
-               build_sys_enter(cfg, call, event_format("syscalls", event)))
+        yield ProgramPlan(f"{prefix}e_{call}"[:15], Role.ENTRY, (("syscalls", event),),
+                          build_sys_enter(cfg, call, event_format("syscalls", event)))

@@ -15,7 +15,8 @@ from typing import NamedTuple
 from sigscope.bpf import asm, btf_scan
 from sigscope.bpf.asm import DW, R0, R1, R2, R3, R4, R5, R6, R7, R10, W
 from sigscope.bpf.program import Program
-from sigscope.programs.common import _STACK_RECORD, _STACK_TASK, _f, _Labels
+from sigscope.model.record import offset as _f
+from sigscope.programs.common import STACK_RECORD, STACK_TASK, Labels
 
 _BYTES_01 = 0x0101010101010101
 _BYTES_80 = 0x8080808080808080
@@ -48,7 +49,7 @@ def task_layout() -> TaskLayout | None:
             return None
         layout = TaskLayout(task["pid"].offset, task["tgid"].offset, task["comm"].offset,
                             task["cred"].offset, cred["uid"].offset)
-        probe = [*_task_prologue(layout), *_task_sender_to_stack(layout, None, "out", _Labels()),
+        probe = [*task_prologue(layout), *task_sender_to_stack(layout, None, "out", Labels()),
                  asm.label("out"),
                  asm.mov64_imm(R0, 0), asm.exit_()]
         Program.load(probe, name="sigscope_probe").close()
@@ -57,13 +58,13 @@ def task_layout() -> TaskLayout | None:
     return layout
 
 
-def _task_prologue(layout: TaskLayout) -> list:
-    """r6 = ctx, the current task spilled at _STACK_TASK, r7 = pid_tgid (tgid << 32 | pid, as
+def task_prologue(layout: TaskLayout) -> list:
+    """r6 = ctx, the current task spilled at STACK_TASK, r7 = pid_tgid (tgid << 32 | pid, as
     bpf_get_current_pid_tgid returns it), read from the task. Clobbers r0, r1."""
     return [
         asm.mov64_reg(R6, R1),
         asm.call("get_current_task_btf"),
-        asm.stx(DW, R10, R0, _STACK_TASK),
+        asm.stx(DW, R10, R0, STACK_TASK),
         asm.ldx(W, R1, R0, layout.pid),
         asm.ldx(W, R7, R0, layout.tgid),
         asm.alu64_imm("LSH", R7, 32),
@@ -98,19 +99,19 @@ def _keep_before_nul(reg: int, flags: int, tmp: int) -> list:
     ]
 
 
-def _task_comm(layout: TaskLayout, labels: _Labels) -> list:
+def _task_comm(layout: TaskLayout, labels: Labels) -> list:
     """r1, r2 = the current task's comm exactly as bpf_get_current_comm(buf, 16) writes it
     (strscpy_pad: at most 15 bytes up to the first NUL, then zeros), with two loads instead of
-    a helper call. Expects the task at _STACK_TASK. Uses r1-r5."""
+    a helper call. Expects the task at STACK_TASK. Uses r1-r5."""
     return [
-        asm.ldx(DW, R5, R10, _STACK_TASK),
+        asm.ldx(DW, R5, R10, STACK_TASK),
         asm.ldx(DW, R1, R5, layout.comm),
         asm.ldx(DW, R2, R5, layout.comm + 8),
         *comm_cut_at_nul(labels),
     ]
 
 
-def comm_cut_at_nul(labels: _Labels) -> list:
+def comm_cut_at_nul(labels: Labels) -> list:
     """r1, r2 = the 16 bytes of a comm (little-endian halves) with byte 15 and every byte from
     the first NUL on zeroed: what strscpy_pad leaves. A task's comm may hold stale bytes after
     its NUL (older kernels, 5.10 among them, rename with strlcpy: no padding), and so may the
@@ -132,8 +133,8 @@ def comm_cut_at_nul(labels: _Labels) -> list:
     ]
 
 
-def _task_sender_to_stack(layout: TaskLayout, comm: bytes | None, fail: str,
-                          labels: _Labels) -> list:
+def task_sender_to_stack(layout: TaskLayout, comm: bytes | None, fail: str,
+                          labels: Labels) -> list:
     """The sender's comm and uid into the stack record, read from its task (uid:
     task->cred->uid, which get_current_uid_gid maps through the initial user namespace, where
     the mapping is the identity); jump to fail unless the comm equals `comm` (None: any).
@@ -141,13 +142,13 @@ def _task_sender_to_stack(layout: TaskLayout, comm: bytes | None, fail: str,
     each load through task->cred on each path that reaches it (it looks types up by name).
     Uses r1-r5."""
     prog = [
-        asm.ldx(DW, R5, R10, _STACK_TASK),
+        asm.ldx(DW, R5, R10, STACK_TASK),
         asm.ldx(DW, R1, R5, layout.cred),
         asm.ldx(W, R1, R1, layout.cred_uid),
-        asm.stx(W, R10, R1, _STACK_RECORD + _f("sender_uid")),
+        asm.stx(W, R10, R1, STACK_RECORD + _f("sender_uid")),
         *_task_comm(layout, labels),
-        asm.stx(DW, R10, R1, _STACK_RECORD + _f("sender_comm")),
-        asm.stx(DW, R10, R2, _STACK_RECORD + _f("sender_comm") + 8),
+        asm.stx(DW, R10, R1, STACK_RECORD + _f("sender_comm")),
+        asm.stx(DW, R10, R2, STACK_RECORD + _f("sender_comm") + 8),
     ]
     if comm is not None:
         prog += [
