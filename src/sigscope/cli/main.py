@@ -121,6 +121,17 @@ exporter runs.
 
 """ + EXIT_CODES
 
+# What `send` itself can end with (run_send, send.send_signal): it loads nothing into the kernel.
+SEND_EXIT_CODES = f"""\
+exit status: 0 sent (the kernel accepted the signal; what became of it is for `trace` to
+  tell); {EXIT_ERROR} the kernel refused the send (or the pidfd_open(2) before it): the call and
+  its errno are printed, e.g. "kill(4242, SIGUSR2) failed: ESRCH (No such process)"; also an
+  internal error; {EXIT_USAGE} bad command line (an unknown signal, a missing PID or --tid, a
+  --tid or --value the path does not take); {EXIT_SETUP} sigscope cannot send here (this
+  architecture's syscall numbers are unknown to it); {EXIT_INTERRUPTED} interrupted (Ctrl-C,
+  SIGTERM, SIGHUP).
+"""
+
 SEND_EXAMPLES = """\
 examples:
   sigscope send SIGUSR2 1219543                    # kill(2)
@@ -129,7 +140,7 @@ examples:
   sigscope send --via rt_sigqueueinfo --value 7 RTMIN+1 1219543
   sigscope send --via pidfd_send_signal HUP 1219543
 
-""" + EXIT_CODES
+""" + SEND_EXIT_CODES
 
 COMMANDS = ("trace", "top", "send", "selftest")
 VALUE_VIAS = ("rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_send_signal")
