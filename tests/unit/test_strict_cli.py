@@ -278,6 +278,16 @@ def test_send_exit_status_where_the_syscall_numbers_are_unknown(capsys, monkeypa
     assert info.value.errno == errno.ENOSYS
 
 
+def test_send_via_help_lists_every_send_path(capsys) -> None:
+    from sigscope.model.record import SYSCALL_VIAS
+
+    with pytest.raises(SystemExit):
+        cli.main(["send", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    via_help = out.split("--via VIA", 2)[-1].split("--tid", 1)[0]
+    assert all(via in via_help for via in SYSCALL_VIAS) and "default: kill" in via_help
+
+
 # --- lost and skipped, apart ------------------------------------------------------------------
 
 def test_writers_report_lost_and_skipped_apart() -> None:

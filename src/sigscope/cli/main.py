@@ -262,6 +262,8 @@ def _parser_class():  # argparse is imported only once the signal handlers are i
 def add_filter_options(p: argparse.ArgumentParser) -> None:
     """The filters shared by `trace` and `top` (applied in the kernel). Every list option may
     be repeated: the lists add up."""
+    from sigscope.model.record import SYSCALL_VIAS, VIA_KERNEL, VIA_NAMES
+
     p.add_argument("-p", "--pid", type=_id_list, action="extend", default=[],
                    metavar="PID[,PID]", help="only signals sent by these processes")
     p.add_argument("-T", "--tpid", type=_id_list, action="extend", default=[],
@@ -273,8 +275,8 @@ def add_filter_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--comm", action="append",
                    help="only signals sent by this command name")
     p.add_argument("--via", type=_name_list, action="extend", metavar="VIA[,VIA]",
-                   help="only these send paths: kill, tkill, tgkill, rt_sigqueueinfo, "
-                        "rt_tgsigqueueinfo, pidfd_send_signal, kernel")
+                   help="only these send paths: "
+                        + ", ".join((*SYSCALL_VIAS, VIA_NAMES[VIA_KERNEL])))
     p.add_argument("-x", "--failed", action="store_true", help="only sends that failed")
     p.add_argument("-k", "--kill-only", action="store_true",
                    help="syscalls only, no kernel-generated signals")
@@ -322,11 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     send = sub.add_parser("send", help="send a signal through any of the six syscalls",
                           epilog=SEND_EXAMPLES, formatter_class=raw)
-    send.add_argument("--via", default="kill", choices=SYSCALL_VIAS)
-    send.add_argument("--tid", type=_id, help="target thread (tkill, tgkill, "
-                      "rt_tgsigqueueinfo)")
-    send.add_argument("--value", type=_int_value, help="sigval for the sigqueue variants "
-                      "and pidfd_send_signal (kill, tkill and tgkill carry none)")
+    send.add_argument("--via", default=SYSCALL_VIAS[0], choices=SYSCALL_VIAS, metavar="VIA",
+                      help=f"the syscall to send with (default: {SYSCALL_VIAS[0]}): "
+                           f"{', '.join(SYSCALL_VIAS)}")
+    send.add_argument("--tid", type=_id, help=f"target thread ({', '.join(TID_VIAS)})")
+    no_value = [via for via in SYSCALL_VIAS if via not in VALUE_VIAS]
+    send.add_argument("--value", type=_int_value, help=f"sigval ({', '.join(VALUE_VIAS)}; "
+                      f"{', '.join(no_value)} carry none)")
     send.add_argument("signal", help="signal name or number")
     send.add_argument("pid", nargs="?", type=_pid_arg, help="target process")
 
