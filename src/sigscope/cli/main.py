@@ -84,7 +84,8 @@ Filter options may be repeated: their lists add up (-s USR1 -s USR2 is -s USR1,U
 Command names and other strings from processes are printed with control and non-printable
 characters escaped (\\n, \\t, \\xNN, \\\\), as ps and strace do; JSON keeps them exact.
 
-columns: TIME PID TID COMM (sender) VIA (send path) SIG TPID TTID TCOMM (target)
+columns: TIME PID TID COMM (sender) VIA (send path) SIG TPID TTID TCOMM (recipient; for a
+  send that reached nobody, TPID and TTID show what it addressed in parentheses: '(-4242)')
   RESULT (syscall return: 0, -EPERM...; '-' for kernel-generated) OUTCOME (what the kernel
   did: delivered, ignored, already_pending, overflow, lose_info; '-' when nothing was sent).
 
