@@ -1,4 +1,4 @@
-"""Render cost of the storm path (Decoder.render -> TextWriter/JsonWriter lines), CPU ns per
+"""Render cost of the storm path (Decoder.runs -> TextWriter/JsonWriter.render), CPU ns per
 record, for a printable comm and for one that needs escaping.
 
     PYTHONPATH=src python3 bench/render_cost.py .      # from a checkout (uses tests/unit)
@@ -8,7 +8,7 @@ import sys
 import time
 
 sys.path.insert(0, sys.argv[1] + "/tests/unit")
-from test_decode import call, recipient  # noqa: E402
+from records import call, recipient  # noqa: E402
 
 from sigscope.decode import Decoder  # noqa: E402
 from sigscope.model import record as rec  # noqa: E402
@@ -28,7 +28,7 @@ for label, comm in (("printable comm", b"worker"), ("comm with ESC", b"\x1b[31mR
             writer = cls(io.StringIO())
             decoder = Decoder(wall_offset_ns=7)
             start = time.process_time()
-            lines = decoder.render(data, writer)
+            lines = writer.render(decoder.runs(data))
             best = min(best, time.process_time() - start)
         print(f"{label:15} {name}: {best / (len(data) // rec.RECORD_SIZE) * 1e9:6.1f} ns/record "
               f"(first line: {lines[0][:60]!r})")

@@ -13,11 +13,12 @@ import os
 import struct
 
 from sigscope.bpf.arch import UnsupportedArchError, syscall_numbers
-from sigscope.errors import SigscopeError
+from sigscope.errors import SetupError, SigscopeError
 from sigscope.model.record import SYSCALL_VIAS
 from sigscope.model.signals import SI_QUEUE, errno_name, signal_name
 
-__all__ = ["SIGINFO_SIZE", "VIAS", "SendError", "build_siginfo", "pidfd_open", "send_signal"]
+__all__ = ["SIGINFO_SIZE", "VIAS", "SendError", "SendSetupError", "build_siginfo", "pidfd_open",
+           "send_signal"]
 
 # The six send paths, in record.VIA_NAMES order.
 VIAS: tuple[str, ...] = SYSCALL_VIAS
@@ -45,6 +46,12 @@ class SendError(SigscopeError, OSError):
         return self.message
 
 
+class SendSetupError(SendError, SetupError):
+    """sigscope cannot send here at all: this architecture's syscall numbers are unknown to it
+    (bpf/arch.py). A SendError with errno ENOSYS for the API; exit status 3 (a SetupError, like
+    any missing architecture support) on the command line, since the kernel refused nothing."""
+
+
 def build_siginfo(sig: int, value: int, code: int = SI_QUEUE) -> ctypes.Array:
     """A 128-byte siginfo as sigqueue(3) fills it: our pid and uid, and `value` as si_value.
 
@@ -65,7 +72,7 @@ def _syscall(name: str, *args: int) -> int:
     try:
         number = getattr(syscall_numbers(), name)
     except UnsupportedArchError as exc:
-        raise SendError(errno.ENOSYS, str(exc)) from None
+        raise SendSetupError(errno.ENOSYS, str(exc)) from None
     result = _libc.syscall(ctypes.c_long(number), *(ctypes.c_long(arg) for arg in args))
     if result == -1:
         return -ctypes.get_errno()
@@ -106,7 +113,8 @@ def send_signal(
     - pidfd_send_signal: uses `pidfd`, or opens (and closes) one for `pid`.
     - The sigqueue variants always carry a siginfo with si_value = `value` (0 when None);
       pidfd_send_signal carries one only when `value` is given, else the kernel fills SI_USER.
-    Raises SendError (one line, with the errno name) on failure.
+    Raises SendError (one line, with the errno name) on failure: SendSetupError (ENOSYS) where
+    the architecture's syscall numbers are unknown.
     """
     name = signal_name(sig)
     if via == "kill":

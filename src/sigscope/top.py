@@ -35,7 +35,7 @@ import json
 import struct
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import IO, Any, NamedTuple
 
 from sigscope.bpf.arch import possible_cpus
@@ -44,7 +44,7 @@ from sigscope.decode import ProcResolver
 from sigscope.errors import SigscopeError, UsageError
 from sigscope.model import record as rec
 from sigscope.model.counts import CountRow, Health
-from sigscope.model.escape import printable
+from sigscope.model.escape import printable, printable_for
 from sigscope.model.event import outcome_name
 from sigscope.model.filters import Filters, make_filters
 from sigscope.model.signals import errno_name, signal_name
@@ -467,8 +467,10 @@ def _result_text(key: RowKey) -> str:
 
 
 def render_table(interval: Interval, sort: str = "count", limit: int | None = 20,
-                 max_keys: int | None = None) -> str:
-    """The text table of one interval, ending with a totals line."""
+                 max_keys: int | None = None,
+                 escape: Callable[[str], str] = printable) -> str:
+    """The text table of one interval, ending with a totals line. ``escape`` makes the names
+    other processes chose safe to print (escape.printable_for the output's encoding)."""
     stamp = time.strftime("%H:%M:%S", time.localtime(interval.time))
     final = " (final, partial)" if interval.final else ""
     lines = [f"{stamp}  interval {interval.interval_s:.2f}s{final}", _HEADER]
@@ -478,8 +480,8 @@ def render_table(interval: Interval, sort: str = "count", limit: int | None = 20
         tpid = "-" if key.target_pid is None else str(key.target_pid)
         lines.append(
             f"{n:>8} {interval.rate(n):>9.1f} {key.signal:<11} {key.via:<17} "
-            f"{key.sender_pid:>7} {printable(key.sender_comm):<15} {tpid:>7} "
-            f"{printable(key.target_comm or '-'):<15} {_result_text(key):<8} "
+            f"{key.sender_pid:>7} {escape(key.sender_comm):<15} {tpid:>7} "
+            f"{escape(key.target_comm or '-'):<15} {_result_text(key):<8} "
             f"{key.outcome or '-'}"
         )
     if len(rows) > len(shown):
@@ -509,13 +511,14 @@ class IntervalWriter:
         self.max_keys = max_keys
         isatty = getattr(out, "isatty", lambda: False)()
         self.clear = not json_output and not append and isatty
+        self._escape = printable_for(getattr(out, "encoding", None))
 
     def write(self, interval: Interval) -> None:
         if self.json:
             self.out.write(json.dumps(interval_to_dict(interval, self.sort, self.limit)) + "\n")
         else:
             limit = self.limit if self.limit is not None else 20
-            text = render_table(interval, self.sort, limit, self.max_keys)
+            text = render_table(interval, self.sort, limit, self.max_keys, self._escape)
             # The last, partial interval goes below the last full table, which stays on screen.
             clear = self.clear and not interval.final
             self.out.write((CLEAR_SCREEN + text) if clear else (text + "\n"))

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 
-from test_fate_live import Child, traced
+from fate_children import Child, traced
 
 from sigscope.fate import Fate
 from sigscope.send import send_signal

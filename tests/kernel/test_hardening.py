@@ -75,6 +75,7 @@ class Cli:
 # The names a process gives itself (at most 15 bytes: TASK_COMM_LEN 16 with the NUL).
 EVIL = b"\x1b[31mRED\n\x1b[0m"
 NOT_UTF8 = b"\xff\xfe\xc3\xa9x"  # two bytes that are not UTF-8, then "é", then x
+ACCENTED = "café".encode()  # printable, but not ASCII: \xe9 under PYTHONIOENCODING=ascii
 
 NAMER = r"""
 import ctypes, os, signal, sys
@@ -82,7 +83,7 @@ signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 print(os.getpid(), flush=True)
 sys.stdin.readline()
 libc = ctypes.CDLL(None)
-for name in (bytes.fromhex(sys.argv[1]), bytes.fromhex(sys.argv[2])):
+for name in map(bytes.fromhex, sys.argv[1:]):
     libc.prctl(15, name, 0, 0, 0)   # PR_SET_NAME
     os.kill(os.getpid(), signal.SIGUSR1)
 print("sent", flush=True)
@@ -91,7 +92,8 @@ sys.stdin.readline()
 
 
 def test_hostile_names_are_escaped_in_every_text_output() -> None:
-    namer = subprocess.Popen([sys.executable, "-c", NAMER, EVIL.hex(), NOT_UTF8.hex()],
+    namer = subprocess.Popen([sys.executable, "-c", NAMER, EVIL.hex(), NOT_UTF8.hex(),
+                              ACCENTED.hex()],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         pid = namer.stdout.readline().strip()  # type: ignore[union-attr]
@@ -128,11 +130,19 @@ def test_hostile_names_are_escaped_in_every_text_output() -> None:
 
     code, out, err = results["trace"]
     rows = [line for line in out.decode().splitlines()[1:] if line]
-    assert len(rows) == 2 and all(line.split()[4:6] == ["kill", "SIGUSR1"] for line in rows)
+    assert len(rows) == 3 and all(line.split()[4:6] == ["kill", "SIGUSR1"] for line in rows)
+    # A name that fits its column once escaped keeps the columns under their headers, in the
+    # encoding the output has (escaped before it is padded).
+    for name, shown in (("trace", "café"), ("ascii", "caf\\xe9")):
+        header, *lines = results[name][1].decode("ascii" if name == "ascii" else "utf-8")\
+            .splitlines()
+        (row,) = [line for line in lines if shown in line]
+        assert row.index(shown) == header.index("COMM"), (name, header, row)
+        assert row.index("kill") == header.index("VIA"), (name, header, row)
 
     records = [json.loads(line) for line in results["json"][1].decode().splitlines()]
     comms = [r["sender"]["comm"] for r in records if r["type"] == "signal"]
-    assert comms == [EVIL.decode(), NOT_UTF8.decode("utf-8", "replace")]  # exact
+    assert comms == [EVIL.decode(), NOT_UTF8.decode("utf-8", "replace"), "café"]  # exact
     assert [r["target"]["comm"] for r in records] == comms
 
 

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_fate_live import Child
-from test_top import TopProcess, Workload, expected_total, unique_comm
+from fate_children import Child
+from top_workload import TopProcess, Workload, expected_total, unique_comm
 
 from sigscope.bpf import features
 

@@ -154,6 +154,32 @@ def test_json_lines(target: Target) -> None:
     assert err == ["sigscope: 6 records, 0 lost"]
 
 
+def test_a_send_that_reached_nobody_shows_what_it_addressed(target: Target) -> None:
+    """kill(-99999, 0) fails, kill(-1, 0) and kill(self, 0) reach nobody (signal 0): no
+    recipient, so TPID shows the argument in parentheses; JSON: target null, args as passed."""
+    text = CliTrace("-p", str(target.pid), "-s", "0")
+    lines = CliTrace("-j", "-p", str(target.pid), "-s", "0")
+    assert target.command("kill -99999 0") == "err ESRCH"
+    assert target.command("kill -1 0") == "ok"
+    assert target.command(f"kill {target.pid} 0") == "ok"
+    text.wait_lines(4)
+    lines.wait_lines(3)
+    status, out, _err = text.finish(signal.SIGINT)
+    assert status == 0
+    header, *rows = out
+    cells = [row[header.index("PID") + 3:].split() for row in rows]
+    assert [(c[3], c[4], c[5], c[7]) for c in cells] == [
+        ("0", "(-99999)", "-", "-ESRCH"), ("0", "(-1)", "-", "0"),
+        ("0", f"({target.pid})", "-", "0")]
+    for row in rows:
+        assert row.index("kill") == header.index("VIA"), row
+    status, out, _err = lines.finish(signal.SIGINT)
+    assert status == 0
+    objects = [json.loads(line) for line in out]
+    assert [o["args"]["pid"] for o in objects] == [-99999, -1, target.pid]
+    assert [o["target"]["pid"] for o in objects[:2]] == [None, None]  # no recipient
+
+
 def test_lost_records_are_reported_and_add_up(target: Target) -> None:
     sent = 300
     cli = CliTrace("-j", "--buffer", "ringbuf", "--buffer-size", "4K", "-s", "0",

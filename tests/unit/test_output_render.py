@@ -93,3 +93,41 @@ def test_runs_group_equal_records_and_number_them_in_order(tmp_path: Path) -> No
     assert (shape.via, shape.target_tid) == ("tgkill", 701)
     assert runs.ktimes[:50] == [1010 + i for i in range(50)]
     assert [e.id for e in runs.events()] == list(range(1, 61))
+
+
+def test_text_shows_what_a_send_that_reached_nobody_addressed(tmp_path: Path) -> None:
+    """No recipient (a failed send, a signal 0): TPID and TTID show the call's arguments in
+    parentheses, never as a bare number that would read as a recipient; a recipient is a bare
+    number; JSON keeps `args` as passed."""
+    from sigscope.outputs.trace import TextWriter
+
+    proc = fake_proc(tmp_path / "proc", {700: (700, "leader"), 701: (700, "worker")})
+    batch = b"".join([
+        call(call_id=1000, ret=-3, arg_pid=-99999, sig=0),                     # kill(-99999, 0)
+        call(call_id=2000, ret=-3, arg_pid=4194304),                            # kill(4194304, .)
+        call(call_id=3000, ret=0, arg_pid=-1, sig=0),                           # kill(-1, 0)
+        call(call_id=4000, ret=-1, via="tgkill", arg_pid=700, arg_tid=701),     # EPERM
+        call(call_id=5000, ret=-3, via="tkill", arg_pid=-4194304),              # tkill(tid)
+        call(call_id=6000, ret=0, arg_pid=-700, **recipient(701)),  # a recipient
+    ])
+    events = Decoder(ProcResolver(str(proc)), wall_offset_ns=7).decode(batch)
+    out = io.StringIO()
+    writer = TextWriter(out)
+    writer.header()
+    writer.events(events)
+    header, *rows = out.getvalue().splitlines()
+    start = header.index("PID") + len("PID")  # the columns after TIME and PID
+    cells = [row[start:].split()[:6] for row in rows]
+    assert [(c[4], c[5]) for c in cells] == [
+        ("(-99999)", "-"), ("(4194304)", "-"), ("(-1)", "-"), ("(700)", "(701)"),
+        ("-", "(-4194304)"), ("700", "701")]
+    for row in rows:  # the widest argument a pid_t can address still fits its column
+        assert row.index(row[start:].split()[7], header.index("RESULT")) == \
+            header.index("RESULT"), row
+    assert [json.loads(JsonWriter(io.StringIO())._dumps(e.to_dict()))["args"]["pid"]
+            for e in events[:3]] == [-99999, 4194304, -1]
+    assert events[0].to_dict()["target"] == {"pid": None, "tid": None, "comm": None}
+
+    by_lines = io.StringIO()
+    TextWriter(by_lines).runs(Decoder(ProcResolver(str(proc)), wall_offset_ns=7).runs(batch))
+    assert by_lines.getvalue().splitlines() == rows  # the storm path says the same

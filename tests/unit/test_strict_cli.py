@@ -240,12 +240,52 @@ def test_debug_env_shows_the_traceback(capsys, monkeypatch) -> None:
     assert "Traceback" in err and err.rstrip().endswith("SIGSCOPE_DEBUG=1)")
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["top", "--help"], ["send", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["top", "--help"]])
 def test_help_documents_the_exit_codes(capsys, argv) -> None:
     with pytest.raises(SystemExit):
         cli.main(argv)
     out = capsys.readouterr().out
     assert "exit status:" in out and "2 bad" in out and "3 the system cannot trace" in out
+
+
+def test_send_help_documents_the_exit_codes_of_send(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["send", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps nothing here; lines do
+    assert "exit status: 0 sent" in out and "1 the kernel refused the send" in out
+    assert "2 bad command line" in out and "3 sigscope cannot send here" in out
+    assert "cannot trace" not in out and "--duration" not in out  # not trace's statuses
+
+
+def test_send_exit_status_where_the_syscall_numbers_are_unknown(capsys, monkeypatch) -> None:
+    """An architecture whose syscall numbers sigscope lacks: exit 3, as its help says, and a
+    SendError (ENOSYS) still for the API."""
+    import errno
+
+    from sigscope import send
+    from sigscope.bpf.arch import UnsupportedArchError
+
+    def unknown():
+        raise UnsupportedArchError("sigscope knows the syscall numbers of x86_64 and aarch64 "
+                                   "only, not of m68k")
+
+    monkeypatch.setattr(send, "syscall_numbers", unknown)
+    assert cli.main(["send", "USR1", str(os.getpid())]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "m68k" in err
+    with pytest.raises(send.SendError) as info:
+        send.send_signal("kill", 10, pid=os.getpid())
+    assert info.value.errno == errno.ENOSYS
+
+
+def test_send_via_help_lists_every_send_path(capsys) -> None:
+    from sigscope.model.record import SYSCALL_VIAS
+
+    with pytest.raises(SystemExit):
+        cli.main(["send", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    via_help = out.split("--via VIA", 2)[-1].split("--tid", 1)[0]
+    assert all(via in via_help for via in SYSCALL_VIAS) and "default: kill" in via_help
 
 
 # --- lost and skipped, apart ------------------------------------------------------------------

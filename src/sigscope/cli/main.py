@@ -84,7 +84,8 @@ Filter options may be repeated: their lists add up (-s USR1 -s USR2 is -s USR1,U
 Command names and other strings from processes are printed with control and non-printable
 characters escaped (\\n, \\t, \\xNN, \\\\), as ps and strace do; JSON keeps them exact.
 
-columns: TIME PID TID COMM (sender) VIA (send path) SIG TPID TTID TCOMM (target)
+columns: TIME PID TID COMM (sender) VIA (send path) SIG TPID TTID TCOMM (recipient; for a
+  send that reached nobody, TPID and TTID show what it addressed in parentheses: '(-4242)')
   RESULT (syscall return: 0, -EPERM...; '-' for kernel-generated) OUTCOME (what the kernel
   did: delivered, ignored, already_pending, overflow, lose_info; '-' when nothing was sent).
 
@@ -121,6 +122,17 @@ exporter runs.
 
 """ + EXIT_CODES
 
+# What `send` itself can end with (run_send, send.send_signal): it loads nothing into the kernel.
+SEND_EXIT_CODES = f"""\
+exit status: 0 sent (the kernel accepted the signal; what became of it is for `trace` to
+  tell); {EXIT_ERROR} the kernel refused the send (or the pidfd_open(2) before it): the call and
+  its errno are printed, e.g. "kill(4242, SIGUSR2) failed: ESRCH (No such process)"; also an
+  internal error; {EXIT_USAGE} bad command line (an unknown signal, a missing PID or --tid, a
+  --tid or --value the path does not take); {EXIT_SETUP} sigscope cannot send here (this
+  architecture's syscall numbers are unknown to it); {EXIT_INTERRUPTED} interrupted (Ctrl-C,
+  SIGTERM, SIGHUP).
+"""
+
 SEND_EXAMPLES = """\
 examples:
   sigscope send SIGUSR2 1219543                    # kill(2)
@@ -129,7 +141,7 @@ examples:
   sigscope send --via rt_sigqueueinfo --value 7 RTMIN+1 1219543
   sigscope send --via pidfd_send_signal HUP 1219543
 
-""" + EXIT_CODES
+""" + SEND_EXIT_CODES
 
 COMMANDS = ("trace", "top", "send", "selftest")
 VALUE_VIAS = ("rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_send_signal")
@@ -251,6 +263,8 @@ def _parser_class():  # argparse is imported only once the signal handlers are i
 def add_filter_options(p: argparse.ArgumentParser) -> None:
     """The filters shared by `trace` and `top` (applied in the kernel). Every list option may
     be repeated: the lists add up."""
+    from sigscope.model.record import SYSCALL_VIAS, VIA_KERNEL, VIA_NAMES
+
     p.add_argument("-p", "--pid", type=_id_list, action="extend", default=[],
                    metavar="PID[,PID]", help="only signals sent by these processes")
     p.add_argument("-T", "--tpid", type=_id_list, action="extend", default=[],
@@ -262,8 +276,8 @@ def add_filter_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--comm", action="append",
                    help="only signals sent by this command name")
     p.add_argument("--via", type=_name_list, action="extend", metavar="VIA[,VIA]",
-                   help="only these send paths: kill, tkill, tgkill, rt_sigqueueinfo, "
-                        "rt_tgsigqueueinfo, pidfd_send_signal, kernel")
+                   help="only these send paths: "
+                        + ", ".join((*SYSCALL_VIAS, VIA_NAMES[VIA_KERNEL])))
     p.add_argument("-x", "--failed", action="store_true", help="only sends that failed")
     p.add_argument("-k", "--kill-only", action="store_true",
                    help="syscalls only, no kernel-generated signals")
@@ -311,11 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     send = sub.add_parser("send", help="send a signal through any of the six syscalls",
                           epilog=SEND_EXAMPLES, formatter_class=raw)
-    send.add_argument("--via", default="kill", choices=SYSCALL_VIAS)
-    send.add_argument("--tid", type=_id, help="target thread (tkill, tgkill, "
-                      "rt_tgsigqueueinfo)")
-    send.add_argument("--value", type=_int_value, help="sigval for the sigqueue variants "
-                      "and pidfd_send_signal (kill, tkill and tgkill carry none)")
+    send.add_argument("--via", default=SYSCALL_VIAS[0], choices=SYSCALL_VIAS, metavar="VIA",
+                      help=f"the syscall to send with (default: {SYSCALL_VIAS[0]}): "
+                           f"{', '.join(SYSCALL_VIAS)}")
+    send.add_argument("--tid", type=_id, help=f"target thread ({', '.join(TID_VIAS)})")
+    no_value = [via for via in SYSCALL_VIAS if via not in VALUE_VIAS]
+    send.add_argument("--value", type=_int_value, help=f"sigval ({', '.join(VALUE_VIAS)}; "
+                      f"{', '.join(no_value)} carry none)")
     send.add_argument("signal", help="signal name or number")
     send.add_argument("pid", nargs="?", type=_pid_arg, help="target process")
 

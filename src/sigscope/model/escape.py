@@ -11,11 +11,18 @@ output passes such strings through ``printable()``, as ps(1) and strace(1) escap
     \\uNNNN       for other non-printable characters (format and separator characters such as
     \\UNNNNNNNN   U+202E, which reorders text on a terminal, and lone surrogates)
 
-Printable characters, non-ASCII ones included, are kept. JSON output needs none of this: its
-encoder escapes control characters itself, and keeps the value exact.
+Printable characters, non-ASCII ones included, are kept, unless the output's encoding cannot
+represent them (PYTHONIOENCODING=ascii, a latin-1 terminal): ``printable_for(encoding)`` escapes
+those too, in the same three forms, so that a column is padded on the text actually written
+(``é`` in ASCII is ``\\xe9``, four characters). JSON output needs none of this: its encoder
+escapes control characters itself, and keeps the value exact (as ``\\uNNNN`` where the output
+is not Unicode: ``encodes_everything``).
 """
 
 from __future__ import annotations
+
+import codecs  # loaded by the interpreter's own start-up: costs nothing
+from collections.abc import Callable
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 
@@ -46,3 +53,41 @@ def printable(text: str) -> str:
 
 def printable_or_none(text: str | None) -> str | None:
     return None if text is None else printable(text)
+
+
+def encodes_everything(encoding: str | None) -> bool:
+    """Whether a text stream of ``encoding`` can take every character: a Unicode encoding
+    (UTF-8, UTF-16, UTF-32...), or None (an in-memory stream such as io.StringIO has none). An
+    encoding Python does not know counts as one that cannot."""
+    if encoding is None:
+        return True
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        return False
+    return name.startswith("utf-")
+
+
+def printable_for(encoding: str | None) -> Callable[[str], str]:
+    """``printable``, for an output of ``encoding``: the returned function also escapes, as
+    ``\\xNN``, ``\\uNNNN`` or ``\\UNNNNNNNN``, every character the encoding cannot represent.
+    Its result can always be written to such a stream, and has the length it shows with.
+    For a Unicode encoding (encodes_everything) it is ``printable`` itself."""
+    if encodes_everything(encoding):
+        return printable
+    assert encoding is not None
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        name = "ascii"  # what any stream can take
+
+    def escape(text: str) -> str:
+        shown = printable(text)
+        try:
+            shown.encode(name)
+        except UnicodeEncodeError:
+            # backslashreplace writes exactly printable()'s forms: \xe9, \u20ac, \U0001f600.
+            return shown.encode(name, "backslashreplace").decode(name)
+        return shown
+
+    return escape

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
-from sigscope.model.escape import printable
+from sigscope.model.escape import encodes_everything, printable_for
 from sigscope.model.event import Event, Runs
 
 if TYPE_CHECKING:
@@ -15,11 +15,12 @@ if TYPE_CHECKING:
 TEXT_COLUMNS = ("TIME", "PID", "TID", "COMM", "VIA", "SIG", "TPID", "TTID", "TCOMM", "RESULT",
                 "OUTCOME")
 # pid_max is at most 4194304 (7 digits); comm at most 15 bytes; rt_tgsigqueueinfo is 17.
-# TIME is HH:MM:SS.ffffff (microseconds, like strace -tt).
-_TEXT_FORMAT = "{:<15} {:>7} {:>7} {:<16} {:<17} {:<12} {:>7} {:>7} {:<16} {:<8} {}"
+# TIME is HH:MM:SS.ffffff (microseconds, like strace -tt). TPID and TTID take what a send that
+# reached nobody addressed too: "(-4194304)", 10 characters (_target_ids).
+_TEXT_FORMAT = "{:<15} {:>7} {:>7} {:<16} {:<17} {:<12} {:>10} {:>10} {:<16} {:<8} {}"
 # --fate: an ID column ties a signal ("#17") to its fate line ("->#17"); LAT and FATE follow.
 FATE_TEXT_COLUMNS = (TEXT_COLUMNS[0], "ID", *TEXT_COLUMNS[1:], "LAT", "FATE")
-_FATE_TEXT_FORMAT = ("{:<15} {:<9} {:>7} {:>7} {:<16} {:<17} {:<12} {:>7} {:>7} {:<16} {:<8} "
+_FATE_TEXT_FORMAT = ("{:<15} {:<9} {:>7} {:>7} {:<16} {:<17} {:<12} {:>10} {:>10} {:<16} {:<8} "
                      "{:<15} {:>6} {}")
 
 
@@ -27,9 +28,23 @@ def _dash(value: object) -> str:
     return "-" if value is None else str(value)
 
 
-def _comm(value: str | None) -> str:
-    """A command name from the kernel or /proc: another process chose it (escape.py)."""
-    return "-" if value is None else printable(value)
+def _addressed(value: int | None) -> str:
+    return "-" if value is None else f"({value})"
+
+
+def _target_ids(e: Event) -> tuple[str, str]:
+    """The TPID and TTID cells: the recipient's process and thread, as bare numbers.
+
+    A send that generated nothing (it failed, or it was a signal-0 probe, to a group too) has
+    no recipient: the cells then show what the call addressed, in parentheses, so that no
+    argument reads as a recipient: its pid and tid arguments as passed (kill(-4242, sig):
+    "(-4242)"; kill(0), kill(-1): "(0)", "(-1)"; tkill names only a thread), and for
+    pidfd_send_signal, which names no pid, the process behind the pidfd as the decoder found
+    it (/proc fdinfo). JSON keeps these apart as `target` and `args` (Event.to_dict)."""
+    if e.outcome is not None or e.group is not None or e.result is None:
+        return _dash(e.target_pid), _dash(e.target_tid)
+    pid = e.target_pid if e.arg_pidfd is not None else e.arg_pid
+    return _addressed(pid), _addressed(e.arg_tid)
 
 
 def result_text(event: Event) -> str:
@@ -84,6 +99,17 @@ class TextWriter(_LineWriter):
         self.relative = relative
         self.fate = fate
         self._first_ktime: int | None = None
+        # Names are escaped for what `out` can encode before they are padded (escape.py), so
+        # every column starts where its header does and no write can fail on a character.
+        encoding = getattr(out, "encoding", None)
+        self._printable = printable_for(encoding)
+        if not encodes_everything(encoding):
+            # A shape's cached line is kept by output name: one per way of escaping.
+            self.name = f"text:{encoding}"
+
+    def _comm(self, value: str | None) -> str:
+        """A command name from the kernel or /proc: another process chose it (escape.py)."""
+        return "-" if value is None else self._printable(value)
 
     def header(self) -> None:
         if self.fate:
@@ -111,17 +137,16 @@ class TextWriter(_LineWriter):
         not shown (`%.0s` prints nothing)."""
         # Escaped here, once per shape: the storm path pays nothing per record (escape.py).
         rest = _TEXT_FORMAT.format(
-            "\0", e.sender_pid, e.sender_tid, _comm(e.sender_comm), e.via, e.signal,
-            _dash(e.target_pid), _dash(e.target_tid), _comm(e.target_comm), result_text(e),
+            "\0", e.sender_pid, e.sender_tid, self._comm(e.sender_comm), e.via, e.signal,
+            *_target_ids(e), self._comm(e.target_comm), result_text(e),
             _dash(e.outcome)).replace("%", "%%")
         # The time column: "%s.%06d" is always 15 characters, as the column is wide.
         return "%.0s" + rest.replace("\0" + " " * 14, "%s.%06d", 1) + "%.0s"
 
     def line(self, e: Event) -> str:
         return _TEXT_FORMAT.format(
-            self._time(e), e.sender_pid, e.sender_tid, _comm(e.sender_comm), e.via, e.signal,
-            _dash(e.target_pid), _dash(e.target_tid), _comm(e.target_comm), result_text(e),
-            _dash(e.outcome))
+            self._time(e), e.sender_pid, e.sender_tid, self._comm(e.sender_comm), e.via, e.signal,
+            *_target_ids(e), self._comm(e.target_comm), result_text(e), _dash(e.outcome))
 
 
     @property
@@ -143,7 +168,7 @@ class TextWriter(_LineWriter):
         for e in items:
             if not isinstance(e, Event):  # a Fate
                 lines.append(fmt(self._time(e), f"->#{e.id}", _dash(e.pid), _dash(e.tid),
-                                 _comm(e.comm), "", e.signal, "", "", "", "", "",
+                                 self._comm(e.comm), "", e.signal, "", "", "", "", "",
                                  format_latency(e.latency_ns), e.summary()))
             else:
                 # A fate follows for a queued signal, and for a SIGCONT ignored once it had
@@ -151,8 +176,8 @@ class TextWriter(_LineWriter):
                 later = "..." if e.outcome in QUEUED_OUTCOMES or (
                     e.sig == SIGCONT and e.outcome == "ignored") else "-"
                 lines.append(fmt(self._time(e), f"#{e.id}", e.sender_pid, e.sender_tid,
-                                 _comm(e.sender_comm), e.via, e.signal, _dash(e.target_pid),
-                                 _dash(e.target_tid), _comm(e.target_comm), result_text(e),
+                                 self._comm(e.sender_comm), e.via, e.signal, *_target_ids(e),
+                                 self._comm(e.target_comm), result_text(e),
                                  _dash(e.outcome), "-", later if e.outcome else "-"))
         if lines:
             self.out.write("\n".join(lines) + "\n")
@@ -250,10 +275,9 @@ class JsonWriter(_LineWriter):
 
         self.out = out
         # Compact separators: a storm writes hundreds of MB of these. Non-ASCII characters as
-        # themselves where the output is UTF-8, else as \uNNNN: valid JSON either way.
-        encoding = (getattr(out, "encoding", None) or "utf-8").lower().replace("_", "-")
-        self._dumps = json.JSONEncoder(separators=(",", ":"),
-                                       ensure_ascii=encoding not in ("utf-8", "utf8")).encode
+        # themselves where the output is Unicode, else as \uNNNN: valid JSON either way.
+        ascii_only = not encodes_everything(getattr(out, "encoding", None))
+        self._dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=ascii_only).encode
         self._second = -1
         self._second_text = ""
 
