@@ -277,9 +277,9 @@ def target_lines(results: list[RunResult], paced: dict[str, dict] | None) -> lis
     bpftrace one-liner's, the trace storm's slowdown and exactness, and the highest zero-loss
     paced rate. A target whose configurations did not run says "not measured"."""
     lines = []
-    top = median_or_none(r.cost_ns for r in usable_runs(results, "sigscope-top"))
-    one = median_or_none(r.cost_ns for r in usable_runs(results, "bpftrace-oneliner"))
-    three = median_or_none(r.cost_ns for r in usable_runs(results, "bpftrace-3tp"))
+    costs = {config: [r.cost_ns for r in usable_runs(results, config) if r.cost_ns is not None]
+             for config in ("sigscope-top", "bpftrace-oneliner", "bpftrace-3tp")}
+    top, one, three = (median_or_none(values) for values in costs.values())
     if top is None or one is None:
         verdict = "not measured"
     else:
@@ -287,6 +287,10 @@ def target_lines(results: list[RunResult], paced: dict[str, dict] | None) -> lis
     lines.append(f"- top vs bpftrace one-liner: sigscope-top {format_cost(top)} ns/signal, "
                  f"bpftrace-oneliner {format_cost(one)} ns/signal, bpftrace-3tp "
                  f"{format_cost(three)} ns/signal (target: top <= one-liner): {verdict}")
+    # The spread tells a difference from the noise of a shared machine.
+    lines.append("  per round: " + "; ".join(
+        f"{config} {', '.join(format_cost(v) for v in values) or 'n/a'}"
+        for config, values in costs.items()))
     trace = usable_runs(results, "sigscope-trace")
     slowdown = median_or_none(r.slowdown for r in trace)
     if slowdown is None:

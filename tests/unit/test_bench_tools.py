@@ -189,7 +189,9 @@ def test_targets_compare_top_with_the_one_liner_and_check_the_storm() -> None:
         storm(0, 0.0014, 600, 400),
     ]
     run.apply_slowdowns(results)
-    top, trace, paced = run.target_lines(results, None)
+    top, spread, trace, paced = run.target_lines(results, None)
+    assert spread.strip() == ("per round: sigscope-top +300; bpftrace-oneliner +250; "
+                              "bpftrace-3tp +700")
     assert "sigscope-top +300 ns/signal" in top
     assert "bpftrace-oneliner +250 ns/signal" in top and "bpftrace-3tp +700" in top
     assert top.endswith(": not met")
@@ -198,20 +200,21 @@ def test_targets_compare_top_with_the_one_liner_and_check_the_storm() -> None:
     assert trace.endswith(": met")
     assert paced.endswith("not measured (--paced or --with-paced)")
     found = {"sigscope-trace": {"max_zero_loss_rate": 531_250, "trials": [], "error": None}}
-    assert run.target_lines(results, found)[2].endswith(": 531,250 signals/s")
+    assert run.target_lines(results, found)[3].endswith(": 531,250 signals/s")
 
 
 def test_targets_fail_on_a_lossy_uncounted_storm_and_say_what_did_not_run() -> None:
     results = [timed("untraced", 0, 0.001), storm(0, 0.0011, 600, 300),  # 100 unaccounted
                timed("sigscope-top", 0, 0.0012)]
     run.apply_slowdowns(results)
-    top, trace, _ = run.target_lines(results, None)
+    top, spread, trace, _ = run.target_lines(results, None)
     assert "bpftrace-oneliner n/a ns/signal" in top and top.endswith(": not measured")
+    assert "bpftrace-oneliner n/a;" in spread
     assert "no (1/1 runs)" in trace and trace.endswith(": not met")
     slow = [timed("untraced", 0, 0.001), storm(0, 0.0016, 1000, 0)]
     run.apply_slowdowns(slow)
-    assert run.target_lines(slow, None)[1].endswith(": not met")  # 1.6x > 1.5x
-    assert run.target_lines([], None)[1].endswith(": not measured")
+    assert run.target_lines(slow, None)[2].endswith(": not met")  # 1.6x > 1.5x
+    assert run.target_lines([], None)[2].endswith(": not measured")
 
 
 def test_missing_bpftrace_is_one_clear_note_naming_the_install() -> None:
