@@ -7,11 +7,15 @@ Benchmark tooling, not part of the installed package. Run as root from the repos
     python3 bench/run.py --quick               # smoke test: 100,000 signals, 1 round
     python3 bench/run.py --via kill --rounds 5 --configs untraced,sigscope-trace
     python3 bench/run.py --paced               # highest zero-loss rate of `sigscope trace --json`
+    python3 bench/run.py --with-paced          # the paired rounds, then the --paced search
 
 The workload is bench/loadgen.c, compiled here with the system C compiler. Every round runs
 every configuration once (in a rotated order), so drift on the machine affects all alike and
-slowdowns are computed against the untraced run of the same round. Prints a markdown table of
-medians and writes every run's raw numbers to bench/out/results.json.
+slowdowns and costs per signal (traced ns per signal - untraced ns per signal) are computed
+against the untraced run of the same round. Prints a markdown table of medians over the rounds,
+then issue 11's targets as read from the run, and writes every run's raw numbers to
+bench/out/results.json. The bpftrace configurations are skipped, with a note, when bpftrace is
+not installed.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import os
 import platform
 import queue
 import re
+import resource
 import select
 import shlex
 import shutil
@@ -51,8 +56,11 @@ del sys.path[0]
 LOADGEN_COMM = "loadgen"  # the binary is named so; tracers filter on this sender comm
 BENCH_SIGNAL = SIGNALS["SIGUSR1"]  # loadgen's default
 VIAS = SYSCALL_VIAS
-CONFIGS = ("untraced", "sigscope-trace", "sigscope-top", "bpftrace-stream", "bpftrace-count")
+CONFIGS = ("untraced", "sigscope-trace", "sigscope-top", "bpftrace-stream", "bpftrace-count",
+           "bpftrace-oneliner", "bpftrace-3tp")
 STREAMING_CONFIGS = ("sigscope-trace", "bpftrace-stream")
+BPFTRACE_CONFIGS = tuple(c for c in CONFIGS if c.startswith("bpftrace-"))
+BPFTRACE_INSTALL = "apt-get install -y bpftrace (Debian/Ubuntu), dnf install bpftrace (Fedora)"
 
 READY_TIMEOUT_S = 60.0  # bpftrace compiles with LLVM at start-up; allow for a slow machine
 STOP_TIMEOUT_S = 60.0  # a tracer drains its buffers after SIGINT
@@ -81,6 +89,8 @@ class RunResult:
     elapsed_s: float | None = None
     rate: float | None = None
     slowdown: float | None = None  # untraced rate of the same round / this run's rate
+    # (this run's time per signal - the untraced run's of the same round), in ns
+    cost_ns: float | None = None
     captured: int | None = None
     lost: int | None = None
     exact: bool | None = None  # captured + lost == sent
@@ -156,15 +166,34 @@ def pair_by_round(results: Iterable[RunResult]) -> dict[int, dict[str, RunResult
     return rounds
 
 
+def ns_per_signal(result: RunResult) -> float | None:
+    """Wall time per signal sent, in ns; None without a completed workload."""
+    if result.elapsed_s is None or not result.sent:
+        return None
+    return result.elapsed_s * 1e9 / result.sent
+
+
+def pair_cost_ns(traced: RunResult, baseline: RunResult) -> float | None:
+    """Cost per signal of tracing, in ns: the traced run's time per signal minus the untraced
+    run's (of the same round). With equal counts this is (traced_time - untraced_time) /
+    signals. Negative when noise made the traced run faster; None when either run is missing."""
+    traced_ns, baseline_ns = ns_per_signal(traced), ns_per_signal(baseline)
+    if traced_ns is None or baseline_ns is None:
+        return None
+    return traced_ns - baseline_ns
+
+
 def apply_slowdowns(results: list[RunResult]) -> None:
-    """Set each traced run's slowdown against the untraced run of the same round."""
+    """Set each run's slowdown and cost per signal against the untraced run of the same round."""
     for runs in pair_by_round(results).values():
         baseline = runs.get("untraced")
         for result in runs.values():
             if baseline is None or not baseline.rate or not result.rate:
                 result.slowdown = None
+                result.cost_ns = None
             else:
                 result.slowdown = baseline.rate / result.rate
+                result.cost_ns = pair_cost_ns(result, baseline)
 
 
 def exact_summary(results: list[RunResult]) -> str:
@@ -184,10 +213,18 @@ def format_number(value: float | None, digits: int = 0, suffix: str = "") -> str
     return f"{value:,.{digits}f}{suffix}"
 
 
+def format_cost(value: float | None) -> str:
+    """A cost per signal with its sign: "+390", "-12", "n/a"."""
+    if value is None:
+        return "n/a"
+    return f"{value:+,.0f}"
+
+
 TABLE_HEADER = (
     "config",
     "rate (signals/s)",
     "slowdown",
+    "ns/signal over untraced",
     "captured",
     "lost",
     "captured+lost == sent",
@@ -210,6 +247,7 @@ def summary_row(config: str, runs: list[RunResult]) -> list[str]:
         config,
         format_number(median_or_none(r.rate for r in usable)),
         format_number(median_or_none(r.slowdown for r in usable), 2, "x") if traced else "1.00x",
+        format_cost(median_or_none(r.cost_ns for r in usable)) if traced else "+0",
         format_number(median_or_none(r.captured for r in usable)),
         format_number(median_or_none(r.lost for r in usable)),
         exact_summary(usable),
@@ -225,6 +263,75 @@ def format_table(results: list[RunResult], configs: list[str]) -> str:
     for config in configs:
         rows.append(summary_row(config, [r for r in results if r.config == config]))
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+STORM_SLOWDOWN_TARGET = 1.5  # issue 11: `sigscope trace --json > file` at the full-speed storm
+
+
+def usable_runs(results: Iterable[RunResult], config: str) -> list[RunResult]:
+    return [r for r in results if r.config == config and r.available and r.error is None]
+
+
+def target_lines(results: list[RunResult], paced: dict[str, dict] | None) -> list[str]:
+    """The issue-11 targets as read from this run: sigscope-top's cost per signal against the
+    bpftrace one-liner's, the trace storm's slowdown and exactness, and the highest zero-loss
+    paced rate. A target whose configurations did not run says "not measured"."""
+    lines = []
+    costs = {config: [r.cost_ns for r in usable_runs(results, config) if r.cost_ns is not None]
+             for config in ("sigscope-top", "bpftrace-oneliner", "bpftrace-3tp")}
+    top, one, three = (median_or_none(values) for values in costs.values())
+    if top is None or one is None:
+        verdict = "not measured"
+    else:
+        verdict = "met" if top <= one else "not met"
+    lines.append(f"- top vs bpftrace one-liner: sigscope-top {format_cost(top)} ns/signal, "
+                 f"bpftrace-oneliner {format_cost(one)} ns/signal, bpftrace-3tp "
+                 f"{format_cost(three)} ns/signal (target: top <= one-liner): {verdict}")
+    # The spread tells a difference from the noise of a shared machine.
+    lines.append("  per round: " + "; ".join(
+        f"{config} {', '.join(format_cost(v) for v in values) or 'n/a'}"
+        for config, values in costs.items()))
+    trace = usable_runs(results, "sigscope-trace")
+    slowdown = median_or_none(r.slowdown for r in trace)
+    if slowdown is None:
+        verdict = "not measured"
+    else:
+        verdict = "met" if slowdown <= STORM_SLOWDOWN_TARGET and all(r.exact for r in trace) \
+            else "not met"
+    per_run = ", ".join(f"{r.captured:,}+{r.lost:,}={r.captured + r.lost:,} of {r.sent:,}"
+                        for r in trace
+                        if r.captured is not None and r.lost is not None and r.sent is not None)
+    trace_cost = median_or_none(r.cost_ns for r in trace)
+    lines.append(f"- trace --json storm: slowdown {format_number(slowdown, 2, 'x')} "
+                 f"(target <= {STORM_SLOWDOWN_TARGET}x), {format_cost(trace_cost)} ns/signal, "
+                 f"captured+lost == sent: {exact_summary(trace)} ({per_run or 'no runs'}): "
+                 f"{verdict}")
+    outcome = (paced or {}).get("sigscope-trace")
+    if outcome is None:
+        lines.append("- highest zero-loss paced rate of trace --json: not measured "
+                     "(--paced or --with-paced)")
+    elif outcome.get("error"):
+        lines.append(f"- highest zero-loss paced rate of trace --json: error: {outcome['error']}")
+    else:
+        lines.append("- highest zero-loss paced rate of trace --json: "
+                     f"{format_number(outcome['max_zero_loss_rate'])} signals/s")
+    return lines
+
+
+def missing_notes(configs: Iterable[str], available: set[str], bpftrace_found: bool
+                  ) -> list[str]:
+    """One line per reason a requested configuration is skipped (reported as n/a)."""
+    missing = [c for c in configs if c not in available]
+    notes = []
+    skipped_bpftrace = [c for c in missing if c in BPFTRACE_CONFIGS]
+    if skipped_bpftrace and not bpftrace_found:
+        notes.append(f"note: bpftrace is not installed (not on PATH): skipped "
+                     f"{', '.join(skipped_bpftrace)} (n/a in the table); install it with "
+                     f"{BPFTRACE_INSTALL}")
+    for config in missing:
+        if config not in skipped_bpftrace or bpftrace_found:
+            notes.append(f"note: {config} is not available (its command does not run): n/a")
+    return notes
 
 
 def find_max_zero_loss_rate(
@@ -329,6 +436,23 @@ def count_bpftrace_map(stdout: Iterable[str], stderr: str, via: str) -> tuple[in
     return 0, 0
 
 
+# `@[loadgen, 10]: N` (one-liner) or `@[loadgen, 10, 1]: N` (three tracepoints, keyed also by
+# signal_generate's result); bpftrace prints a string key bare, so a comm is matched exactly.
+BPFTRACE_KEYED_ENTRY = re.compile(
+    rf"@\[{LOADGEN_COMM}, {BENCH_SIGNAL}(?:, -?\d+)*\]: (\d+)$")
+
+
+def count_bpftrace_keyed(stdout: Iterable[str], stderr: str, via: str) -> tuple[int, int]:
+    """A count map keyed by (comm, signal[, more]): the sum over loadgen's SIGUSR1 keys. A map
+    loses nothing, so lost is 0."""
+    captured = 0
+    for line in stdout:
+        match = BPFTRACE_KEYED_ENTRY.match(line.strip())
+        if match:
+            captured += int(match.group(1))
+    return captured, 0
+
+
 # ----------------------------------------------------------------------------- tracers
 
 
@@ -345,6 +469,26 @@ BPFTRACE_COUNT = (
     f"{BPFTRACE_BEGIN}tracepoint:signal:signal_generate {BPFTRACE_FILTER} "
     "{ @[args->sig] = count(); }"
 )
+# Issue 11's reference one-liner, verbatim (unfiltered: every generated signal is counted).
+BPFTRACE_ONELINER = (
+    f"{BPFTRACE_BEGIN}tracepoint:signal:signal_generate {{ @[comm, args->sig] = count(); }}"
+)
+
+
+def bpftrace_three_tracepoints(via: str) -> str:
+    """A counting program on the three tracepoints sigscope's programs use per signal
+    (syscalls:sys_enter_<via>, signal:signal_generate, syscalls:sys_exit_<via>): the entry keeps
+    the signal per thread, generate adds its result, the exit counts (comm, signal, result) and
+    forgets the thread. Every send path's entry has a `sig` field (its tracefs format). A send
+    of signal 0 is not counted (the entry stores 0, which the predicates read as absent)."""
+    return (
+        f"{BPFTRACE_BEGIN}"
+        f"tracepoint:syscalls:sys_enter_{via} {{ @sig[tid] = args->sig; }} "
+        "tracepoint:signal:signal_generate /@sig[tid]/ { @res[tid] = args->result; } "
+        f"tracepoint:syscalls:sys_exit_{via} /@sig[tid]/ "
+        "{ @[comm, @sig[tid], @res[tid]] = count(); delete(@sig[tid]); delete(@res[tid]); } "
+        "END { clear(@sig); clear(@res); }"
+    )
 
 
 def sigscope_command(option: str | None) -> tuple[list[str], dict | None]:
@@ -369,9 +513,10 @@ def command_works(argv: list[str], env: dict | None) -> bool:
     return probe.returncode == 0
 
 
-def tracer_specs(sigscope: list[str], env: dict | None, system_wide: bool = False
-                 ) -> dict[str, TracerSpec]:
-    """Every tracer configuration; system_wide drops sigscope's sender filter (paced mode)."""
+def tracer_specs(sigscope: list[str], env: dict | None, system_wide: bool = False,
+                 via: str = "tgkill") -> dict[str, TracerSpec]:
+    """Every tracer configuration; system_wide drops sigscope's sender filter (paced mode);
+    via names the syscall tracepoints of bpftrace-3tp."""
     # The loadgen's comm and signal: its own exit's SIGCHLD is then not traced either, so that
     # captured + lost counts exactly the workload's sends.
     comm_filter = [] if system_wide else ["-c", LOADGEN_COMM, "-s", "USR1"]
@@ -385,6 +530,10 @@ def tracer_specs(sigscope: list[str], env: dict | None, system_wide: bool = Fals
                                       count_bpftrace_stream),
         "bpftrace-count": TracerSpec(["bpftrace", "-e", BPFTRACE_COUNT], BPFTRACE_READY, True,
                                      count_bpftrace_map),
+        "bpftrace-oneliner": TracerSpec(["bpftrace", "-e", BPFTRACE_ONELINER], BPFTRACE_READY,
+                                        True, count_bpftrace_keyed),
+        "bpftrace-3tp": TracerSpec(["bpftrace", "-e", bpftrace_three_tracepoints(via)],
+                                   BPFTRACE_READY, True, count_bpftrace_keyed),
     }
 
 
@@ -392,7 +541,7 @@ def available_configs(specs: dict[str, TracerSpec], sigscope: list[str],
                       env: dict | None) -> set[str]:
     available = {"untraced"}
     if shutil.which("bpftrace"):
-        available |= {"bpftrace-stream", "bpftrace-count"}
+        available |= set(BPFTRACE_CONFIGS)
     for sub, config in (("trace", "sigscope-trace"), ("top", "sigscope-top")):
         if command_works(sigscope + [sub, "--help"], env):
             available.add(config)
@@ -442,7 +591,7 @@ def run_loadgen(children: ChildRegistry, loadgen: Path, via: str, count: int,
     return parse_loadgen_output(stdout)
 
 
-def wait_with_rusage(proc: subprocess.Popen, timeout: float) -> tuple[int, object]:
+def wait_with_rusage(proc: subprocess.Popen, timeout: float) -> tuple[int, resource.struct_rusage]:
     """Reap proc with wait4 to get its own rusage; raises TimeoutError after timeout."""
     pidfd = os.pidfd_open(proc.pid)
     try:
@@ -525,7 +674,7 @@ def start_tracer(children: ChildRegistry, spec: TracerSpec, stdout_path: Path) -
     return RunningTracer(proc, stdout_path, stderr_lines, stderr_reader, ready_s)
 
 
-def stop_tracer(tracer: RunningTracer) -> tuple[str, object]:
+def stop_tracer(tracer: RunningTracer) -> tuple[str, resource.struct_rusage]:
     """SIGINT, wait for the tracer to drain and exit; returns its stderr and rusage."""
     tracer.proc.send_signal(signal.SIGINT)
     try:
@@ -672,7 +821,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "else python3 -m sigscope)")
     parser.add_argument("--quick", action="store_true", help="100,000 signals, 1 round")
     parser.add_argument("--paced", action="store_true",
-                        help="find the highest zero-loss sustained rate of streaming tracers")
+                        help="only find the highest zero-loss sustained rate of streaming tracers")
+    parser.add_argument("--with-paced", action="store_true",
+                        help="the paired rounds, then the --paced search, in one run")
     parser.add_argument("--paced-seconds", type=float, default=10.0)
     parser.add_argument("--paced-start", type=int, default=100_000)
     parser.add_argument("--keep-output", action="store_true",
@@ -688,7 +839,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def write_results(path: Path, args: argparse.Namespace, results: list[RunResult],
-                  paced: dict[str, dict] | None) -> None:
+                  paced: dict[str, dict] | None, summary: list[str] | None = None) -> None:
     document = {
         "kernel": platform.release(),
         "machine": platform.machine(),
@@ -699,33 +850,49 @@ def write_results(path: Path, args: argparse.Namespace, results: list[RunResult]
         "runs": [dataclasses.asdict(r) for r in results],
         "paced": paced,
         "paced_seconds": args.paced_seconds if paced is not None else None,
+        "targets": summary or [],
     }
     path.write_text(json.dumps(document, indent=2) + "\n")
 
 
-def bench(args: argparse.Namespace, children: ChildRegistry) -> int:
+def machine_line(argv: list[str] | None) -> str:
+    """Where and how the figures were taken: date, kernel release, CPU count, command line."""
+    command = shlex.join(["python3", "bench/run.py", *(sys.argv[1:] if argv is None else argv)])
+    return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, kernel "
+            f"{platform.release()} {platform.machine()}, {os.cpu_count()} CPUs: `{command}`")
+
+
+def bench(args: argparse.Namespace, children: ChildRegistry,
+          argv: list[str] | None = None) -> int:
     OUT_DIR.mkdir(exist_ok=True)
     loadgen = compile_loadgen(OUT_DIR)
     sigscope, env = sigscope_command(args.sigscope)
-    specs = tracer_specs(sigscope, env)
+    specs = tracer_specs(sigscope, env, via=args.via)
     available = available_configs(specs, sigscope, env)
-    for config in args.config_list:
-        if config not in available:
-            print(f"{config}: not available, reported as n/a", file=sys.stderr)
-    paced = None
-    if args.paced:
-        paced_specs = tracer_specs(sigscope, env, system_wide=True)
-        configs = [c for c in args.config_list if c in STREAMING_CONFIGS and c in available]
-        paced = run_paced(children, loadgen, paced_specs, configs, args)
-        results: list[RunResult] = []
-        for config, outcome in paced.items():
-            print(f"{config}: highest sustained zero-loss rate over {args.paced_seconds:g} s: "
-                  f"{format_number(outcome['max_zero_loss_rate'])} signals/s")
-    else:
+    notes = missing_notes(args.config_list, available, shutil.which("bpftrace") is not None)
+    for note in notes:
+        print(note, file=sys.stderr)
+    print(machine_line(argv))
+    results: list[RunResult] = []
+    if not args.paced:
         results = run_rounds(children, loadgen, specs, args.config_list, available, args)
         print(f"{args.via}, {args.count:,} signals, median of {args.rounds} paired rounds:\n")
         print(format_table(results, args.config_list))
-    write_results(OUT_DIR / "results.json", args, results, paced)
+        for note in notes:
+            print(f"\n{note}")
+    paced = None
+    if args.paced or args.with_paced:
+        paced_specs = tracer_specs(sigscope, env, system_wide=True, via=args.via)
+        configs = [c for c in args.config_list if c in STREAMING_CONFIGS and c in available]
+        paced = run_paced(children, loadgen, paced_specs, configs, args)
+        print()
+        for config, outcome in paced.items():
+            print(f"{config}: highest sustained zero-loss rate over {args.paced_seconds:g} s: "
+                  f"{format_number(outcome['max_zero_loss_rate'])} signals/s")
+    summary = target_lines(results, paced)
+    print("\nissue 11 targets:")
+    print("\n".join(summary))
+    write_results(OUT_DIR / "results.json", args, results, paced, summary)
     print(f"\nraw results: {OUT_DIR / 'results.json'}", file=sys.stderr)
     return 0
 
@@ -742,7 +909,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
     try:
-        return bench(args, children)
+        return bench(args, children, argv)
     except BenchError as error:
         print(f"bench: {error}", file=sys.stderr)
         return 1

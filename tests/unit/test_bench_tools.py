@@ -129,12 +129,126 @@ def test_format_table_reports_medians_and_na() -> None:
     assert lines[0].startswith("| config | rate")
     assert lines[1].startswith("| --- |")
     rows = {line.split(" | ")[0].lstrip("| "): line.strip("| ").split(" | ") for line in lines[2:]}
-    assert rows["untraced"][1:3] == ["2,000", "1.00x"]
-    # trace: rates 500/1000 -> median 750; slowdowns 2x and 3x -> 2.50x
-    assert rows["trace"][1:] == ["750", "2.50x", "945", "50", "no (1/2 runs)", "1.00",
+    assert rows["untraced"][1:4] == ["2,000", "1.00x", "+0"]
+    # trace: rates 500/1000 -> median 750; slowdowns 2x and 3x -> 2.50x; no elapsed times,
+    # so no cost per signal
+    assert rows["trace"][1:] == ["750", "2.50x", "n/a", "945", "50", "no (1/2 runs)", "1.00",
                                  "31.0", "0.30"]
     assert set(rows["top"][1:]) == {"n/a"}
     assert set(rows["bpf"][1:]) == {"error"}
+
+
+def timed(config: str, round_index: int, elapsed_s: float, sent: int = 1000, **fields) -> object:
+    return run.RunResult(config, round_index, "tgkill", sent, sent=sent, elapsed_s=elapsed_s,
+                         rate=sent / elapsed_s, **fields)
+
+
+def test_cost_per_signal_is_the_paired_time_difference_over_the_signals() -> None:
+    # 1000 signals: untraced 1 ms (1000 ns each), traced 1.39 ms -> +390 ns per signal
+    assert run.pair_cost_ns(timed("top", 0, 0.00139), timed("untraced", 0, 0.001)) == \
+        pytest.approx(390.0)
+    # per signal, so unequal counts compare too: 2000 traced signals in 3 ms = 1500 ns each
+    assert run.pair_cost_ns(timed("top", 0, 0.003, sent=2000), timed("untraced", 0, 0.001)) \
+        == pytest.approx(500.0)
+    # noise can make the traced run faster: the sign is kept, not clamped
+    assert run.pair_cost_ns(timed("top", 0, 0.0009), timed("untraced", 0, 0.001)) == \
+        pytest.approx(-100.0)
+    unfinished = run.RunResult("top", 0, "tgkill", 1000)
+    assert run.pair_cost_ns(unfinished, timed("untraced", 0, 0.001)) is None
+    nothing_sent = run.RunResult("untraced", 0, "tgkill", 1000, sent=0, elapsed_s=0.1)
+    assert run.pair_cost_ns(timed("top", 0, 0.001), nothing_sent) is None
+
+
+def test_cost_is_paired_by_round_and_the_table_shows_the_median_over_pairs() -> None:
+    results = [
+        timed("untraced", 0, 0.001), timed("top", 0, 0.0012),   # +200
+        timed("untraced", 1, 0.002), timed("top", 1, 0.0025),   # +500 (a slow round)
+        timed("untraced", 2, 0.001), timed("top", 2, 0.0013),   # +300
+        timed("top", 3, 0.0001),  # no baseline in round 3: no pair, not in the median
+    ]
+    run.apply_slowdowns(results)
+    assert [r.cost_ns for r in results[1::2]] == pytest.approx([200.0, 500.0, 300.0])
+    assert results[0].cost_ns == pytest.approx(0.0)
+    assert results[6].cost_ns is None
+    # the median of the pairs (300), not the difference of the medians of times
+    row = run.summary_row("top", [r for r in results if r.config == "top"])
+    assert row[2:4] == ["1.25x", "+300"]
+    assert run.format_cost(-12.4) == "-12" and run.format_cost(None) == "n/a"
+    assert run.format_cost(1234.0) == "+1,234"
+
+
+def storm(round_index: int, elapsed_s: float, captured: int, lost: int) -> object:
+    return timed("sigscope-trace", round_index, elapsed_s, captured=captured, lost=lost,
+                 exact=captured + lost == 1000)
+
+
+def test_targets_compare_top_with_the_one_liner_and_check_the_storm() -> None:
+    results = [
+        timed("untraced", 0, 0.001), timed("sigscope-top", 0, 0.0013),
+        timed("bpftrace-oneliner", 0, 0.00125), timed("bpftrace-3tp", 0, 0.0017),
+        storm(0, 0.0014, 600, 400),
+    ]
+    run.apply_slowdowns(results)
+    top, spread, trace, paced = run.target_lines(results, None)
+    assert spread.strip() == ("per round: sigscope-top +300; bpftrace-oneliner +250; "
+                              "bpftrace-3tp +700")
+    assert "sigscope-top +300 ns/signal" in top
+    assert "bpftrace-oneliner +250 ns/signal" in top and "bpftrace-3tp +700" in top
+    assert top.endswith(": not met")
+    assert "slowdown 1.40x" in trace and "+400 ns/signal" in trace
+    assert "captured+lost == sent: yes (600+400=1,000 of 1,000)" in trace
+    assert trace.endswith(": met")
+    assert paced.endswith("not measured (--paced or --with-paced)")
+    found = {"sigscope-trace": {"max_zero_loss_rate": 531_250, "trials": [], "error": None}}
+    assert run.target_lines(results, found)[3].endswith(": 531,250 signals/s")
+
+
+def test_targets_fail_on_a_lossy_uncounted_storm_and_say_what_did_not_run() -> None:
+    results = [timed("untraced", 0, 0.001), storm(0, 0.0011, 600, 300),  # 100 unaccounted
+               timed("sigscope-top", 0, 0.0012)]
+    run.apply_slowdowns(results)
+    top, spread, trace, _ = run.target_lines(results, None)
+    assert "bpftrace-oneliner n/a ns/signal" in top and top.endswith(": not measured")
+    assert "bpftrace-oneliner n/a;" in spread
+    assert "no (1/1 runs)" in trace and trace.endswith(": not met")
+    slow = [timed("untraced", 0, 0.001), storm(0, 0.0016, 1000, 0)]
+    run.apply_slowdowns(slow)
+    assert run.target_lines(slow, None)[2].endswith(": not met")  # 1.6x > 1.5x
+    assert run.target_lines([], None)[2].endswith(": not measured")
+
+
+def test_missing_bpftrace_is_one_clear_note_naming_the_install() -> None:
+    configs = ["untraced", "sigscope-top", "bpftrace-oneliner", "bpftrace-3tp"]
+    notes = run.missing_notes(configs, {"untraced", "sigscope-top"}, bpftrace_found=False)
+    assert len(notes) == 1
+    assert "bpftrace is not installed" in notes[0]
+    assert "bpftrace-oneliner, bpftrace-3tp" in notes[0] and "apt-get install" in notes[0]
+    assert run.missing_notes(configs, set(configs), bpftrace_found=False) == []
+    # found but not runnable, or sigscope not runnable: named one by one
+    notes = run.missing_notes(configs, {"untraced"}, bpftrace_found=True)
+    assert len(notes) == 3 and all("not available" in n for n in notes)
+
+
+def test_bpftrace_keyed_maps_count_loadgen_sigusr1_only() -> None:
+    oneliner = ["Attaching 2 probes...\n", "bench: ready\n", "\n", "@[bash, 17]: 4\n",
+                "@[loadgen, 17]: 1\n", "@[loadgenx, 10]: 9\n", "@[loadgen, 10]: 999999\n"]
+    assert run.count_bpftrace_keyed(oneliner, "", "tgkill") == (999_999, 0)
+    three = ["@[loadgen, 10, 1]: 700\n", "@[loadgen, 10, -3]: 5\n", "@[loadgen, 12, 1]: 2\n"]
+    assert run.count_bpftrace_keyed(three, "", "tgkill") == (705, 0)
+    assert run.count_bpftrace_keyed([], "", "tgkill") == (0, 0)
+
+
+@pytest.mark.parametrize("via", VIAS)
+def test_three_tracepoint_program_uses_the_send_paths_tracepoints(via: str) -> None:
+    program = run.bpftrace_three_tracepoints(via)
+    assert f"tracepoint:syscalls:sys_enter_{via} " in program
+    assert "tracepoint:signal:signal_generate " in program
+    assert f"tracepoint:syscalls:sys_exit_{via} " in program
+    assert program.count("tracepoint:") == 3 and "count()" in program
+    assert run.BPFTRACE_READY in program
+    specs = run.tracer_specs(["sigscope"], None, via=via)
+    assert specs["bpftrace-3tp"].argv == ["bpftrace", "-e", program]
+    assert "@[comm, args->sig] = count();" in specs["bpftrace-oneliner"].argv[2]
 
 
 def test_search_finds_the_highest_clean_rate() -> None:
@@ -205,3 +319,5 @@ def test_parse_args_quick_and_config_subset() -> None:
     assert args.config_list == ["untraced", "bpftrace-count"]
     with pytest.raises(SystemExit):
         run.parse_args(["--configs", "untraced,nonsense"])
+    assert run.parse_args(["--with-paced"]).with_paced
+    assert set(run.BPFTRACE_CONFIGS) <= set(run.parse_args([]).config_list)
