@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-from sigscope.bpf import features
-from sigscope.bpf.attach import Attachment, attach_tracepoint
+from sigscope.bpf import features, uapi
+from sigscope.bpf.attach import Attachment, attach_tp_btf, attach_tracepoint
 from sigscope.bpf.maps import Map
 from sigscope.bpf.privileges import check_privileges, raise_memlock_limit
 from sigscope.bpf.program import Program, load_programs
 from sigscope.bpf.tracefs import tracefs_root
+from sigscope.errors import SetupError
 from sigscope.programs import signal as probes
 
 _M = TypeVar("_M", bound=Map)
@@ -74,15 +75,18 @@ class ProbeSession:
         verifier error leaves nothing attached."""
         targets: list[tuple] = []
 
-        def specs() -> Iterator[tuple[str, list]]:
+        def specs() -> Iterator[tuple[str, list, dict]]:
             for name, tracepoints, insns in plans:
                 targets.append(tracepoints)
-                yield name, insns
+                yield name, insns, _load_args(tracepoints)
 
         self._programs += load_programs(specs())
         for prog, tracepoints in zip(self._programs, targets, strict=True):
             for system, event in tracepoints:
-                self._attachments.append(attach_tracepoint(prog, system, event))
+                if system == probes.TP_BTF:
+                    self._attachments.append(attach_tp_btf(prog, event))
+                else:
+                    self._attachments.append(attach_tracepoint(prog, system, event))
 
     def _detach(self) -> None:
         """Entries first (see probes.detach_in_order); then count the calls whose exit never
@@ -131,3 +135,16 @@ class ProbeSession:
                 return None
             total += misses
         return total
+
+
+def _load_args(tracepoints: tuple) -> dict:
+    """Program.load arguments of a plan: a tp_btf target (probes.TP_BTF) is a
+    BPF_PROG_TYPE_TRACING program attached, at load, to the BTF id of btf_trace_<event>."""
+    if not tracepoints or tracepoints[0][0] != probes.TP_BTF:
+        return {}
+    event = tracepoints[0][1]
+    type_id = features.tp_btf_type_id(event)
+    if type_id is None:
+        raise SetupError(f"no BTF type btf_trace_{event} for the tp_btf program")
+    return {"prog_type": uapi.BPF_PROG_TYPE_TRACING,
+            "expected_attach_type": uapi.BPF_TRACE_RAW_TP, "attach_btf_id": type_id}
