@@ -159,3 +159,11 @@ def test_outcome_names() -> None:
     assert OUTCOMES == ("delivered", "ignored", "already_pending", "overflow", "lose_info")
     assert [outcome_name(i) for i in range(5)] == list(OUTCOMES)
     assert outcome_name(None) is None and outcome_name(-1) is None
+
+
+def test_origin_skips_the_tp_btf_program_frame() -> None:
+    # A tp_btf program's stack starts with the JITed program itself (kallsyms bpf_prog_*).
+    stack = ["bpf_prog_49568f6b77a864d4_sgenerate", "bpf_trace_run5", "__send_signal_locked",
+             "__oom_kill_process", "out_of_memory"]
+    assert origin_from_stack(stack) == "oom"
+    assert origin_from_stack(["bpf_prog_1_x", "frobnicate"]) is None

@@ -20,10 +20,11 @@ Writes that fail (buffer full) are counted per CPU in the ``counters`` map: lost
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
-from sigscope.bpf import asm, features
+from sigscope.bpf import asm, btf_scan, features
 from sigscope.bpf.asm import DW, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, W
 from sigscope.bpf.attach import detach_all
 from sigscope.bpf.maps import ArrayMap, HashMap, Map
@@ -380,13 +381,35 @@ class Recipient(NamedTuple):
         return self.task is not None
 
 
+@functools.cache
+def recipient_layout() -> TaskLayout | None:
+    """task_struct offsets of pid, tgid and comm for the tp_btf program, from a targeted BTF
+    scan (btf_scan); None without BTF. (Not task_layout(): that one also needs
+    bpf_get_current_task_btf, 5.11, which reading the recipient does not.) cred fields are
+    unused here (0)."""
+    try:
+        task = btf_scan.vmlinux_struct_members("task_struct")["task_struct"]
+        if task["pid"].span < 4 or task["tgid"].span < 4 or task["comm"].span < 16:
+            return None
+        return TaskLayout(task["pid"].offset, task["tgid"].offset, task["comm"].offset, 0, 0)
+    except (btf_scan.BtfScanError, KeyError, OSError):
+        return None
+
+
+def recipient_source_is_task() -> bool:
+    """Whether this kernel runs the tp_btf signal_generate (features `btf_vmlinux` and
+    `tp_btf`, and task_struct's pid/tgid/comm found in its BTF)."""
+    return (features.has("btf_vmlinux") and features.has("tp_btf")
+            and recipient_layout() is not None)
+
+
 def recipient_source(cfg: ProbeConfig) -> Recipient:
-    """The tp_btf path when the kernel has BTF and BTF-typed raw tracepoints (features
-    `btf_vmlinux`, `tp_btf`) and cfg.recipient_task allows it; else the tracefs format."""
-    if cfg.recipient_task and features.has("btf_vmlinux") and features.has("tp_btf"):
-        layout = task_layout()
-        if layout is not None:
-            return Recipient(None, layout)
+    """The tp_btf path where recipient_source_is_task() and cfg.recipient_task allows it;
+    else the tracefs format of signal:signal_generate."""
+    if cfg.recipient_task and recipient_source_is_task():
+        layout = recipient_layout()
+        assert layout is not None
+        return Recipient(None, layout)
     return Recipient(event_format("signal", "signal_generate"), None)
 
 
