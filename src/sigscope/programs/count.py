@@ -15,7 +15,8 @@ the signal), outcome (TRACE_SIGNAL_* or -1 when nothing was generated). ``target
 the decoder would read it: when a signal was generated, the recipient's tgid as the tp_btf
 program read it from the task; without it (tracefs path) the tgid argument for
 tgkill/rt_tgsigqueueinfo, else the recipient task id from signal_generate (a thread id: user
-space maps it to its process, best effort); else the pid argument (a thread id for tkill, the pidfd for pidfd_send_signal).
+space maps it to its process, best effort); else the pid argument (a thread id for tkill, the
+pidfd for pidfd_send_signal).
 
 When the map is full a new key cannot be added: the signal is counted in the per-CPU
 ``COUNTER_OTHER`` slot instead, never dropped.
