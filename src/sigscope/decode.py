@@ -335,7 +335,7 @@ class Decoder:
         (_ktime, _call_id, kind, _nemitted, _ret, arg_pid, arg_tid, via_code, sender_tgid,
          sender_tid, sender_uid, sig, arg_pidfd, _ngen, gen_code, _gen_errno, target_tid,
          gen_group, gen_result, _flags, kstack, target_tgid, _target_src, sender_comm,
-         target_comm) = row
+         target_comm, target_cgroup) = row
         via = _VIA_NAMES[via_code] if via_code < len(_VIA_NAMES) else str(via_code)
         t_pid: int | None
         t_tid: int | None
@@ -386,7 +386,8 @@ class Decoder:
             if not kernel else None,
             arg_pidfd=arg_pidfd if not kernel and pidfd_call else None,
             code=code, result=None if kernel else ret, outcome=outcome, group=group,
-            stack_origin=stack_origin)
+            stack_origin=stack_origin,
+            target_cgroup=target_cgroup if gen_result != GEN_NONE and target_cgroup else None)
 
 
 _VIA_NAMES = rec.VIA_NAMES

@@ -252,3 +252,19 @@ def test_top_target_filter_by_process_counts_a_thread_recipient(via: str) -> Non
     # (Rows may differ in outcome: a SIGUSR1 still pending is not queued twice.)
     assert {(k.target_pid, k.via) for k in snapshot.rows} == {(kept.pid, via)}
     assert sum(snapshot.rows.values()) == 3
+
+
+@needs_tp_btf
+def test_target_cgroup_id_is_the_recipients() -> None:
+    # The cgroup v2 id is the inode number of the cgroup's directory in cgroupfs.
+    with Target() as t:
+        rel = open(f"/proc/{t.pid}/cgroup").read().split("0::", 1)[1].split("\n")[0]
+        want = os.stat("/sys/fs/cgroup" + rel).st_ino
+        collector = started(tracer("tp_btf", signals=[SIGUSR1], target_ids=[t.pid]))
+        try:
+            send_signal("kill", SIGUSR1, pid=t.pid)
+            got = collector.wait_count(lambda e: e.via == "kill")
+        finally:
+            collector.finish()
+    assert [e.target_cgroup for e in got] == [want]
+    assert got[0].to_dict()["target"]["cgroup_id"] == want

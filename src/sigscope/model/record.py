@@ -139,6 +139,7 @@ _SPEC = [
     ("target_src", "I"),    # TARGET_SRC_*: where target_tid/target_tgid/target_comm came from
     ("sender_comm", "16s"),
     ("target_comm", "16s"),
+    ("target_cgroup", "Q"), # signal_generate (tp_btf): recipient's cgroup v2 id; 0 unknown
 ]
 
 FIELDS, RECORD_SIZE = _layout(_SPEC)

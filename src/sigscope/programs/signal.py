@@ -374,26 +374,52 @@ class Recipient(NamedTuple):
     ctx is the raw arguments; the task pointer is BTF-typed, so its ids are direct loads)."""
 
     gen: EventFormat | None
-    task: TaskLayout | None
+    task: RecipientLayout | None
 
     @property
     def tp_btf(self) -> bool:
         return self.task is not None
 
 
+class RecipientLayout(NamedTuple):
+    """Byte offsets the tp_btf program reads the recipient at: task_struct pid, tgid, comm;
+    and the chain to its cgroup v2 id, task->cgroups (struct css_set *) ->dfl_cgrp (struct
+    cgroup *) ->kn (struct kernfs_node *) ->id (u64 since 5.5), or None when the BTF lacks
+    one of them (the id is then 0, unknown)."""
+
+    pid: int
+    tgid: int
+    comm: int
+    cgroup_chain: tuple[int, int, int, int] | None
+
+
 @functools.cache
-def recipient_layout() -> TaskLayout | None:
-    """task_struct offsets of pid, tgid and comm for the tp_btf program, from a targeted BTF
-    scan (btf_scan); None without BTF. (Not task_layout(): that one also needs
-    bpf_get_current_task_btf, 5.11, which reading the recipient does not.) cred fields are
-    unused here (0)."""
+def recipient_layout() -> RecipientLayout | None:
+    """The offsets, from a targeted BTF scan (btf_scan); None without BTF. (Not
+    task_layout(): that one also needs bpf_get_current_task_btf, 5.11, which reading the
+    recipient does not.)"""
     try:
-        task = btf_scan.vmlinux_struct_members("task_struct")["task_struct"]
+        found = btf_scan.vmlinux_struct_members("task_struct", "css_set", "cgroup",
+                                                "kernfs_node")
+    except (btf_scan.BtfScanError, OSError):
+        return None
+    task = found["task_struct"]
+    try:
         if task["pid"].span < 4 or task["tgid"].span < 4 or task["comm"].span < 16:
             return None
-        return TaskLayout(task["pid"].offset, task["tgid"].offset, task["comm"].offset, 0, 0)
-    except (btf_scan.BtfScanError, KeyError, OSError):
+        ids = (task["pid"].offset, task["tgid"].offset, task["comm"].offset)
+    except KeyError:
         return None
+    chain: tuple[int, int, int, int] | None
+    try:
+        links = (task["cgroups"], found["css_set"]["dfl_cgrp"], found["cgroup"]["kn"],
+                 found["kernfs_node"]["id"])
+        chain = None
+        if all(m.span >= 8 for m in links):
+            chain = (links[0].offset, links[1].offset, links[2].offset, links[3].offset)
+    except KeyError:
+        chain = None
+    return RecipientLayout(*ids, chain)
 
 
 def recipient_source_is_task() -> bool:
@@ -445,7 +471,8 @@ def _copy_generate_fields(dst: int, dst_base: int, src: Recipient,
     gen = src.gen
     assert gen is not None
     out: list = [asm.st(W, dst, dst_base + _f("target_src"), rec.TARGET_SRC_TRACEFS),
-                 asm.st(W, dst, dst_base + _f("target_tgid"), 0)]
+                 asm.st(W, dst, dst_base + _f("target_tgid"), 0),
+                 asm.st(DW, dst, dst_base + _f("target_cgroup"), 0)]
     for src_name, dst_name in (("code", "gen_code"), ("errno", "gen_errno"), ("pid", "target_tid"),
                                ("group", "gen_group"), ("result", "gen_result")):
         fld = gen.field(src_name)
@@ -464,7 +491,7 @@ def _copy_generate_fields(dst: int, dst_base: int, src: Recipient,
     return out
 
 
-def _copy_task_fields(dst: int, base: int, task: TaskLayout, labels: _Labels) -> list:
+def _copy_task_fields(dst: int, base: int, task: RecipientLayout, labels: _Labels) -> list:
     """tp_btf: the recipient's tid, tgid (direct BTF-typed loads from its task_struct), comm
     (bpf_probe_read_kernel: 16 bytes of task->comm, cut at the NUL), and si_code/si_errno
     from the kernel_siginfo, as the tracepoint itself derives them. Clobbers r0-r5."""
@@ -496,7 +523,22 @@ def _copy_task_fields(dst: int, base: int, task: TaskLayout, labels: _Labels) ->
         asm.alu64_imm("RSH", R0, 32),
         asm.stx(W, dst, R0, base + _f("gen_code")),
         asm.label(info_done),
+        *_cgroup_id(dst, base, task, labels),
     ]
+
+
+def _cgroup_id(dst: int, base: int, task: RecipientLayout, labels: _Labels) -> list:
+    """target_cgroup = task->cgroups->dfl_cgrp->kn->id, by direct BTF-typed loads (each
+    pointer checked for NULL; a faulting load reads 0), or 0 without the chain. Uses r1."""
+    at = base + _f("target_cgroup")
+    if task.cgroup_chain is None:
+        return [asm.st(DW, dst, at, 0)]
+    done = labels("cgroup_done")
+    cgroups, dfl_cgrp, kn, kn_id = task.cgroup_chain
+    out = [asm.st(DW, dst, at, 0), asm.ldx(DW, R1, R6, _ARG_TASK)]
+    for off in (cgroups, dfl_cgrp, kn):
+        out += [asm.ldx(DW, R1, R1, off), asm.jmp_imm("JEQ", R1, 0, done)]
+    return [*out, asm.ldx(DW, R1, R1, kn_id), asm.stx(DW, dst, R1, at), asm.label(done)]
 
 
 def _recipient_in(src: Recipient, ids: frozenset[int], fail: str, labels: _Labels) -> list:
@@ -684,7 +726,7 @@ def _fill_call(base: int, off0: int, call: str, enter: EventFormat, suppressed: 
     for name in ("ngen", "nemitted", "flags", "target_tid", "gen_code", "gen_errno",
                  "gen_group", "target_tgid", "target_src"):
         prog.append(asm.st(W, base, at(name), 0))
-    for name in ("arg_pid", "arg_tid", "ret"):
+    for name in ("arg_pid", "arg_tid", "ret", "target_cgroup"):
         prog.append(asm.st(DW, base, at(name), 0))
     prog += [asm.st(DW, base, at("target_comm"), 0), asm.st(DW, base, at("target_comm") + 8, 0)]
     for rec_field, fmt_field in SYSCALL_ARGS[call].items():
