@@ -13,6 +13,7 @@ import signal
 import struct
 import subprocess
 import threading
+import time
 
 import pytest
 from helpers import Target, started
@@ -130,7 +131,12 @@ def test_thread_gone_before_decoding_keeps_its_process() -> None:
         try:
             send_signal("tkill", SIGUSR1, pid=tids[0])
             worker.join(30)
-            assert not os.path.exists(f"/proc/{ME}/task/{tids[0]}")
+            # join() returns when the thread's Python state is released, a moment before the
+            # kernel task is reaped: wait (bounded) until /proc no longer has it.
+            deadline = time.monotonic() + 30
+            while os.path.exists(f"/proc/{ME}/task/{tids[0]}"):
+                assert time.monotonic() < deadline, "the worker thread never exited"
+                time.sleep(0.001)
             got = collector.wait_count(lambda e: e.via == "tkill")
         finally:
             collector.finish()
