@@ -334,7 +334,8 @@ class Decoder:
         """Every Event field but id and times, from a record and its call's return value."""
         (_ktime, _call_id, kind, _nemitted, _ret, arg_pid, arg_tid, via_code, sender_tgid,
          sender_tid, sender_uid, sig, arg_pidfd, _ngen, gen_code, _gen_errno, target_tid,
-         gen_group, gen_result, _flags, kstack, sender_comm, target_comm) = row
+         gen_group, gen_result, _flags, kstack, target_tgid, _target_src, sender_comm,
+         target_comm, target_cgroup) = row
         via = _VIA_NAMES[via_code] if via_code < len(_VIA_NAMES) else str(via_code)
         t_pid: int | None
         t_tid: int | None
@@ -345,11 +346,15 @@ class Decoder:
         if gen_result != GEN_NONE:
             t_tid = target_tid
             t_comm = self._comm(target_comm)
-            if via_code in _TG_VIAS:
+            if target_tgid:
+                t_pid = target_tgid  # read from the recipient's task at generation (tp_btf)
+            elif via_code in _TG_VIAS:
                 t_pid = arg_pid
             elif target_tid == sender_tid:
                 t_pid = sender_tgid
             else:
+                # Tracefs path (no BTF): the tracepoint has no tgid. /proc now, best effort:
+                # a thread already gone gives None (or the tid itself for a group signal).
                 t_pid = self.resolver.tgid(target_tid, now)
                 if t_pid is None and gen_group:
                     t_pid = target_tid  # the kernel signalled the process through this task
@@ -381,7 +386,8 @@ class Decoder:
             if not kernel else None,
             arg_pidfd=arg_pidfd if not kernel and pidfd_call else None,
             code=code, result=None if kernel else ret, outcome=outcome, group=group,
-            stack_origin=stack_origin)
+            stack_origin=stack_origin,
+            target_cgroup=target_cgroup if gen_result != GEN_NONE and target_cgroup else None)
 
 
 _VIA_NAMES = rec.VIA_NAMES

@@ -14,12 +14,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-from sigscope.bpf import features
-from sigscope.bpf.attach import Attachment, attach_tracepoint, detach_all
+from sigscope.bpf import features, uapi
+from sigscope.bpf.attach import Attachment, attach_tp_btf, attach_tracepoint, detach_all
 from sigscope.bpf.maps import ArrayMap, HashMap, Map
 from sigscope.bpf.privileges import check_privileges, raise_memlock_limit
 from sigscope.bpf.program import Program, load_programs
 from sigscope.bpf.tracefs import tracefs_root
+from sigscope.errors import SetupError
 from sigscope.model import record as rec
 from sigscope.programs import signal as probes
 from sigscope.programs.common import ProgramPlan, Role
@@ -130,16 +131,20 @@ class ProbeSession:
         order. Loading everything first means a verifier error leaves nothing attached."""
         loaded: list[ProgramPlan] = []
 
-        def specs() -> Iterator[tuple[str, list]]:
+        def specs() -> Iterator[tuple[str, list, dict]]:
             for plan in plans:
                 loaded.append(plan)
-                yield plan.name, plan.insns
+                yield plan.name, plan.insns, _load_args(plan.tracepoints)
 
         programs = load_programs(specs())
         self._programs += programs
         for prog, plan in zip(programs, loaded, strict=True):
             for system, event in plan.tracepoints:
-                self._attachments.append((plan.role, attach_tracepoint(prog, system, event)))
+                if system == probes.TP_BTF:
+                    attachment = attach_tp_btf(prog, event)
+                else:
+                    attachment = attach_tracepoint(prog, system, event)
+                self._attachments.append((plan.role, attachment))
 
     def _detach(self) -> None:
         """Detach by role (DETACH_ORDER: entries first); then count the calls whose exit never
@@ -188,3 +193,16 @@ class ProbeSession:
                 return None
             total += misses
         return total
+
+
+def _load_args(tracepoints: tuple) -> dict:
+    """Program.load arguments of a plan: a tp_btf target (probes.TP_BTF) is a
+    BPF_PROG_TYPE_TRACING program attached, at load, to the BTF id of btf_trace_<event>."""
+    if not tracepoints or tracepoints[0][0] != probes.TP_BTF:
+        return {}
+    event = tracepoints[0][1]
+    type_id = features.tp_btf_type_id(event)
+    if type_id is None:
+        raise SetupError(f"no BTF type btf_trace_{event} for the tp_btf program")
+    return {"prog_type": uapi.BPF_PROG_TYPE_TRACING,
+            "expected_attach_type": uapi.BPF_TRACE_RAW_TP, "attach_btf_id": type_id}

@@ -109,6 +109,9 @@ class Tracer(ProbeSession):
         claim: str | None = None,
     ) -> None:
         super().__init__(claim)
+        # Read the recipient from its task (tp_btf) where the kernel allows; False forces the
+        # tracefs signal_generate and its /proc fallback (tests of that path).
+        self.recipient_task = True
         # --fate: follow signalfd reads (programs/fate_signalfd.py). Costs every read(2) on
         # the system ~1.7 us while tracing (measured here): two more syscall tracepoints.
         self.follow_signalfd = follow_signalfd
@@ -183,7 +186,8 @@ class Tracer(ProbeSession):
         cfg = probes.ProbeConfig(self.filters, output,
                                  probes.MapFds(inflight.fd, counters.fd,
                                                stacks.fd if stacks is not None else -1),
-                                 claim=self._started_claim, task=task_layout())
+                                 claim=self._started_claim, task=task_layout(),
+                                 recipient_task=self.recipient_task)
         # The reader first: a perf buffer's per-CPU events must be in the map before any
         # program writes to it.
         if kind == "ringbuf":

@@ -38,6 +38,7 @@ def test_selftest_without_btf(no_btf) -> None:
     assert re.search(r"btf_vmlinux\s+-\s+no", out)
     assert re.search(r"get_current_task_btf\s+5\.11\s+no", out)
     assert "sender fields: helper calls" in out
+    assert "signal_generate: tracefs tracepoint, recipient's process from /proc" in out
     expected = ("group_dead field" if features.has("sched_exit_group_dead")
                 else "unknown (no BTF)")
     assert f"fate exit: {expected}\n" in out

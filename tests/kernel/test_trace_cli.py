@@ -109,7 +109,7 @@ def check_schema(obj: dict) -> None:
     assert set(obj["sender"]) == {"pid", "tid", "comm", "uid"}
     assert all(isinstance(obj["sender"][k], int) for k in ("pid", "tid", "uid"))
     assert isinstance(obj["sender"]["comm"], str)
-    assert set(obj["target"]) == {"pid", "tid", "comm"}
+    assert set(obj["target"]) == {"pid", "tid", "comm", "cgroup_id"}
     assert set(obj["args"]) == {"pid", "tid", "pidfd"}
     for value in (*obj["target"].values(), *obj["args"].values(), obj["code"], obj["result"]):
         assert value is None or isinstance(value, (int, str))
@@ -144,7 +144,8 @@ def test_json_lines(target: Target) -> None:
     assert [(o["via"], o["sig"]) for o in objects] == [
         ("kill", SIGUSR1), ("tgkill", SIGUSR2), ("rt_sigqueueinfo", 40),
         ("pidfd_send_signal", SIGUSR1), ("kill", 99), ("kernel", 13)]
-    assert objects[1]["target"] == {"pid": target.pid, "tid": target.pid, "comm": TARGET_COMM}
+    assert objects[1]["target"] == {"pid": target.pid, "tid": target.pid, "comm": TARGET_COMM,
+                                    "cgroup_id": objects[1]["target"]["cgroup_id"]}
     assert objects[1]["args"] == {"pid": target.pid, "tid": target.pid, "pidfd": None}
     assert (objects[1]["code_name"], objects[1]["outcome"]) == ("SI_TKILL", "delivered")
     assert (objects[4]["result"], objects[4]["error"], objects[4]["outcome"]) == (

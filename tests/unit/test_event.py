@@ -32,7 +32,7 @@ def test_to_dict_has_exactly_the_documented_keys() -> None:
     d = make_event().to_dict()
     assert set(d) == SCHEMA_KEYS | {"id"}
     assert set(d["sender"]) == {"pid", "tid", "comm", "uid"}
-    assert set(d["target"]) == {"pid", "tid", "comm"}
+    assert set(d["target"]) == {"pid", "tid", "comm", "cgroup_id"}
     assert set(d["args"]) == {"pid", "tid", "pidfd"}
 
 
@@ -43,7 +43,7 @@ def test_to_dict_values_match_the_issue_example() -> None:
     assert (d["ktime_ns"], d["sig"], d["signal"], d["via"], d["origin"]) == (
         123, 12, "SIGUSR2", "tgkill", None)
     assert d["sender"] == {"pid": 601489, "tid": 601489, "comm": "bash", "uid": 1000}
-    assert d["target"] == {"pid": 1219543, "tid": 1219543, "comm": "oracle"}
+    assert d["target"] == {"pid": 1219543, "tid": 1219543, "comm": "oracle", "cgroup_id": None}
     assert d["args"] == {"pid": 1219543, "tid": 1219543, "pidfd": None}
     assert (d["code"], d["code_name"], d["result"], d["error"], d["outcome"]) == (
         -6, "SI_TKILL", 0, None, "delivered")
@@ -80,7 +80,7 @@ def test_failed_send_has_nulls_where_nothing_applies() -> None:
     d = make_event(via="kill", result=-3, outcome=None, code=None, target_tid=None,
                    target_comm=None, arg_tid=None).to_dict()
     assert (d["code"], d["code_name"], d["outcome"], d["error"]) == (None, None, None, "ESRCH")
-    assert d["target"] == {"pid": 1219543, "tid": None, "comm": None}
+    assert d["target"] == {"pid": 1219543, "tid": None, "comm": None, "cgroup_id": None}
 
 
 SI_USER, SI_KERNEL, SI_TIMER, SI_QUEUE = 0, 0x80, -2, -1
@@ -159,3 +159,11 @@ def test_outcome_names() -> None:
     assert OUTCOMES == ("delivered", "ignored", "already_pending", "overflow", "lose_info")
     assert [outcome_name(i) for i in range(5)] == list(OUTCOMES)
     assert outcome_name(None) is None and outcome_name(-1) is None
+
+
+def test_origin_skips_the_tp_btf_program_frame() -> None:
+    # A tp_btf program's stack starts with the JITed program itself (kallsyms bpf_prog_*).
+    stack = ["bpf_prog_49568f6b77a864d4_sgenerate", "bpf_trace_run5", "__send_signal_locked",
+             "__oom_kill_process", "out_of_memory"]
+    assert origin_from_stack(stack) == "oom"
+    assert origin_from_stack(["bpf_prog_1_x", "frobnicate"]) is None

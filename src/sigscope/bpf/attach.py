@@ -137,6 +137,19 @@ def attach_tracepoint(
     return Attachment(description, method, perf_fd, link_fd)
 
 
+def attach_tp_btf(prog: Program, name: str) -> Attachment:
+    """Attach a BTF-typed raw tracepoint program (BPF_PROG_TYPE_TRACING, BPF_TRACE_RAW_TP;
+    its target was fixed at load time by attach_btf_id) with BPF_RAW_TRACEPOINT_OPEN and no
+    name. `name` only describes the attachment. Raises BPFError."""
+    attr = RawTracepointOpenAttr(name=0, prog_fd=prog.fd)
+    try:
+        fd = bpf(uapi.BPF_RAW_TRACEPOINT_OPEN, attr)
+    except BPFError as err:
+        err.detail = f"tp_btf {name}"
+        raise
+    return Attachment(f"tp_btf:{name}", ATTACH_RAW_TRACEPOINT, None, fd)
+
+
 def attach_raw_tracepoint(prog: Program, name: str) -> Attachment:
     """Attach a BPF_PROG_TYPE_RAW_TRACEPOINT program to raw tracepoint `name` (e.g.
     ``signal_generate``) with BPF_RAW_TRACEPOINT_OPEN."""

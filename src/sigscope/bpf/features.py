@@ -118,6 +118,12 @@ def _btf_type_id(name: str, kind: str) -> int | None:
         return None
 
 
+def tp_btf_type_id(event: str) -> int | None:
+    """The attach_btf_id of a tp_btf program for raw tracepoint `event`: the id of the
+    typedef ``btf_trace_<event>`` in vmlinux BTF (include/trace/bpf_probe.h), or None."""
+    return _btf_type_id(f"btf_trace_{event}", "typedef")
+
+
 def _probe_tp_btf() -> bool:
     # A BTF-typed raw tracepoint program: the kernel checks the attach target at load time.
     type_id = _btf_type_id("btf_trace_sched_process_exit", "typedef")

@@ -260,7 +260,7 @@ class RunTimeStats:
 
 
 def load_programs(
-    specs: Iterable[tuple[str, bytes | list]],
+    specs: Iterable[tuple],
     prog_type: int = uapi.BPF_PROG_TYPE_TRACEPOINT,
     parallel: int = 2,
 ) -> list[Program]:
@@ -277,9 +277,10 @@ def load_programs(
     results: dict = {}
     threads = []
 
-    def load(index: int, code: bytes, name: str) -> None:
+    def load(index: int, code: bytes, name: str, extra: dict) -> None:
         try:
-            results[index] = Program.load(code, prog_type=prog_type, name=name)
+            results[index] = Program.load(code, **{"prog_type": prog_type, "name": name,
+                                                   **extra})
         except BaseException as error:  # handed to the caller below
             results[index] = error
         finally:
@@ -287,10 +288,11 @@ def load_programs(
 
     building_failed: BaseException | None = None
     try:
-        for index, (name, insns) in enumerate(specs):
+        for index, (name, insns, *more) in enumerate(specs):
             code = _instructions_bytes(insns)
             slots.acquire()
-            thread = threading.Thread(target=load, args=(index, code, name), daemon=True)
+            thread = threading.Thread(target=load, args=(index, code, name,
+                                                         more[0] if more else {}), daemon=True)
             thread.start()
             threads.append(thread)
     except BaseException as error:  # building a program failed: release what was loaded

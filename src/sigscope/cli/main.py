@@ -268,7 +268,10 @@ def add_filter_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", "--pid", type=_id_list, action="extend", default=[],
                    metavar="PID[,PID]", help="only signals sent by these processes")
     p.add_argument("-T", "--tpid", type=_id_list, action="extend", default=[],
-                   metavar="ID[,ID]", help="only signals to these processes or threads")
+                   metavar="ID[,ID]",
+                   help="only signals to these processes or threads (the receiving task's "
+                        "tgid or tid; a send that generated nothing matches on its "
+                        "arguments)")
     p.add_argument("-s", "--signal", action="append", metavar="SIG[,SIG]",
                    help="only these signals (USR1, SIGUSR1, 10, SIGRTMIN+3, comma lists)")
     p.add_argument("-e", "--exclude-signal", action="append", metavar="SIG[,SIG]",

@@ -81,6 +81,10 @@ def describe_paths() -> list[str]:
                       else "ioctl PERF_EVENT_IOC_SET_BPF (no perf_event_link)"),
         "sender fields: " + ("task_struct via BTF (get_current_task_btf)"
                              if task_layout() is not None else "helper calls"),
+        "signal_generate: " + ("tp_btf, recipient read from its task_struct via BTF"
+                               if probes.recipient_source_is_task() else
+                               "tracefs tracepoint, recipient's process from /proc "
+                               "(no BTF or no tp_btf)"),
         "output: " + ("ring buffer" if features.has("ringbuf") else "perf buffer (no ringbuf)"),
         "skipped probe runs: " + ("counted (recursion_misses)" if features.has("recursion_misses")
                                   else "this kernel cannot count them (no recursion_misses)"),

@@ -68,7 +68,7 @@ def kernel_origin(sig: int, code: int, stack_origin: str | None = None) -> str:
 SHAPE_FIELDS = (
     "sig", "via", "sender_pid", "sender_tid", "sender_comm", "sender_uid", "target_pid",
     "target_tid", "target_comm", "arg_pid", "arg_tid", "arg_pidfd", "code", "result", "outcome",
-    "group", "stack_origin",
+    "group", "stack_origin", "target_cgroup",
 )
 # The fields that make an Event's value.
 VALUE_FIELDS = ("id", "ktime_ns", "time_ns", *SHAPE_FIELDS)
@@ -103,6 +103,7 @@ class Shape:
         outcome: str | None,
         group: bool | None = None,
         stack_origin: str | None = None,
+        target_cgroup: int | None = None,
     ) -> None:
         self.sig = sig
         self.via = via
@@ -121,6 +122,7 @@ class Shape:
         self.outcome = outcome
         self.group = group
         self.stack_origin = stack_origin
+        self.target_cgroup = target_cgroup
         self.rendered: dict[str, str] = {}
 
     def values(self) -> tuple[object, ...]:
@@ -179,6 +181,7 @@ class Event:
         outcome: str | None,
         group: bool | None = None,
         stack_origin: str | None = None,
+        target_cgroup: int | None = None,
     ) -> Event:
         """An Event from field values (a Shape of its own)."""
         shape = Shape(
@@ -186,12 +189,19 @@ class Event:
             sender_comm=sender_comm, sender_uid=sender_uid, target_pid=target_pid,
             target_tid=target_tid, target_comm=target_comm, arg_pid=arg_pid, arg_tid=arg_tid,
             arg_pidfd=arg_pidfd, code=code, result=result, outcome=outcome, group=group,
-            stack_origin=stack_origin)
+            stack_origin=stack_origin, target_cgroup=target_cgroup)
         return cls(id, ktime_ns, time_ns, shape)
 
     @property
     def sig(self) -> int:
         return self.shape.sig
+
+    @property
+    def target_cgroup(self) -> int | None:
+        """The cgroup v2 id (the kernfs node id of the recipient's default-hierarchy cgroup,
+        task->cgroups->dfl_cgrp->kn->id, as in /proc/<pid>/cgroup's directory inode) read at
+        generation by the tp_btf program; None without it or when nothing was generated."""
+        return self.shape.target_cgroup
 
     @property
     def via(self) -> str:
@@ -317,7 +327,7 @@ class Event:
             "sender": {"pid": self.sender_pid, "tid": self.sender_tid,
                        "comm": self.sender_comm, "uid": self.sender_uid},
             "target": {"pid": self.target_pid, "tid": self.target_tid,
-                       "comm": self.target_comm},
+                       "comm": self.target_comm, "cgroup_id": self.target_cgroup},
             "args": {"pid": self.arg_pid, "tid": self.arg_tid, "pidfd": self.arg_pidfd},
             "code": self.code,
             "code_name": self.code_name,

@@ -64,6 +64,10 @@ SIGNAL_SENDING = frozenset({
     "__kill_pgrp_info", "kill_pgrp", "kill_pid", "send_signal_irq_work",
 })
 
+# A JITed BPF program's kallsyms name (kernel/bpf/core.c bpf_get_prog_name: bpf_prog_<tag>_
+# <name>): the tp_btf signal_generate program itself is the innermost frame of its stacks.
+BPF_PROGRAM_PREFIX = "bpf_prog_"
+
 # The function that asked for a kernel SIGKILL -> its origin.
 KILLERS: Mapping[str, str] = {
     # mm/oom_kill.c: __oom_kill_process() sends SIGKILL to the victim (and to every process
@@ -113,7 +117,7 @@ def origin_from_stack(functions: Iterable[str]) -> str | None:
     function that asked for the signal is not one of KILLERS (or the stack is empty)."""
     for name in functions:
         base = symbol_base(name)
-        if base in SIGNAL_SENDING:
+        if base in SIGNAL_SENDING or base.startswith(BPF_PROGRAM_PREFIX):
             continue
         return KILLERS.get(base)
     return None

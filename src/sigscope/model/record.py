@@ -62,6 +62,15 @@ FLAG_EXIT_CODE_UNKNOWN = 2
 # thread's exit ended its thread group is unknown (`gen_group` is 0 without meaning "no").
 FLAG_GROUP_UNKNOWN = 4
 
+# target_src: which signal_generate program filled the target fields (programs/signal.py).
+# TARGET_SRC_NONE: nothing generated. TARGET_SRC_TRACEFS: the perf-event tracepoint, which
+# reports the recipient's tid and comm but not its tgid (user space may look that up in /proc,
+# best effort). TARGET_SRC_TASK: the BTF-typed raw tracepoint, read from the recipient's
+# task_struct at generation: tid, tgid and comm as the kernel had them.
+TARGET_SRC_NONE = 0
+TARGET_SRC_TRACEFS = 1
+TARGET_SRC_TASK = 2
+
 # gen_result when a syscall generated nothing (EPERM, ESRCH, EINVAL, signal 0 probes).
 GEN_NONE = -1
 
@@ -126,8 +135,11 @@ _SPEC = [
     ("gen_result", "i"),    # signal_generate: TRACE_SIGNAL_* result, GEN_NONE if none
     ("flags", "I"),         # FLAG_* bits
     ("kstack", "i"),        # KERNEL SIGKILL: its kernel stack's id in the stack map + 1; 0 none
+    ("target_tgid", "I"),   # signal_generate (tp_btf): the receiving task's tgid; 0 unknown
+    ("target_src", "I"),    # TARGET_SRC_*: where target_tid/target_tgid/target_comm came from
     ("sender_comm", "16s"),
     ("target_comm", "16s"),
+    ("target_cgroup", "Q"), # signal_generate (tp_btf): recipient's cgroup v2 id; 0 unknown
 ]
 
 FIELDS, RECORD_SIZE = _layout(_SPEC)

@@ -13,9 +13,11 @@ The count key (``KEY_FIELDS``): sender tgid and comm, target pid and comm, signa
 (the syscall's return, 0 for kernel-generated signals and for fan-out recipients, which are
 counted when generated, before the call returns: kill(2) returns 0 as soon as any recipient got
 the signal), outcome (TRACE_SIGNAL_* or -1 when nothing was generated). ``target_pid`` holds, as
-the decoder would read it: the tgid argument for tgkill/rt_tgsigqueueinfo; else, when a signal was
-generated, the recipient task id from signal_generate (a thread id: user space maps it to its
-process); else the pid argument (a thread id for tkill, the pidfd for pidfd_send_signal).
+the decoder would read it: when a signal was generated, the recipient's tgid as the tp_btf
+program read it from the task; without it (tracefs path) the tgid argument for
+tgkill/rt_tgsigqueueinfo, else the recipient task id from signal_generate (a thread id: user
+space maps it to its process, best effort); else the pid argument (a thread id for tkill, the
+pidfd for pidfd_send_signal).
 
 When the map is full a new key cannot be added: the signal is counted in the per-CPU
 ``COUNTER_OTHER`` slot instead, never dropped.
@@ -112,6 +114,9 @@ def _build_key(src: int, labels: Labels, keep: frozenset[str] | None = None) -> 
         asm.jmp32_imm("JEQ", R1, rec.VIA_CODES["pidfd_send_signal"], pidfd),
         asm.ja(arg_pid),
         asm.label(generated),
+        # The recipient's tgid, where the tp_btf program read it from the task (0: tracefs).
+        asm.ldx(W, R1, src, f("target_tgid")),
+        asm.jmp32_imm("JNE", R1, 0, store),
         asm.ldx(W, R1, src, f("via")),
         *[asm.jmp32_imm("JEQ", R1, via, arg_pid) for via in _TG_VIAS],
         asm.ldx(W, R1, src, f("target_tid")),
