@@ -155,3 +155,16 @@ def test_bpf_reads_our_task_at_btf_offsets() -> None:
     # Up to the NUL: a kernel that renames without padding (5.10: strlcpy) leaves older bytes
     # after it in task->comm.
     assert comm.split(b"\0", 1)[0] == seen["comm"]
+
+
+def test_quick_type_ids_equal_the_full_parsers() -> None:
+    """btf_scan.vmlinux_type_id (start-up's attach_btf_id of the tp_btf program) against the
+    full parser, on this kernel's BTF."""
+    from sigscope.bpf import btf_scan
+
+    full = Btf.load()
+    for name in ("btf_trace_signal_generate", "btf_trace_sched_process_exit"):
+        want = full.find_type(name, frozenset({btf.BTF_KIND_TYPEDEF}))
+        assert want is not None
+        assert btf_scan.vmlinux_type_id(name, btf_scan.BTF_KIND_TYPEDEF) == want
+    assert btf_scan.vmlinux_type_id("no_such_type_anywhere", btf_scan.BTF_KIND_TYPEDEF) is None

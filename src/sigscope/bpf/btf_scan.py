@@ -215,3 +215,81 @@ def _struct_at(types: _Section, strings: _Section, pos: int) -> dict[str, Scanne
         member_name = strings.string_at(name_off).decode("ascii", "replace")
         members[member_name] = ScannedMember(bit_off // 8, (end_bits - bit_off) // 8)
     return members
+
+
+# --- type ids ---------------------------------------------------------------------------------
+# A type's id is its position in the type section (the first record is id 1), so finding one
+# means stepping over every record before it. Each step needs only the record's kind and vlen:
+# the bytes after the 12-byte struct btf_type, by kind (include/uapi/linux/btf.h): (fixed,
+# per vlen entry).
+_KIND_EXTRA: dict[int, tuple[int, int]] = {
+    1: (4, 0),    # INT: u32 encoding
+    3: (12, 0),   # ARRAY: struct btf_array
+    4: (0, 12),   # STRUCT: struct btf_member per member
+    5: (0, 12),   # UNION
+    6: (0, 8),    # ENUM: struct btf_enum
+    13: (0, 8),   # FUNC_PROTO: struct btf_param
+    14: (4, 0),   # VAR: struct btf_var
+    15: (0, 12),  # DATASEC: struct btf_var_secinfo
+    17: (4, 0),   # DECL_TAG: struct btf_decl_tag
+    19: (0, 12),  # ENUM64: struct btf_enum64
+}
+# Kinds with nothing after struct btf_type: PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC,
+# FLOAT, TYPE_TAG.
+_KIND_PLAIN = frozenset({2, 7, 8, 9, 10, 11, 12, 16, 18})
+BTF_KIND_TYPEDEF = 8
+BTF_KIND_FUNC = 12
+
+
+def vmlinux_type_id(name: str, kind: int, path: str = VMLINUX_BTF_PATH) -> int | None:
+    """The BTF id of the first type called `name` of `kind` (BTF_KIND_TYPEDEF, BTF_KIND_FUNC)
+    in the kernel's BTF, or None when there is none (or no usable BTF). Quicker than indexing
+    every type (sigscope.bpf.btf): the record is found by its name offset, then only the
+    records before it are stepped over, reading nothing but their info words."""
+    if path == VMLINUX_BTF_PATH and vmlinux_btf_disabled():
+        return None
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        return type_id_in(data, name, kind)
+    except (OSError, BtfScanError):
+        return None
+
+
+def type_id_in(data: bytes, name: str, kind: int) -> int | None:
+    """vmlinux_type_id over a little-endian BTF blob. Raises BtfScanError when malformed."""
+    if len(data) < _HEADER.size:
+        raise BtfScanError("malformed BTF: shorter than its header")
+    magic, version, _flags, hdr_len, type_off, type_len, str_off, str_len = (
+        _HEADER.unpack_from(data))
+    if magic != BTF_MAGIC or version != 1:
+        raise BtfScanError("BTF is not little-endian version 1")
+    types_at, strings_at = hdr_len + type_off, hdr_len + str_off
+    strings = data[strings_at:strings_at + str_len]
+    at = strings.find(b"\0" + name.encode() + b"\0")
+    if at < 0:
+        return None
+    record = re.compile(re.escape(struct.pack("<I", at + 1)) + b"[\\x00-\\xff]{3}"
+                        + re.escape(bytes([kind])), re.DOTALL)
+    types = memoryview(data)[types_at:types_at + type_len]
+    targets = sorted(m.start() for m in record.finditer(data, types_at, types_at + type_len)
+                     if (m.start() - types_at) % 4 == 0)
+    if not targets:
+        return None
+    infos = struct.Struct("<I")
+    pos, type_id, end = 0, 1, targets[-1] - types_at
+    wanted = {t - types_at for t in targets}
+    while pos <= end:
+        if pos in wanted:
+            return type_id
+        (info,) = infos.unpack_from(types, pos + 4)
+        k = (info >> 24) & 0x1F
+        if k in _KIND_PLAIN:
+            pos += 12
+        else:
+            extra = _KIND_EXTRA.get(k)
+            if extra is None:
+                raise BtfScanError(f"malformed BTF: unknown kind {k} at type {type_id}")
+            pos += 12 + extra[0] + extra[1] * (info & 0xFFFF)
+        type_id += 1
+    return None
