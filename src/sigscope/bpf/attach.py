@@ -141,23 +141,25 @@ def attach_tp_btf(prog: Program, name: str) -> Attachment:
     """Attach a BTF-typed raw tracepoint program (BPF_PROG_TYPE_TRACING, BPF_TRACE_RAW_TP;
     its target was fixed at load time by attach_btf_id) with BPF_RAW_TRACEPOINT_OPEN and no
     name. `name` only describes the attachment. Raises BPFError."""
-    attr = RawTracepointOpenAttr(name=0, prog_fd=prog.fd)
-    try:
-        fd = bpf(uapi.BPF_RAW_TRACEPOINT_OPEN, attr)
-    except BPFError as err:
-        err.detail = f"tp_btf {name}"
-        raise
-    return Attachment(f"tp_btf:{name}", ATTACH_RAW_TRACEPOINT, None, fd)
+    return _raw_tracepoint_open(prog, 0, f"tp_btf {name}", f"tp_btf:{name}")
 
 
 def attach_raw_tracepoint(prog: Program, name: str) -> Attachment:
     """Attach a BPF_PROG_TYPE_RAW_TRACEPOINT program to raw tracepoint `name` (e.g.
     ``signal_generate``) with BPF_RAW_TRACEPOINT_OPEN."""
     name_buf = ctypes.create_string_buffer(name.encode("ascii"))
-    attr = RawTracepointOpenAttr(name=ctypes.addressof(name_buf), prog_fd=prog.fd)
+    return _raw_tracepoint_open(prog, ctypes.addressof(name_buf), f"raw tracepoint {name}",
+                                f"raw_tracepoint:{name}")
+
+
+def _raw_tracepoint_open(prog: Program, name_ptr: int, detail: str,
+                         description: str) -> Attachment:
+    """BPF_RAW_TRACEPOINT_OPEN of prog at the tracepoint name at name_ptr (0: the target the
+    program was loaded for). Raises BPFError, its detail set."""
+    attr = RawTracepointOpenAttr(name=name_ptr, prog_fd=prog.fd)
     try:
         fd = bpf(uapi.BPF_RAW_TRACEPOINT_OPEN, attr)
     except BPFError as err:
-        err.detail = f"raw tracepoint {name}"
+        err.detail = detail
         raise
-    return Attachment(f"raw_tracepoint:{name}", ATTACH_RAW_TRACEPOINT, None, fd)
+    return Attachment(description, ATTACH_RAW_TRACEPOINT, None, fd)

@@ -138,13 +138,7 @@ def vmlinux_struct_members(*names: str, path: str = VMLINUX_BTF_PATH
 
 def _scan(read_at: Callable[[int, int], bytes], names: list[str],
           unique: bool) -> dict[str, dict[str, ScannedMember]]:
-    header = read_at(0, _HEADER.size)
-    if len(header) < _HEADER.size:
-        raise BtfScanError("malformed BTF: shorter than its header")
-    magic, version, _flags, hdr_len, type_off, type_len, str_off, str_len = (
-        _HEADER.unpack(header))
-    if magic != BTF_MAGIC or version != 1:
-        raise BtfScanError("BTF is not little-endian version 1")
+    hdr_len, type_off, type_len, str_off, str_len = _header(read_at(0, _HEADER.size))
     if (hdr_len + type_off) % 4 or not str_len:
         raise BtfScanError("malformed BTF: sections misplaced")
     types = _Section(read_at, hdr_len + type_off, type_len)
@@ -153,6 +147,18 @@ def _scan(read_at: Callable[[int, int], bytes], names: list[str],
     if strings.data[:1] != b"\0":
         raise BtfScanError("malformed BTF: the string section does not start with a NUL")
     return {name: _find_struct(types, strings, name, unique) for name in names}
+
+
+def _header(header: bytes) -> tuple[int, int, int, int, int]:
+    """(hdr_len, type_off, type_len, str_off, str_len) of struct btf_header; BtfScanError
+    unless it is little-endian BTF version 1."""
+    if len(header) < _HEADER.size:
+        raise BtfScanError("malformed BTF: shorter than its header")
+    magic, version, _flags, *sections = _HEADER.unpack(header)
+    if magic != BTF_MAGIC or version != 1:
+        raise BtfScanError("BTF is not little-endian version 1")
+    hdr_len, type_off, type_len, str_off, str_len = sections
+    return hdr_len, type_off, type_len, str_off, str_len
 
 
 def _find_struct(types: _Section, strings: _Section, name: str,
@@ -258,12 +264,7 @@ def vmlinux_type_id(name: str, kind: int, path: str = VMLINUX_BTF_PATH) -> int |
 
 def type_id_in(data: bytes, name: str, kind: int) -> int | None:
     """vmlinux_type_id over a little-endian BTF blob. Raises BtfScanError when malformed."""
-    if len(data) < _HEADER.size:
-        raise BtfScanError("malformed BTF: shorter than its header")
-    magic, version, _flags, hdr_len, type_off, type_len, str_off, str_len = (
-        _HEADER.unpack_from(data))
-    if magic != BTF_MAGIC or version != 1:
-        raise BtfScanError("BTF is not little-endian version 1")
+    hdr_len, type_off, type_len, str_off, str_len = _header(data[:_HEADER.size])
     types_at, strings_at = hdr_len + type_off, hdr_len + str_off
     strings = data[strings_at:strings_at + str_len]
     at = strings.find(b"\0" + name.encode() + b"\0")

@@ -778,6 +778,17 @@ def build_signal_generate(cfg: ProbeConfig, src: Recipient | EventFormat) -> lis
 
 
 
+def _recipient_filtered_out(skip: str, matched: str, out: str) -> list:
+    """At `skip`: a recipient left out by -T is noted on the call parked in r8 (so that the call
+    is not reported as one that generated nothing), and the program ends; `matched` follows."""
+    return [asm.label(skip),
+            asm.ldx(W, R1, R8, _f("flags")),
+            asm.alu32_imm("OR", R1, rec.FLAG_RECIPIENT_FILTERED),
+            asm.stx(W, R8, R1, _f("flags")),
+            asm.ja(out),
+            asm.label(matched)]
+
+
 def _attribute_to_call(cfg: ProbeConfig, src: Recipient, out: str, labels: Labels) -> list:
     """The recipient belongs to the call parked in r8: complete it or write a FANOUT record."""
     f = cfg.filters
@@ -789,12 +800,7 @@ def _attribute_to_call(cfg: ProbeConfig, src: Recipient, out: str, labels: Label
         prog += [
             *_recipient_in(src, f.target_ids, skip, labels),
             asm.ja(matched),
-            asm.label(skip),
-            asm.ldx(W, R1, R8, _f("flags")),
-            asm.alu32_imm("OR", R1, rec.FLAG_RECIPIENT_FILTERED),
-            asm.stx(W, R8, R1, _f("flags")),
-            asm.ja(out),
-            asm.label(matched),
+            *_recipient_filtered_out(skip, matched, out),
         ]
     elif f.target_ids:
         # Tracefs: the recipient's tid, or (tgkill/rt_tgsigqueueinfo) the process argument.
@@ -808,12 +814,7 @@ def _attribute_to_call(cfg: ProbeConfig, src: Recipient, out: str, labels: Label
             asm.label(by_args),
             asm.ldx(DW, R1, R8, _f("arg_pid")),
             *[asm.jmp_imm("JEQ", R1, i, matched) for i in sorted(f.target_ids)],
-            asm.label(skip),
-            asm.ldx(W, R1, R8, _f("flags")),
-            asm.alu32_imm("OR", R1, rec.FLAG_RECIPIENT_FILTERED),
-            asm.stx(W, R8, R1, _f("flags")),
-            asm.ja(out),
-            asm.label(matched),
+            *_recipient_filtered_out(skip, matched, out),
         ]
     fanout = labels("fanout")
     prog += [asm.ldx(W, R9, R8, _f("ngen")), asm.jmp_imm("JNE", R9, 0, fanout)]
