@@ -62,15 +62,15 @@ def read_kernel_value(src_reg: int, offset: int, fail: str, size: int = 8) -> li
     ]
 
 
-def bump_counter(counters_fd: int, index: int, labels: Labels) -> list:
+def bump_counter(counters_fd: int, index: int, labels: Labels, slot: int = STACK_KEY) -> list:
     """counters[index] += 1 on this CPU (counters_fd: the per-CPU `counters` array). Uses the
-    stack key slot. Clobbers r0-r5."""
+    4-byte stack slot at `slot` (default: the stack key slot). Clobbers r0-r5."""
     done = labels("counted")
     return [
-        asm.st(W, R10, STACK_KEY, index),
+        asm.st(W, R10, slot, index),
         asm.ld_map_fd(R1, counters_fd),
         asm.mov64_reg(R2, R10),
-        asm.alu64_imm("ADD", R2, STACK_KEY),
+        asm.alu64_imm("ADD", R2, slot),
         asm.call("map_lookup_elem"),
         asm.jmp_imm("JEQ", R0, 0, done),
         asm.mov64_imm(R1, 1),

@@ -38,7 +38,7 @@ from sigscope.bpf.asm import DW, R0, R1, R2, R3, R4, R10, W
 from sigscope.bpf.uapi import BPF_NOEXIST
 from sigscope.model import record as rec
 from sigscope.programs import common
-from sigscope.programs.common import STACK_USED, Labels
+from sigscope.programs.common import STACK_USED, Labels, bump_counter
 
 # A slot of the `counters` array after the common ones: signals whose key did not fit the map.
 COUNTER_OTHER = common.NUM_COUNTERS
@@ -151,18 +151,8 @@ def _add_one(counts_fd: int, percpu: bool, missing: str) -> list:
 
 
 def _bump_other(counters_fd: int, labels: Labels) -> list:
-    done = labels("other_counted")
-    return [
-        asm.st(W, R10, _STACK_ONE, COUNTER_OTHER),
-        asm.ld_map_fd(R1, counters_fd),
-        asm.mov64_reg(R2, R10),
-        asm.alu64_imm("ADD", R2, _STACK_ONE),
-        asm.call("map_lookup_elem"),
-        asm.jmp_imm("JEQ", R0, 0, done),
-        asm.mov64_imm(R1, 1),
-        asm.atomic_add(DW, R0, R1, 0),
-        asm.label(done),
-    ]
+    # The stack key slot may hold part of the count key being built: use _STACK_ONE.
+    return bump_counter(counters_fd, COUNTER_OTHER, labels, slot=_STACK_ONE)
 
 
 class CountOutput(NamedTuple):
