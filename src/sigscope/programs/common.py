@@ -62,6 +62,20 @@ def read_kernel_value(src_reg: int, offset: int, fail: str, size: int = 8) -> li
     ]
 
 
+def update_elem(map_fd: int, key_at: int, value_at: int, flags: int) -> list:
+    """bpf_map_update_elem(map, r10 + key_at, r10 + value_at, flags): key and value on the
+    stack. r0 = its result. Clobbers r0-r5."""
+    return [
+        asm.ld_map_fd(R1, map_fd),
+        asm.mov64_reg(R2, R10),
+        asm.alu64_imm("ADD", R2, key_at),
+        asm.mov64_reg(R3, R10),
+        asm.alu64_imm("ADD", R3, value_at),
+        asm.mov64_imm(R4, flags),
+        asm.call("map_update_elem"),
+    ]
+
+
 def bump_counter(counters_fd: int, index: int, labels: Labels, slot: int = STACK_KEY) -> list:
     """counters[index] += 1 on this CPU (counters_fd: the per-CPU `counters` array). Uses the
     4-byte stack slot at `slot` (default: the stack key slot). Clobbers r0-r5."""

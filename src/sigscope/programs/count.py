@@ -34,11 +34,11 @@ import struct
 from typing import NamedTuple
 
 from sigscope.bpf import asm
-from sigscope.bpf.asm import DW, R0, R1, R2, R3, R4, R10, W
+from sigscope.bpf.asm import DW, R0, R1, R2, R10, W
 from sigscope.bpf.uapi import BPF_NOEXIST
 from sigscope.model import record as rec
 from sigscope.programs import common
-from sigscope.programs.common import STACK_USED, Labels, bump_counter
+from sigscope.programs.common import STACK_USED, Labels, bump_counter, update_elem
 
 # A slot of the `counters` array after the common ones: signals whose key did not fit the map.
 COUNTER_OTHER = common.NUM_COUNTERS
@@ -175,13 +175,7 @@ class CountOutput(NamedTuple):
             asm.label(insert),
             # A new key. Another CPU may insert the same key meanwhile (EEXIST): add to that one.
             asm.st(DW, R10, _STACK_ONE, 1),
-            asm.ld_map_fd(R1, self.counts),
-            asm.mov64_reg(R2, R10),
-            asm.alu64_imm("ADD", R2, _STACK_COUNT_KEY),
-            asm.mov64_reg(R3, R10),
-            asm.alu64_imm("ADD", R3, _STACK_ONE),
-            asm.mov64_imm(R4, BPF_NOEXIST),
-            asm.call("map_update_elem"),
+            *update_elem(self.counts, _STACK_COUNT_KEY, _STACK_ONE, BPF_NOEXIST),
             asm.jmp_imm("JEQ", R0, 0, done),
             asm.jmp_imm("JEQ", R0, -errno.EEXIST, retry),
             asm.ja(other),  # E2BIG (preallocated map full) or ENOMEM

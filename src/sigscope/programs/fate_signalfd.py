@@ -27,9 +27,16 @@ from typing import NamedTuple
 from sigscope.bpf import asm, btf_scan
 from sigscope.bpf.asm import DW, R0, R1, R2, R3, R4, R6, R7, R8, R9, R10, W
 from sigscope.bpf.tracefs import EventFormat
+from sigscope.bpf.uapi import BPF_ANY
 from sigscope.model import record as rec
 from sigscope.model.record import offset as _f
-from sigscope.programs.common import STACK_KEY, STACK_RECORD, Labels, read_kernel_value
+from sigscope.programs.common import (
+    STACK_KEY,
+    STACK_RECORD,
+    Labels,
+    read_kernel_value,
+    update_elem,
+)
 from sigscope.programs.fate import record_header, thread_filter, write_record
 from sigscope.programs.signal import ProbeConfig, epilogue, prologue, signal_filter
 
@@ -121,13 +128,7 @@ def build_signalfd_exit(fds: SignalfdMaps, fmt: EventFormat) -> list:
         asm.jmp_imm("JSLT", R8, 0, out),
         *_key_of_fd(R8),
         asm.st(W, R10, STACK_KEY, 1),
-        asm.ld_map_fd(R1, fds.sfds),
-        asm.mov64_reg(R2, R10),
-        asm.alu64_imm("ADD", R2, _KEY2),
-        asm.mov64_reg(R3, R10),
-        asm.alu64_imm("ADD", R3, STACK_KEY),
-        asm.mov64_imm(R4, 0),  # BPF_ANY
-        asm.call("map_update_elem"),
+        *update_elem(fds.sfds, _KEY2, STACK_KEY, BPF_ANY),
         *epilogue(out),
     ]
 
