@@ -335,7 +335,8 @@ class Decoder:
         (_ktime, _call_id, kind, _nemitted, _ret, arg_pid, arg_tid, via_code, sender_tgid,
          sender_tid, sender_uid, sig, arg_pidfd, _ngen, gen_code, _gen_errno, target_tid,
          gen_group, gen_result, _flags, kstack, target_tgid, _target_src, sender_comm,
-         target_comm, target_cgroup) = row
+         target_comm, target_cgroup, sender_cgroup, sender_ns_tgid, sender_ns_tid,
+         target_ns_tgid, target_ns_tid) = row
         via = _VIA_NAMES[via_code] if via_code < len(_VIA_NAMES) else str(via_code)
         t_pid: int | None
         t_tid: int | None
@@ -343,7 +344,8 @@ class Decoder:
         outcome: str | None = None
         code: int | None = None
         group: bool | None = None
-        if gen_result != GEN_NONE:
+        generated = gen_result != GEN_NONE
+        if generated:
             t_tid = target_tid
             t_comm = self._comm(target_comm)
             if target_tgid:
@@ -387,7 +389,11 @@ class Decoder:
             arg_pidfd=arg_pidfd if not kernel and pidfd_call else None,
             code=code, result=None if kernel else ret, outcome=outcome, group=group,
             stack_origin=stack_origin,
-            target_cgroup=target_cgroup if gen_result != GEN_NONE and target_cgroup else None)
+            target_cgroup=target_cgroup if generated and target_cgroup else None,
+            sender_cgroup=sender_cgroup or None, sender_ns_pid=sender_ns_tgid or None,
+            sender_ns_tid=sender_ns_tid or None,
+            target_ns_pid=target_ns_tgid if generated and target_ns_tgid else None,
+            target_ns_tid=target_ns_tid if generated and target_ns_tid else None)
 
 
 _VIA_NAMES = rec.VIA_NAMES

@@ -68,7 +68,8 @@ def kernel_origin(sig: int, code: int, stack_origin: str | None = None) -> str:
 SHAPE_FIELDS = (
     "sig", "via", "sender_pid", "sender_tid", "sender_comm", "sender_uid", "target_pid",
     "target_tid", "target_comm", "arg_pid", "arg_tid", "arg_pidfd", "code", "result", "outcome",
-    "group", "stack_origin", "target_cgroup",
+    "group", "stack_origin", "target_cgroup", "sender_cgroup", "sender_ns_pid", "sender_ns_tid",
+    "target_ns_pid", "target_ns_tid",
 )
 # The fields that make an Event's value.
 VALUE_FIELDS = ("id", "ktime_ns", "time_ns", *SHAPE_FIELDS)
@@ -104,6 +105,11 @@ class Shape:
         group: bool | None = None,
         stack_origin: str | None = None,
         target_cgroup: int | None = None,
+        sender_cgroup: int | None = None,
+        sender_ns_pid: int | None = None,
+        sender_ns_tid: int | None = None,
+        target_ns_pid: int | None = None,
+        target_ns_tid: int | None = None,
     ) -> None:
         self.sig = sig
         self.via = via
@@ -123,6 +129,11 @@ class Shape:
         self.group = group
         self.stack_origin = stack_origin
         self.target_cgroup = target_cgroup
+        self.sender_cgroup = sender_cgroup
+        self.sender_ns_pid = sender_ns_pid
+        self.sender_ns_tid = sender_ns_tid
+        self.target_ns_pid = target_ns_pid
+        self.target_ns_tid = target_ns_tid
         self.rendered: dict[str, str] = {}
 
     def values(self) -> tuple[object, ...]:
@@ -182,6 +193,11 @@ class Event:
         group: bool | None = None,
         stack_origin: str | None = None,
         target_cgroup: int | None = None,
+        sender_cgroup: int | None = None,
+        sender_ns_pid: int | None = None,
+        sender_ns_tid: int | None = None,
+        target_ns_pid: int | None = None,
+        target_ns_tid: int | None = None,
     ) -> Event:
         """An Event from field values (a Shape of its own)."""
         shape = Shape(
@@ -189,7 +205,9 @@ class Event:
             sender_comm=sender_comm, sender_uid=sender_uid, target_pid=target_pid,
             target_tid=target_tid, target_comm=target_comm, arg_pid=arg_pid, arg_tid=arg_tid,
             arg_pidfd=arg_pidfd, code=code, result=result, outcome=outcome, group=group,
-            stack_origin=stack_origin, target_cgroup=target_cgroup)
+            stack_origin=stack_origin, target_cgroup=target_cgroup, sender_cgroup=sender_cgroup,
+            sender_ns_pid=sender_ns_pid, sender_ns_tid=sender_ns_tid,
+            target_ns_pid=target_ns_pid, target_ns_tid=target_ns_tid)
         return cls(id, ktime_ns, time_ns, shape)
 
     @property
@@ -202,6 +220,34 @@ class Event:
         task->cgroups->dfl_cgrp->kn->id, as in /proc/<pid>/cgroup's directory inode) read at
         generation by the tp_btf program; None without it or when nothing was generated."""
         return self.shape.target_cgroup
+
+    @property
+    def sender_cgroup(self) -> int | None:
+        """The sender's cgroup v2 id (bpf_get_current_cgroup_id() at the event, the same
+        kernfs id as ``target_cgroup``); None when the kernel program did not read it."""
+        return self.shape.sender_cgroup
+
+    @property
+    def sender_ns_pid(self) -> int | None:
+        """The sender's tgid as its own pid namespace numbers it (the last NSpid of
+        /proc/<pid>/status; read from task->thread_pid at the event); None when not read."""
+        return self.shape.sender_ns_pid
+
+    @property
+    def sender_ns_tid(self) -> int | None:
+        """The sender's tid in its own pid namespace; None when not read."""
+        return self.shape.sender_ns_tid
+
+    @property
+    def target_ns_pid(self) -> int | None:
+        """The recipient's tgid in its own pid namespace, read from the recipient's task at
+        generation (tp_btf); None without it or when nothing was generated."""
+        return self.shape.target_ns_pid
+
+    @property
+    def target_ns_tid(self) -> int | None:
+        """The recipient's tid in its own pid namespace (tp_btf); None otherwise."""
+        return self.shape.target_ns_tid
 
     @property
     def via(self) -> str:
@@ -325,9 +371,12 @@ class Event:
             "via": self.via,
             "origin": self.origin,
             "sender": {"pid": self.sender_pid, "tid": self.sender_tid,
-                       "comm": self.sender_comm, "uid": self.sender_uid},
+                       "comm": self.sender_comm, "uid": self.sender_uid,
+                       "cgroup_id": self.sender_cgroup, "ns_pid": self.sender_ns_pid,
+                       "ns_tid": self.sender_ns_tid},
             "target": {"pid": self.target_pid, "tid": self.target_tid,
-                       "comm": self.target_comm, "cgroup_id": self.target_cgroup},
+                       "comm": self.target_comm, "cgroup_id": self.target_cgroup,
+                       "ns_pid": self.target_ns_pid, "ns_tid": self.target_ns_tid},
             "args": {"pid": self.arg_pid, "tid": self.arg_tid, "pidfd": self.arg_pidfd},
             "code": self.code,
             "code_name": self.code_name,

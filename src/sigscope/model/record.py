@@ -140,6 +140,11 @@ _SPEC = [
     ("sender_comm", "16s"),
     ("target_comm", "16s"),
     ("target_cgroup", "Q"), # signal_generate (tp_btf): recipient's cgroup v2 id; 0 unknown
+    ("sender_cgroup", "Q"), # the sender's cgroup v2 id (bpf_get_current_cgroup_id); 0 unknown
+    ("sender_ns_tgid", "I"),  # sender's tgid in its own pid namespace; 0 unknown
+    ("sender_ns_tid", "I"),   # sender's tid in its own pid namespace; 0 unknown
+    ("target_ns_tgid", "I"),  # signal_generate (tp_btf): recipient's tgid in its own pid ns
+    ("target_ns_tid", "I"),   # signal_generate (tp_btf): recipient's tid in its own pid ns
 ]
 
 FIELDS, RECORD_SIZE = _layout(_SPEC)

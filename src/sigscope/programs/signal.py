@@ -640,9 +640,10 @@ def _fill_call(base: int, off0: int, call: str, enter: EventFormat, suppressed: 
         asm.st(W, base, at("arg_pidfd"), -1),
     ]
     for name in ("ngen", "nemitted", "flags", "target_tid", "gen_code", "gen_errno",
-                 "gen_group", "target_tgid", "target_src"):
+                 "gen_group", "target_tgid", "target_src", "sender_ns_tgid", "sender_ns_tid",
+                 "target_ns_tgid", "target_ns_tid"):
         prog.append(asm.st(W, base, at(name), 0))
-    for name in ("arg_pid", "arg_tid", "ret", "target_cgroup"):
+    for name in ("arg_pid", "arg_tid", "ret", "target_cgroup", "sender_cgroup"):
         prog.append(asm.st(DW, base, at(name), 0))
     prog += [asm.st(DW, base, at("target_comm"), 0), asm.st(DW, base, at("target_comm") + 8, 0)]
     for rec_field, fmt_field in SYSCALL_ARGS[call].items():
