@@ -106,10 +106,12 @@ def check_schema(obj: dict) -> None:
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", obj["time"])
     assert isinstance(obj["ktime_ns"], int) and isinstance(obj["sig"], int)
     assert isinstance(obj["signal"], str) and obj["via"] in VIA_NAMES
-    assert set(obj["sender"]) == {"pid", "tid", "comm", "uid"}
+    assert set(obj["sender"]) == {"pid", "tid", "comm", "uid", "cgroup_id", "ns_pid", "ns_tid"}
     assert all(isinstance(obj["sender"][k], int) for k in ("pid", "tid", "uid"))
+    for key in ("cgroup_id", "ns_pid", "ns_tid"):  # None: the kernel did not say
+        assert obj["sender"][key] is None or isinstance(obj["sender"][key], int)
     assert isinstance(obj["sender"]["comm"], str)
-    assert set(obj["target"]) == {"pid", "tid", "comm", "cgroup_id"}
+    assert set(obj["target"]) == {"pid", "tid", "comm", "cgroup_id", "ns_pid", "ns_tid"}
     assert set(obj["args"]) == {"pid", "tid", "pidfd"}
     for value in (*obj["target"].values(), *obj["args"].values(), obj["code"], obj["result"]):
         assert value is None or isinstance(value, (int, str))
@@ -145,7 +147,9 @@ def test_json_lines(target: Target) -> None:
         ("kill", SIGUSR1), ("tgkill", SIGUSR2), ("rt_sigqueueinfo", 40),
         ("pidfd_send_signal", SIGUSR1), ("kill", 99), ("kernel", 13)]
     assert objects[1]["target"] == {"pid": target.pid, "tid": target.pid, "comm": TARGET_COMM,
-                                    "cgroup_id": objects[1]["target"]["cgroup_id"]}
+                                    "cgroup_id": objects[1]["target"]["cgroup_id"],
+                                    "ns_pid": objects[1]["target"]["ns_pid"],
+                                    "ns_tid": objects[1]["target"]["ns_tid"]}
     assert objects[1]["args"] == {"pid": target.pid, "tid": target.pid, "pidfd": None}
     assert (objects[1]["code_name"], objects[1]["outcome"]) == ("SI_TKILL", "delivered")
     assert (objects[4]["result"], objects[4]["error"], objects[4]["outcome"]) == (
