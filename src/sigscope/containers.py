@@ -620,3 +620,91 @@ def describe(resolver: CgroupResolver, cgroup_id: int,
         if pod is not None:
             found.update(pod_name=pod.name, pod_namespace=pod.namespace)
     return found
+
+
+# --- per cgroup id, for the outputs --------------------------------------------------------
+
+def container_label(found: dict[str, object] | None) -> str | None:
+    """The short name of a ``describe()`` result, for a text column and a Prometheus label:
+    ``<pod namespace>/<pod>/<container>`` where the kubelet names the container, else the
+    container's name (docker, podman, CRI-O records), else the first 12 hex digits of its id;
+    ``conmon:<12 hex>`` for a conmon cgroup; None outside any container (or when unknown)."""
+    if found is None:
+        return None
+    container_id, name = found.get("container_id"), found.get("container_name")
+    if isinstance(container_id, str):
+        if isinstance(name, str):
+            pod, namespace = found.get("pod_name"), found.get("pod_namespace")
+            if isinstance(pod, str) and isinstance(namespace, str):
+                return f"{namespace}/{pod}/{name}"
+            return name
+        return container_id[:12]
+    monitor = found.get("monitor_of")
+    if isinstance(monitor, str):
+        return f"conmon:{monitor[:12]}"
+    return None
+
+
+class ContainerLookup:
+    """cgroup id -> ``describe()`` dict (None: unknown), memoised per id: what the outputs and
+    ``Event.sender_container``/``target_container`` call.
+
+    ``resolver``/``names`` default to a ``CgroupResolver()`` (its ``warn`` says once, on
+    ``start()``, that context is unavailable on a cgroup v1-only host) and ``LocalNames()``.
+    An answer is kept for good once its names are known (or it is in no container); one still
+    missing a container's or pod's name, or an unknown id, is asked again after
+    ``retry_interval`` seconds (the sources are rate-limited themselves). ``label(id)`` is
+    ``container_label`` of the answer. Not thread-safe (one per reading thread)."""
+
+    def __init__(self, resolver: CgroupResolver | None = None, names: LocalNames | None = None,
+                 *, retry_interval: float = 5.0, max_cached: int = 65_536,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.resolver = resolver if resolver is not None else CgroupResolver()
+        self.names = names if names is not None else LocalNames()
+        self.retry_interval = retry_interval
+        self.max_cached = max_cached
+        self._clock = clock
+        self._found: dict[int, tuple[dict[str, object] | None, float | None]] = {}
+
+    @property
+    def available(self) -> bool:
+        return self.resolver.available
+
+    def start(self) -> None:
+        """Say once if context is unavailable, else scan the hierarchy now (so the cgroups of
+        this moment stay known when they are removed before their first event is read)."""
+        if not self.resolver.warn_if_unavailable():
+            self.resolver.rescan()
+
+    def close(self) -> None:
+        self.resolver.close()
+
+    def __call__(self, cgroup_id: int | None) -> dict[str, object] | None:
+        """The ``describe()`` dict of this id (a shared dict: do not change it), or None for
+        an unknown id (None, 0, or no source knows it)."""
+        if not cgroup_id:
+            return None
+        hit = self._found.get(cgroup_id)
+        if hit is not None:
+            found, retry_at = hit
+            if retry_at is None or self._clock() < retry_at:
+                return found
+        found = describe(self.resolver, cgroup_id, self.names)
+        complete = found is not None and (
+            (found["container_id"] is None or found["container_name"] is not None)
+            and (found["pod_uid"] is None or found["pod_name"] is not None))
+        if len(self._found) >= self.max_cached:
+            self._found.clear()
+        self._found[cgroup_id] = (found, None if complete
+                                  else self._clock() + self.retry_interval)
+        return found
+
+    def label(self, cgroup_id: int | None) -> str | None:
+        """``container_label`` of this id's answer."""
+        return container_label(self(cgroup_id))
+
+    def pod_uid(self, cgroup_id: int | None) -> str | None:
+        """The pod UID of this id's cgroup, or None."""
+        found = self(cgroup_id)
+        uid = None if found is None else found.get("pod_uid")
+        return uid if isinstance(uid, str) else None

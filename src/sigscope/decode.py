@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from sigscope.model import record as rec
-from sigscope.model.event import Event, Runs, Shape
+from sigscope.model.event import Contexts, Event, Runs, Shape
 from sigscope.model.signals import OUTCOMES
 
 # A FANOUT record whose CALL has not arrived after this long is reported without a return value
@@ -111,6 +111,9 @@ class Decoder:
         self.resolver = resolver or ProcResolver()
         # Reads the kernel stacks of kernel-generated SIGKILLs (kstack.KernelStacks).
         self.stacks = stacks
+        # cgroup id -> container context for Event.sender_container/target_container (the
+        # Tracer sets a sigscope.containers.ContainerLookup; None: not looked up).
+        self.contexts: Contexts | None = None
         if wall_offset_ns is None:
             wall_offset_ns = time.time_ns() - time.monotonic_ns()
         self.wall_offset_ns = wall_offset_ns
@@ -379,7 +382,7 @@ class Decoder:
         # The arguments as the call's man page names them: tkill(tid, sig) takes a thread id
         # (the record keeps every call's first argument in arg_pid).
         tkill_call = via_code == _VIA_TKILL
-        return Shape(
+        shape = Shape(
             sig=sig, via=via, sender_pid=sender_tgid, sender_tid=sender_tid,
             sender_comm=self._comm(sender_comm), sender_uid=sender_uid, target_pid=t_pid,
             target_tid=t_tid, target_comm=t_comm,
@@ -394,6 +397,8 @@ class Decoder:
             sender_ns_tid=sender_ns_tid or None,
             target_ns_pid=target_ns_tgid if generated and target_ns_tgid else None,
             target_ns_tid=target_ns_tid if generated and target_ns_tid else None)
+        shape.contexts = self.contexts
+        return shape
 
 
 _VIA_NAMES = rec.VIA_NAMES

@@ -57,6 +57,7 @@ from sigscope.trace_settings import BUFFER_KINDS, DEFAULT_BUFFER_SIZE, DEFAULT_P
 
 if TYPE_CHECKING:
     from sigscope.fate import Fate, FateTracker
+    from sigscope.containers import ContainerLookup
 
 __all__ = ["BUFFER_KINDS", "DEFAULT_BUFFER_SIZE", "TraceError", "TraceItem", "Tracer",
            "make_filters", "trace"]
@@ -107,6 +108,7 @@ class Tracer(ProbeSession):
         fate: bool = False,
         follow_signalfd: bool = True,
         claim: str | None = None,
+        containers: bool | ContainerLookup = True,
     ) -> None:
         super().__init__(claim)
         # Read the recipient from its task (tp_btf) where the kernel allows; False forces the
@@ -133,6 +135,14 @@ class Tracer(ProbeSession):
         self.duration = duration
         self.poll_interval_ms = poll_interval_ms
         self.decoder = Decoder()
+        # Container context of both sides (Event.sender_container, target_container, the
+        # JSON "container" objects): resolved in user space from the cgroup ids the kernel
+        # read at the event, cached per id (containers.ContainerLookup). False: not looked up.
+        # True: made at start(), after loading (its imports are not start-up's).
+        self._want_containers = containers is True
+        self.containers: ContainerLookup | None = (
+            None if isinstance(containers, bool) else containers)
+        self.decoder.contexts = self.containers
         # --fate: follow each signal to its end; iteration then also yields Fate objects.
         self.fate = fate
         self.fate_tracker: FateTracker | None = None
@@ -154,6 +164,15 @@ class Tracer(ProbeSession):
         """Check privileges, build and attach the probes. Raises one-line errors."""
         if not self.started:
             super().start()
+            if self._want_containers and self.containers is None:
+                from sigscope.containers import ContainerLookup
+
+                self.containers = self.decoder.contexts = ContainerLookup()
+            if self.containers is not None:
+                # After attaching: a cgroup made from now on is found by its id (handle or
+                # rescan); one that exists now is remembered even if it goes before its
+                # first record is read. On a cgroup v1-only host: one line on stderr.
+                self.containers.start()
             if self.duration is not None:
                 self._deadline = time.monotonic() + self.duration
         return self
@@ -479,6 +498,7 @@ def trace(
     duration: float | None = None,
     fate: bool = False,
     follow_signalfd: bool = True,
+    containers: bool = True,
 ) -> Tracer:
     """A Tracer with the same filters as the ``sigscope trace`` command line.
 
@@ -493,11 +513,15 @@ def trace(
     ``follow_signalfd=False`` leaves signalfd reads unfollowed (their signals' fates are then
     ``unknown`` or ``discarded``) and spares every read(2) on the system the ~1.7 us the two
     read tracepoints cost while tracing.
+    ``containers=True`` (the default) resolves each side's cgroup id to its container context
+    (``event.sender_container``, ``event.target_container``, the JSON ``container`` objects;
+    docs/CONTAINERS.md); on a cgroup v1-only host that says one line on stderr at start and
+    the contexts are None.
     """
     return Tracer(
         make_filters(signals, exclude_signals, pids, target_ids, comm, vias, failed_only,
                      kill_only),
         buffer=buffer, buffer_size=buffer_size, duration=duration, fate=fate,
-        follow_signalfd=follow_signalfd,
+        follow_signalfd=follow_signalfd, containers=containers,
     )
 

@@ -79,6 +79,7 @@ examples:
   sigscope trace -k -e CHLD         # syscalls only, no SIGCHLD
   sigscope trace -c oracle -j       # sends by 'oracle' processes, as JSON Lines
   sigscope trace -d 10 -t           # ten seconds, relative timestamps
+  sigscope trace --containers -s TERM,KILL  # who stops which container
 
 Filter options may be repeated: their lists add up (-s USR1 -s USR2 is -s USR1,USR2).
 Command names and other strings from processes are printed with control and non-printable
@@ -97,6 +98,11 @@ consumed, flushed, discarded, unknown) and a death's cause, e.g. 'terminated (SI
 lines trail their deliveries by a few milliseconds; a signal still queued when tracing ends is
 reported then as 'pending'. Real-time signals are matched first in, first out. With -j the fate
 is a {"type": "fate"} record with the signal record's "id".
+
+--containers adds CONTAINER and TCONTAINER: the sender's and the recipient's container, by
+the name a local source gives (kubelet logs: namespace/pod/container; docker, podman, CRI-O
+records) or the first 12 hex digits of its id; '-' outside a container or when unknown. The
+cgroup ids are the kernel's at the event; the containers are resolved from them afterwards.
 
 LOST lines count records that matched the filters but could not be handed over (buffer or
 in-flight map full). SKIPPED lines count probe runs the kernel skipped because another BPF
@@ -325,6 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --fate: do not follow signalfd reads (a signal read from a "
                             "signalfd then ends unknown or discarded), sparing every read(2) "
                             "on the system two tracepoints")
+    trace.add_argument("--containers", action="store_true",
+                       help="add CONTAINER and TCONTAINER columns: the sender's and the "
+                            "recipient's container (name, or 12 hex digits of its id); JSON "
+                            "always carries sender.container and target.container")
 
     send = sub.add_parser("send", help="send a signal through any of the six syscalls",
                           epilog=SEND_EXAMPLES, formatter_class=raw)
@@ -517,12 +527,13 @@ def run_trace(args: argparse.Namespace) -> int:
     filters = filters_from_args(args)
     tracer = Tracer(filters, buffer=args.buffer, buffer_size=args.buffer_size,
                     duration=args.duration, fate=args.fate,
-                    follow_signalfd=args.follow_signalfd)
+                    follow_signalfd=args.follow_signalfd,
+                    containers=bool(args.json or args.containers) and not args.ebpf)
     out = _stdout()
     if args.ebpf:
         return _print_programs(tracer)
     writer = (JsonWriter(out) if args.json
-              else TextWriter(out, args.timestamp, fate=args.fate))
+              else TextWriter(out, args.timestamp, fate=args.fate, containers=args.containers))
     if _stopper.requested is not None:
         return EXIT_INTERRUPTED
     _stopper.on_stop(tracer.stop)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sigscope.model.origins import ORIGINS  # noqa: F401 (re-exported)
@@ -18,6 +19,9 @@ from sigscope.model.signals import (
     outcome_name,
     signal_name,
 )
+
+# cgroup id -> the container context dict (sigscope.containers.describe), or None: unknown.
+Contexts = Callable[[int], "dict[str, object] | None"]
 
 __all__ = ["ORIGINS", "OUTCOMES", "Event", "Runs", "Shape", "kernel_origin", "outcome_name"]
 
@@ -80,9 +84,11 @@ class Shape:
     Decoder builds one per distinct record and shares it between the Events of equal records).
 
     Field meanings are those of the Event properties of the same names. Outputs may keep what
-    they rendered for a shape in ``rendered``, keyed by output name (a template str)."""
+    they rendered for a shape in ``rendered``, keyed by output name (a template str).
+    ``contexts`` (not part of the value) turns a cgroup id into its container context
+    (``sigscope.containers.ContainerLookup``; None: not looked up)."""
 
-    __slots__ = (*SHAPE_FIELDS, "rendered")
+    __slots__ = (*SHAPE_FIELDS, "rendered", "contexts")
 
     def __init__(
         self,
@@ -135,6 +141,7 @@ class Shape:
         self.target_ns_pid = target_ns_pid
         self.target_ns_tid = target_ns_tid
         self.rendered: dict[str, str] = {}
+        self.contexts: Contexts | None = None
 
     def values(self) -> tuple[object, ...]:
         return tuple(getattr(self, name) for name in SHAPE_FIELDS)
@@ -198,8 +205,9 @@ class Event:
         sender_ns_tid: int | None = None,
         target_ns_pid: int | None = None,
         target_ns_tid: int | None = None,
+        contexts: Contexts | None = None,
     ) -> Event:
-        """An Event from field values (a Shape of its own)."""
+        """An Event from field values (a Shape of its own); ``contexts``: see Shape."""
         shape = Shape(
             sig=sig, via=via, sender_pid=sender_pid, sender_tid=sender_tid,
             sender_comm=sender_comm, sender_uid=sender_uid, target_pid=target_pid,
@@ -208,6 +216,7 @@ class Event:
             stack_origin=stack_origin, target_cgroup=target_cgroup, sender_cgroup=sender_cgroup,
             sender_ns_pid=sender_ns_pid, sender_ns_tid=sender_ns_tid,
             target_ns_pid=target_ns_pid, target_ns_tid=target_ns_tid)
+        shape.contexts = contexts
         return cls(id, ktime_ns, time_ns, shape)
 
     @property
@@ -226,6 +235,27 @@ class Event:
         """The sender's cgroup v2 id (bpf_get_current_cgroup_id() at the event, the same
         kernfs id as ``target_cgroup``); None when the kernel program did not read it."""
         return self.shape.sender_cgroup
+
+    @property
+    def sender_container(self) -> dict[str, object] | None:
+        """The sender's container context, resolved in user space from ``sender_cgroup`` (the
+        id the kernel read at the event) when the Event is read: a dict of
+        ``sigscope.containers.describe()`` (``cgroup_id``, ``cgroup_path``, ``runtime``,
+        ``container_id``, ``monitor_of``, ``pod_uid``, ``qos``, ``unit``, ``container_name``,
+        ``pod_name``, ``pod_namespace``; docs/CONTAINERS.md), shared (do not change it). None
+        when the id is unknown (0), no source resolves it, or the Event was read without a
+        lookup (``Tracer(containers=False)``, a cgroup v1-only host)."""
+        contexts = self.shape.contexts
+        cgroup = self.shape.sender_cgroup
+        return None if contexts is None or not cgroup else contexts(cgroup)
+
+    @property
+    def target_container(self) -> dict[str, object] | None:
+        """The recipient's container context, from ``target_cgroup`` as ``sender_container``
+        from ``sender_cgroup``; None also when nothing was generated."""
+        contexts = self.shape.contexts
+        cgroup = self.shape.target_cgroup
+        return None if contexts is None or not cgroup else contexts(cgroup)
 
     @property
     def sender_ns_pid(self) -> int | None:
@@ -373,10 +403,11 @@ class Event:
             "sender": {"pid": self.sender_pid, "tid": self.sender_tid,
                        "comm": self.sender_comm, "uid": self.sender_uid,
                        "cgroup_id": self.sender_cgroup, "ns_pid": self.sender_ns_pid,
-                       "ns_tid": self.sender_ns_tid},
+                       "ns_tid": self.sender_ns_tid, "container": self.sender_container},
             "target": {"pid": self.target_pid, "tid": self.target_tid,
                        "comm": self.target_comm, "cgroup_id": self.target_cgroup,
-                       "ns_pid": self.target_ns_pid, "ns_tid": self.target_ns_tid},
+                       "ns_pid": self.target_ns_pid, "ns_tid": self.target_ns_tid,
+                       "container": self.target_container},
             "args": {"pid": self.arg_pid, "tid": self.arg_tid, "pidfd": self.arg_pidfd},
             "code": self.code,
             "code_name": self.code_name,

@@ -22,6 +22,14 @@ _TEXT_FORMAT = "{:<15} {:>7} {:>7} {:<16} {:<17} {:<12} {:>10} {:>10} {:<16} {:<
 FATE_TEXT_COLUMNS = (TEXT_COLUMNS[0], "ID", *TEXT_COLUMNS[1:], "LAT", "FATE")
 _FATE_TEXT_FORMAT = ("{:<15} {:<9} {:>7} {:>7} {:<16} {:<17} {:<12} {:>10} {:>10} {:<16} {:<8} "
                      "{:<15} {:>6} {}")
+# --containers: CONTAINER (the sender's) and TCONTAINER (the recipient's) after OUTCOME, before
+# LAT with --fate. A cell is containers.container_label() (12 hex digits of the id, or a name
+# from a local source), escaped; a name longer than the column widens its line.
+CONTAINER_COLUMNS = ("CONTAINER", "TCONTAINER")
+CONTAINER_WIDTH = 24
+_CONTAINER_TEXT_FORMAT = _TEXT_FORMAT[:-2] + "{:<15} {:<24} {}"
+_CONTAINER_FATE_TEXT_FORMAT = _FATE_TEXT_FORMAT.replace("{:<15} {:>6}",
+                                                        "{:<15} {:<24} {:<24} {:>6}")
 
 
 def _dash(value: object) -> str:
@@ -94,10 +102,16 @@ class TextWriter(_LineWriter):
     from generation to delivery. The send is never held back: a signal that stays blocked
     shows FATE "..." until its fate line (at the latest "pending" when tracing ends)."""
 
-    def __init__(self, out: TextIO, relative: bool = False, fate: bool = False) -> None:
+    def __init__(self, out: TextIO, relative: bool = False, fate: bool = False,
+                 containers: bool = False) -> None:
         self.out = out
         self.relative = relative
         self.fate = fate
+        # --containers: two more columns, from Event.sender_container/target_container.
+        self.containers = containers
+        self._format = (_CONTAINER_TEXT_FORMAT if containers else _TEXT_FORMAT).format
+        self._fate_format = (_CONTAINER_FATE_TEXT_FORMAT if containers
+                             else _FATE_TEXT_FORMAT).format
         self._first_ktime: int | None = None
         # Names are escaped for what `out` can encode before they are padded (escape.py), so
         # every column starts where its header does and no write can fail on a character.
@@ -106,16 +120,29 @@ class TextWriter(_LineWriter):
         if not encodes_everything(encoding):
             # A shape's cached line is kept by output name: one per way of escaping.
             self.name = f"text:{encoding}"
+        if containers:
+            self.name += ":containers"
 
     def _comm(self, value: str | None) -> str:
         """A command name from the kernel or /proc: another process chose it (escape.py)."""
         return "-" if value is None else self._printable(value)
 
+    def _containers(self, e: Event) -> tuple[str, ...]:
+        """The CONTAINER and TCONTAINER cells (none without --containers)."""
+        if not self.containers:
+            return ()
+        from sigscope.containers import container_label
+
+        return (self._comm(container_label(e.sender_container)),
+                self._comm(container_label(e.target_container)))
+
     def header(self) -> None:
+        extra = CONTAINER_COLUMNS if self.containers else ()
         if self.fate:
-            self.out.write(_FATE_TEXT_FORMAT.format(*FATE_TEXT_COLUMNS) + "\n")
+            columns = (*FATE_TEXT_COLUMNS[:-2], *extra, *FATE_TEXT_COLUMNS[-2:])
+            self.out.write(self._fate_format(*columns) + "\n")
         else:
-            self.out.write(_TEXT_FORMAT.format(*TEXT_COLUMNS) + "\n")
+            self.out.write(self._format(*TEXT_COLUMNS, *extra) + "\n")
 
     def _time(self, event: Event | Fate) -> str:
         if self.relative:
@@ -136,17 +163,18 @@ class TextWriter(_LineWriter):
         """The line of `e` with holes for (id, second, microseconds, ktime): id and ktime are
         not shown (`%.0s` prints nothing)."""
         # Escaped here, once per shape: the storm path pays nothing per record (escape.py).
-        rest = _TEXT_FORMAT.format(
+        rest = self._format(
             "\0", e.sender_pid, e.sender_tid, self._comm(e.sender_comm), e.via, e.signal,
             *_target_ids(e), self._comm(e.target_comm), result_text(e),
-            _dash(e.outcome)).replace("%", "%%")
+            _dash(e.outcome), *self._containers(e)).replace("%", "%%")
         # The time column: "%s.%06d" is always 15 characters, as the column is wide.
         return "%.0s" + rest.replace("\0" + " " * 14, "%s.%06d", 1) + "%.0s"
 
     def line(self, e: Event) -> str:
-        return _TEXT_FORMAT.format(
+        return self._format(
             self._time(e), e.sender_pid, e.sender_tid, self._comm(e.sender_comm), e.via, e.signal,
-            *_target_ids(e), self._comm(e.target_comm), result_text(e), _dash(e.outcome))
+            *_target_ids(e), self._comm(e.target_comm), result_text(e), _dash(e.outcome),
+            *self._containers(e))
 
 
     @property
@@ -163,13 +191,14 @@ class TextWriter(_LineWriter):
     def _fate_events(self, items: Sequence[Event | Fate]) -> None:
         from sigscope.fate import QUEUED_OUTCOMES, SIGCONT, format_latency  # only with --fate
 
-        fmt = _FATE_TEXT_FORMAT.format
+        fmt = self._fate_format
+        blank = ("", "") if self.containers else ()
         lines = []
         for e in items:
             if not isinstance(e, Event):  # a Fate
                 lines.append(fmt(self._time(e), f"->#{e.id}", _dash(e.pid), _dash(e.tid),
                                  self._comm(e.comm), "", e.signal, "", "", "", "", "",
-                                 format_latency(e.latency_ns), e.summary()))
+                                 *blank, format_latency(e.latency_ns), e.summary()))
             else:
                 # A fate follows for a queued signal, and for a SIGCONT ignored once it had
                 # resumed the process (fate.py).
@@ -178,7 +207,8 @@ class TextWriter(_LineWriter):
                 lines.append(fmt(self._time(e), f"#{e.id}", e.sender_pid, e.sender_tid,
                                  self._comm(e.sender_comm), e.via, e.signal, *_target_ids(e),
                                  self._comm(e.target_comm), result_text(e),
-                                 _dash(e.outcome), "-", later if e.outcome else "-"))
+                                 _dash(e.outcome), *self._containers(e), "-",
+                                 later if e.outcome else "-"))
         if lines:
             self.out.write("\n".join(lines) + "\n")
 
