@@ -36,7 +36,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import IO, Any, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from sigscope.bpf.arch import possible_cpus
 from sigscope.bpf.maps import HashMap, Map, PerCPUArrayMap, PerCPUHashMap
@@ -62,6 +62,9 @@ from sigscope.top_settings import (  # noqa: F401 (re-exported: the API's names)
     SORT_KEYS,
 )
 
+if TYPE_CHECKING:
+    from sigscope.containers import ContainerLookup
+
 
 class TopError(SigscopeError, RuntimeError):
     """Counting could not start; str() is one line for the user."""
@@ -78,7 +81,12 @@ _LABEL_FIELDS: dict[str, tuple[str, ...]] = {
     "target_comm": ("target_comm", "outcome"),
     "sender_pid": ("sender_tgid",),
     "target_pid": ("target_pid", "via", "outcome", "sender_tgid"),
+    # The cgroup ids (programs/count.py CGROUP_KEY_FIELDS): a key of 80 bytes, only then.
+    "sender_container": ("sender_cgroup",),
+    "target_container": ("target_cgroup", "outcome"),
+    "pod_uid": ("target_cgroup", "outcome"),
 }
+CGROUP_FIELDS = frozenset(top_probes.CGROUP_FIELD_NAMES)
 
 
 def key_fields(labels: Iterable[str]) -> frozenset[str]:
@@ -101,6 +109,10 @@ class RowKey(NamedTuple):
     via: str
     result: int | None     # syscall return (0 or -errno); None for kernel-generated
     outcome: str | None    # what the kernel did; None when nothing was generated
+    # cgroup v2 ids the kernel read at the event (a counter with cgroups only; None: not
+    # counted by it, not read, or, for the target, nothing generated)
+    sender_cgroup: int | None = None
+    target_cgroup: int | None = None
 
     @property
     def signal(self) -> str:
@@ -153,7 +165,8 @@ def _comm(raw: bytes) -> str:
 class KeyResolver:
     """Raw count keys -> RowKeys, like the decoder reads records, memoised per raw key.
 
-    ``keep``: the key fields the programs fill (None: all); the others read as unknown."""
+    ``keep``: the key fields the programs fill (None: all); the others read as unknown. A
+    key of 80 bytes (programs/count.py ``key_layout(True)``) has the cgroup ids too."""
 
     def __init__(self, resolver: ProcResolver | None = None,
                  keep: frozenset[str] | None = None) -> None:
@@ -161,12 +174,23 @@ class KeyResolver:
         self.keep = keep
         self._cache: dict[bytes, RowKey] = {}
 
+    def _cgroups(self, raw: bytes, key: RowKey) -> RowKey:
+        """``key`` with the cgroup ids of an 80-byte ``raw`` key (0 reads as None)."""
+        sender, target = top_probes.CGROUP_KEY_STRUCT.unpack_from(raw, top_probes.KEY_SIZE)
+        generated = key.outcome is not None or (
+            self.keep is not None and "outcome" not in self.keep)
+        return key._replace(sender_cgroup=sender or None,
+                            target_cgroup=target if target and generated else None)
+
     def __call__(self, raw: bytes) -> RowKey:
         hit = self._cache.get(raw)
         if hit is None:
             if len(self._cache) > 1 << 20:  # never more than a few map sizes of keys
                 self._cache.clear()
-            hit = self._cache[raw] = self._resolve(raw)
+            hit = self._resolve(raw[:top_probes.KEY_SIZE])
+            if len(raw) > top_probes.KEY_SIZE:
+                hit = self._cgroups(raw, hit)
+            self._cache[raw] = hit
         return hit
 
     def _resolve(self, raw: bytes) -> RowKey:
@@ -236,10 +260,15 @@ class Counter(ProbeSession):
         resolver: KeyResolver | None = None,
         keep: Iterable[str] | None = None,
         claim: str | None = None,
+        containers: bool = False,
     ) -> None:
-        """``keep``: the key fields to count by (top_probes.KEY_FIELDS names, e.g. from
-        ``key_fields(labels)``); None keeps them all; ``claim``: the in-flight claim
-        (programs.signal.CLAIMS; None: chosen by the kernel's features). Raises UsageError for
+        """``keep``: the key fields to count by (top_probes.KEY_FIELD_NAMES, e.g. from
+        ``key_fields(labels)``); None keeps them all but the cgroup ids; ``claim``: the
+        in-flight claim (programs.signal.CLAIMS; None: chosen by the kernel's features);
+        ``containers``: count by both sides' cgroup ids too (as does a ``keep`` naming
+        ``sender_cgroup`` or ``target_cgroup``), and resolve them to containers
+        (``container()``; the exporter's ``sender_container``, ``target_container`` and
+        ``pod_uid``). Keys are bounded by ``max_keys`` all the same. Raises UsageError for
         bad values."""
         super().__init__(claim)
         if not isinstance(max_keys, int) or not 1 <= max_keys <= MAX_MAX_KEYS:
@@ -253,6 +282,12 @@ class Counter(ProbeSession):
             if unknown:
                 raise UsageError(f"keep= has unknown {', '.join(sorted(unknown))}: choose from "
                                  f"{', '.join(top_probes.KEY_FIELD_NAMES)}")
+        if containers and self.keep is not None:
+            self.keep |= CGROUP_FIELDS
+        # The 80-byte key only when asked for: otherwise the programs are those without it.
+        self.cgroups = containers or bool(self.keep and self.keep & CGROUP_FIELDS)
+        self.contexts: ContainerLookup | None = None  # made at start when cgroups
+        self._contexts_lock = threading.Lock()  # scrapes run in the exporter's threads
         self.filters = filters or Filters()
         self.max_keys = max_keys
         # A per-CPU hash shares no cache line between CPUs counting the same key (a faster
@@ -275,13 +310,35 @@ class Counter(ProbeSession):
         inflight = self._own_inflight_map()
         counters = self._own(PerCPUArrayMap(8, top_probes.NUM_COUNTERS, name="sigscope_count"))
         kind = PerCPUHashMap if self.percpu else HashMap
-        counts = self._own(kind(top_probes.KEY_SIZE, top_probes.VALUE_SIZE, self.max_keys,
+        layout = top_probes.key_layout(self.cgroups)
+        counts = self._own(kind(layout.size, top_probes.VALUE_SIZE, self.max_keys,
                                 name="sigscope_top"))
         self._counters, self._counts = counters, counts
-        output = top_probes.CountOutput(counts.fd, counters.fd, self.percpu, self.keep)
+        output = top_probes.CountOutput(counts.fd, counters.fd, self.percpu, self.keep,
+                                        self.cgroups)
         cfg = probes.ProbeConfig(self.filters, output, probes.MapFds(inflight.fd, counters.fd),
                                  claim=self._started_claim, task=task_layout())
         self._load_and_attach(probes.signal_probe_plans(cfg, prefix="t"))
+
+    def start(self) -> Counter:
+        """Check privileges, build and attach the programs (ProbeSession.start); with cgroups,
+        then the container lookup (one line on stderr on a cgroup v1-only host)."""
+        if not self.started:
+            super().start()
+            if self.cgroups and self.contexts is None:
+                from sigscope.containers import ContainerLookup
+
+                self.contexts = ContainerLookup()
+                self.contexts.start()
+        return self
+
+    def container(self, cgroup_id: int | None) -> dict[str, object] | None:
+        """The container context of a row's cgroup id (containers.describe() dict), or None:
+        unknown, or a counter without cgroups. Thread-safe."""
+        if self.contexts is None or not cgroup_id:
+            return None
+        with self._contexts_lock:
+            return self.contexts(cgroup_id)
 
     def close(self) -> Snapshot | None:
         """Detach, take the final snapshot, release everything. Returns that snapshot."""
@@ -328,13 +385,26 @@ class Counter(ProbeSession):
 
     # --- for the Prometheus exporter -------------------------------------------------------
 
+    def _container_labels(self, key: RowKey) -> dict[str, str | None]:
+        """The container labels of a row (CountRow): none without cgroups."""
+        if not self.cgroups:
+            return {}
+        from sigscope.containers import container_label
+
+        target = self.container(key.target_cgroup)
+        uid = None if target is None else target.get("pod_uid")
+        return {"sender_container": container_label(self.container(key.sender_cgroup)),
+                "target_container": container_label(target),
+                "pod_uid": uid if isinstance(uid, str) else None}
+
     def exporter_snapshot(self) -> tuple[list[CountRow], Health]:
         """sigscope.outputs.prometheus's Snapshot callable: cumulative rows and health."""
         snap = self.read()
         rows = [
             CountRow(sender_pid=k.sender_pid, sender_comm=k.sender_comm, target_pid=k.target_pid,
                      target_comm=k.target_comm, sig=k.sig, signal=k.signal, via=k.via,
-                     result=k.result, error=k.error, outcome=k.outcome, count=count)
+                     result=k.result, error=k.error, outcome=k.outcome, count=count,
+                     **self._container_labels(k))
             for k, count in snap.rows.items()
         ]
         return rows, Health(lost_events=snap.lost, map_full=int(snap.keys >= self.max_keys),
@@ -422,9 +492,22 @@ def iso_time(wall: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(seconds)) + f"{micros:06d}Z"
 
 
-def interval_to_dict(interval: Interval, sort: str = "count", limit: int | None = None
+Contexts = Callable[[int | None], "dict[str, object] | None"]
+
+
+def _with_containers(row: dict[str, Any], key: RowKey, contexts: Contexts | None
                      ) -> dict[str, Any]:
-    """The --json object for one interval (documented; keys may be added, never renamed)."""
+    if contexts is not None:
+        row["sender"]["container"] = contexts(key.sender_cgroup)
+        row["target"]["container"] = contexts(key.target_cgroup)
+    return row
+
+
+def interval_to_dict(interval: Interval, sort: str = "count", limit: int | None = None,
+                     contexts: Contexts | None = None) -> dict[str, Any]:
+    """The --json object for one interval (documented; keys may be added, never renamed).
+    ``contexts`` (top --containers: Counter.container) adds ``container`` to each row's
+    sender and target (containers.describe() dicts, or null)."""
     rows = sort_rows(interval.rows, sort)
     if limit is not None:
         rows = rows[:limit]
@@ -434,7 +517,7 @@ def interval_to_dict(interval: Interval, sort: str = "count", limit: int | None 
         "interval_s": round(interval.interval_s, 6),
         "final": interval.final,
         "rows": [
-            {
+            _with_containers({
                 "sender": {"pid": k.sender_pid, "comm": k.sender_comm},
                 "target": {"pid": k.target_pid, "comm": k.target_comm},
                 "sig": k.sig,
@@ -445,7 +528,7 @@ def interval_to_dict(interval: Interval, sort: str = "count", limit: int | None 
                 "outcome": k.outcome,
                 "count": n,
                 "rate": round(interval.rate(n), 3),
-            }
+            }, k, contexts)
             for k, n in rows
         ],
         "total": interval.total,
@@ -459,6 +542,9 @@ def interval_to_dict(interval: Interval, sort: str = "count", limit: int | None 
 _HEADER = (f"{'COUNT':>8} {'RATE/s':>9} {'SIGNAL':<11} {'VIA':<17} {'PID':>7} {'COMM':<15} "
            f"{'TPID':>7} {'TCOMM':<15} {'RESULT':<8} OUTCOME")
 
+# Where OUTCOME ends (already_pending is the longest outcome): the container columns follow.
+_OUTCOME_END = len(_HEADER) - len("OUTCOME") + len("already_pending")
+
 
 def _result_text(key: RowKey) -> str:
     if key.result is None:
@@ -468,22 +554,38 @@ def _result_text(key: RowKey) -> str:
 
 def render_table(interval: Interval, sort: str = "count", limit: int | None = 20,
                  max_keys: int | None = None,
-                 escape: Callable[[str], str] = printable) -> str:
+                 escape: Callable[[str], str] = printable,
+                 contexts: Contexts | None = None) -> str:
     """The text table of one interval, ending with a totals line. ``escape`` makes the names
-    other processes chose safe to print (escape.printable_for the output's encoding)."""
+    other processes chose safe to print (escape.printable_for the output's encoding).
+    ``contexts`` (top --containers: Counter.container) adds the CONTAINER and TCONTAINER
+    columns (containers.container_label, escaped)."""
     stamp = time.strftime("%H:%M:%S", time.localtime(interval.time))
     final = " (final, partial)" if interval.final else ""
-    lines = [f"{stamp}  interval {interval.interval_s:.2f}s{final}", _HEADER]
+    header = _HEADER
+    label: Callable[[int | None], str] | None = None
+    if contexts is not None:
+        from sigscope.containers import container_label
+
+        header = f"{_HEADER:<{_OUTCOME_END}} {'CONTAINER':<24} TCONTAINER"
+
+        def label(cgroup_id: int | None) -> str:
+            return escape(container_label(contexts(cgroup_id)) or "-")
+    lines = [f"{stamp}  interval {interval.interval_s:.2f}s{final}", header]
     rows = sort_rows(interval.rows, sort)
     shown = rows if limit is None else rows[:limit]
     for key, n in shown:
         tpid = "-" if key.target_pid is None else str(key.target_pid)
-        lines.append(
+        line = (
             f"{n:>8} {interval.rate(n):>9.1f} {key.signal:<11} {key.via:<17} "
             f"{key.sender_pid:>7} {escape(key.sender_comm):<15} {tpid:>7} "
             f"{escape(key.target_comm or '-'):<15} {_result_text(key):<8} "
             f"{key.outcome or '-'}"
         )
+        if label is not None:
+            line = (f"{line:<{_OUTCOME_END}} {label(key.sender_cgroup):<24} "
+                    f"{label(key.target_cgroup)}")
+        lines.append(line)
     if len(rows) > len(shown):
         hidden = sum(n for _, n in rows[len(shown):])
         lines.append(f"{hidden:>8} {interval.rate(hidden):>9.1f} ({len(rows) - len(shown)} "
@@ -503,8 +605,9 @@ class IntervalWriter:
 
     def __init__(self, out: IO[str], json_output: bool = False, sort: str = "count",
                  limit: int | None = None, append: bool = False,
-                 max_keys: int | None = None) -> None:
+                 max_keys: int | None = None, contexts: Contexts | None = None) -> None:
         self.out = out
+        self.contexts = contexts  # top --containers: Counter.container
         self.json = json_output
         self.sort = sort
         self.limit = limit
@@ -515,10 +618,12 @@ class IntervalWriter:
 
     def write(self, interval: Interval) -> None:
         if self.json:
-            self.out.write(json.dumps(interval_to_dict(interval, self.sort, self.limit)) + "\n")
+            self.out.write(json.dumps(interval_to_dict(interval, self.sort, self.limit,
+                                                       self.contexts)) + "\n")
         else:
             limit = self.limit if self.limit is not None else 20
-            text = render_table(interval, self.sort, limit, self.max_keys, self._escape)
+            text = render_table(interval, self.sort, limit, self.max_keys, self._escape,
+                                self.contexts)
             # The last, partial interval goes below the last full table, which stays on screen.
             clear = self.clear and not interval.final
             self.out.write((CLEAR_SCREEN + text) if clear else (text + "\n"))

@@ -56,8 +56,8 @@ from sigscope.session import ProbeSession
 from sigscope.trace_settings import BUFFER_KINDS, DEFAULT_BUFFER_SIZE, DEFAULT_POLL_INTERVAL_MS
 
 if TYPE_CHECKING:
-    from sigscope.fate import Fate, FateTracker
     from sigscope.containers import ContainerLookup
+    from sigscope.fate import Fate, FateTracker
 
 __all__ = ["BUFFER_KINDS", "DEFAULT_BUFFER_SIZE", "TraceError", "TraceItem", "Tracer",
            "make_filters", "trace"]

@@ -118,6 +118,8 @@ examples:
   sigscope top -j -d 60             # one JSON object per interval, for a minute
   sigscope top --prometheus :9567   # serve /metrics (no table unless --table or --json)
   sigscope top --prometheus 127.0.0.1:9567 --labels signal,via,sender_comm
+  sigscope top --containers         # with CONTAINER and TCONTAINER columns
+  sigscope top --prometheus :9567 --labels signal,sender_container,target_container,pod_uid
 
 Counts are kept in the kernel (a BPF hash map of at most --max-keys keys, default 10240): no
 per-signal record reaches user space. Keys that do not fit are counted in "other". On exit a last,
@@ -615,7 +617,11 @@ def add_top_parser(sub, raw) -> None:
                      help="serve the counts on http://ADDR:PORT/metrics")
     top.add_argument("--labels", metavar="LABEL[,LABEL]",
                      help="labels of sigscope_signals_total (default: signal,via,outcome,"
-                          "sender_comm,target_comm; also error, sender_pid, target_pid)")
+                          "sender_comm,target_comm; also error, sender_pid, target_pid, "
+                          "sender_container, target_container, pod_uid)")
+    top.add_argument("--containers", action="store_true",
+                     help="count by the sender's and the recipient's cgroup too: CONTAINER "
+                          "and TCONTAINER columns, container objects in --json rows")
     top.add_argument("--table", action="store_true",
                      help="with --prometheus, print the table too")
     top.add_argument("--max-keys", type=_positive_int, default=DEFAULT_MAX_KEYS, metavar="N",
@@ -629,7 +635,12 @@ def run_top(args: argparse.Namespace) -> int:
     import select
     import time
 
-    from sigscope.outputs.prometheus import DEFAULT_LABELS, parse_labels, parse_listen_address
+    from sigscope.outputs.prometheus import (
+        CONTAINER_LABELS,
+        DEFAULT_LABELS,
+        parse_labels,
+        parse_listen_address,
+    )
     from sigscope.top import MAX_MAX_KEYS, Counter, IntervalTracker, IntervalWriter, key_fields
 
     if args.max_keys > MAX_MAX_KEYS:
@@ -646,8 +657,11 @@ def run_top(args: argparse.Namespace) -> int:
     out = _stdout() if show else sys.stdout
     # The exporter alone needs only its labels: the kernel keys the counts by them, so a
     # node's churn of short-lived processes cannot fill the map (top.key_fields).
+    # Cgroup ids in the kernel's key only when a container label or --containers asks.
+    containers = args.containers or bool(
+        args.prometheus and CONTAINER_LABELS.intersection(labels))
     counter = Counter(filters, max_keys=args.max_keys, map_kind=args.map_kind,
-                      keep=None if show else key_fields(labels))
+                      keep=None if show else key_fields(labels), containers=containers)
 
     # A signal handler only sets a flag and writes to a pipe; the loop sleeps in select().
     wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -677,7 +691,8 @@ def run_top(args: argparse.Namespace) -> int:
         _print_err(f"Tracing signals (counting in the kernel, up to {args.max_keys} keys"
                    f"{where})... Hit Ctrl-C to end.")
         writer = IntervalWriter(out, json_output=args.json, sort=args.sort,
-                                limit=args.rows, append=args.no_clear, max_keys=args.max_keys)
+                                limit=args.rows, append=args.no_clear, max_keys=args.max_keys,
+                                contexts=counter.container if counter.cgroups else None)
         tracker = IntervalTracker(start_monotonic=started)
         deadline = started + args.duration if args.duration else None
         next_tick = started + args.interval

@@ -26,6 +26,11 @@ class CountRow(NamedTuple):
     error: str | None
     outcome: str | None
     count: int  # type: ignore[assignment]  # a field named like tuple.count, by design
+    # With a counter that counts by cgroup ids (containers.container_label of each side's
+    # context; the recipient's pod UID), else None.
+    sender_container: str | None = None
+    target_container: str | None = None
+    pod_uid: str | None = None
 
 
 class Health(NamedTuple):

@@ -35,7 +35,14 @@ LABEL_NAMES: Tuple[str, ...] = (
     "target_comm",
     "sender_pid",
     "target_pid",
+    "sender_container",
+    "target_container",
+    "pod_uid",
 )
+# Labels that make the kernel count by cgroup ids (an 80-byte key, programs/count.py): the
+# sender's and the recipient's container (sigscope.containers.container_label: namespace/pod/
+# container, a name, or 12 hex digits of the id; "" outside one) and the recipient's pod UID.
+CONTAINER_LABELS = frozenset({"sender_container", "target_container", "pod_uid"})
 # Bounded by the number of distinct programs, not processes: pids are opt-in.
 DEFAULT_LABELS: Tuple[str, ...] = ("signal", "via", "outcome", "sender_comm", "target_comm")
 
