@@ -438,6 +438,7 @@ def _copy_task_fields(dst: int, base: int, task: RecipientLayout, labels: Labels
         asm.stx(W, dst, R0, base + _f("gen_code")),
         asm.label(info_done),
         *_cgroup_id(dst, base, task, labels),
+        *context.target_ns_ids(dst, base, labels),
     ]
 
 
@@ -681,11 +682,13 @@ def build_sys_enter(cfg: ProbeConfig, call: str, enter: EventFormat) -> list:
     if by_tid:
         prog += [*_fill_call(R10, STACK_RECORD, call, enter, suppressed),
                  *context.sender_cgroup(R10, STACK_RECORD),
+                 *context.sender_ns_ids(R10, STACK_RECORD, False, labels),
                  *_store_call_by_tid(cfg, full), asm.ja(out)]
     else:
         prog += _claim_inflight(cfg, full, labels)
         prog += [*_copy_sender_comm(), *_fill_call(R8, 0, call, enter, suppressed),
-                 *context.sender_cgroup(R8, 0), asm.ja(out)]
+                 *context.sender_cgroup(R8, 0), *context.sender_ns_ids(R8, 0, False, labels),
+                 asm.ja(out)]
     prog += _inflight_full(cfg, full, labels)
     return prog + epilogue(out)
 
@@ -721,12 +724,14 @@ def _build_sys_enter_task(cfg: ProbeConfig, call: str, enter: EventFormat, layou
     if by_tid:
         prog += [*_fill_call(R10, STACK_RECORD, call, enter, suppressed, uid_on_stack=True),
                  *context.sender_cgroup(R10, STACK_RECORD),
+                 *context.sender_ns_ids(R10, STACK_RECORD, True, labels),
                  *_store_call_by_tid(cfg, full), asm.ja(out)]
     else:
         prog += _claim_inflight(cfg, full, labels)
         prog += [*_copy_sender_comm(),
                  *_fill_call(R8, 0, call, enter, suppressed, uid_on_stack=True),
-                 *context.sender_cgroup(R8, 0), asm.ja(out)]
+                 *context.sender_cgroup(R8, 0), *context.sender_ns_ids(R8, 0, True, labels),
+                 asm.ja(out)]
     prog += _inflight_full(cfg, full, labels)
     return prog + epilogue(out)
 
@@ -767,6 +772,7 @@ def build_signal_generate(cfg: ProbeConfig, src: Recipient | EventFormat) -> lis
         prog += _comm_filter(R10, STACK_RECORD + _f("sender_comm"), f.comm_bytes(), out)
         prog += fill_sender_into_stack()
         prog += context.sender_cgroup(R10, STACK_RECORD)
+        prog += context.sender_ns_ids(R10, STACK_RECORD, False, labels)
         prog += _copy_generate_fields(R10, STACK_RECORD, src, labels)
         prog += kernel_sigkill_stack(cfg.maps.stacks, labels)  # why the kernel killed
         prog += [
