@@ -17,8 +17,11 @@ import pytest
 from helpers import SRC, TARGET_COMM, Target, bpf_prog_ids_of, wait_unloaded
 
 from sigscope.bpf import features
+from sigscope.containers import cgroup2_mount, cgroup_id_of
 from sigscope.model.event import ORIGINS, OUTCOMES
 from sigscope.model.record import VIA_NAMES
+from sigscope.programs import context
+from sigscope.programs import signal as probes
 from sigscope.send import SendError, send_signal
 
 SIGUSR1, SIGUSR2 = 10, 12
@@ -146,11 +149,19 @@ def test_json_lines(target: Target) -> None:
     assert [(o["via"], o["sig"]) for o in objects] == [
         ("kill", SIGUSR1), ("tgkill", SIGUSR2), ("rt_sigqueueinfo", 40),
         ("pidfd_send_signal", SIGUSR1), ("kill", 99), ("kernel", 13)]
+    # The recipient's own pid-namespace ids (the initial one: its host ids), read from its task
+    # where the tp_btf generate runs with BTF; unknown (null) on the tracefs fallback.
+    ns_id = target.pid if probes.recipient_source_is_task() and context.pid_layout() else None
     assert objects[1]["target"] == {"pid": target.pid, "tid": target.pid, "comm": TARGET_COMM,
                                     "cgroup_id": objects[1]["target"]["cgroup_id"],
-                                    "ns_pid": objects[1]["target"]["ns_pid"],
-                                    "ns_tid": objects[1]["target"]["ns_tid"]}
+                                    "ns_pid": ns_id, "ns_tid": ns_id}
     assert objects[1]["args"] == {"pid": target.pid, "tid": target.pid, "pidfd": None}
+    mount = cgroup2_mount()
+    if mount is not None:  # the sender's (this test's) cgroup v2 directory, by its handle
+        (own,) = [line[3:] for line in open("/proc/self/cgroup").read().splitlines()
+                  if line.startswith("0::")]
+        assert objects[1]["sender"]["cgroup_id"] == cgroup_id_of(
+            mount.mount_point + own.rstrip("/"))
     assert (objects[1]["code_name"], objects[1]["outcome"]) == ("SI_TKILL", "delivered")
     assert (objects[4]["result"], objects[4]["error"], objects[4]["outcome"]) == (
         -22, "EINVAL", None)

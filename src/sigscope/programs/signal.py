@@ -31,6 +31,7 @@ from sigscope.bpf.uapi import BPF_ANY
 from sigscope.model import record as rec
 from sigscope.model.filters import Filters
 from sigscope.model.record import offset as _f
+from sigscope.programs import context
 from sigscope.programs.common import (
     COUNTER_INFLIGHT_FULL,
     STACK_KEY,
@@ -437,6 +438,7 @@ def _copy_task_fields(dst: int, base: int, task: RecipientLayout, labels: Labels
         asm.stx(W, dst, R0, base + _f("gen_code")),
         asm.label(info_done),
         *_cgroup_id(dst, base, task, labels),
+        *context.target_ns_ids(dst, base, labels),
     ]
 
 
@@ -679,10 +681,13 @@ def build_sys_enter(cfg: ProbeConfig, call: str, enter: EventFormat) -> list:
     prog += _comm_filter(R10, STACK_RECORD + _f("sender_comm"), comm, out)
     if by_tid:
         prog += [*_fill_call(R10, STACK_RECORD, call, enter, suppressed),
+                 *context.sender_cgroup(R10, STACK_RECORD),
+                 *context.sender_ns_ids(R10, STACK_RECORD, False, labels),
                  *_store_call_by_tid(cfg, full), asm.ja(out)]
     else:
         prog += _claim_inflight(cfg, full, labels)
         prog += [*_copy_sender_comm(), *_fill_call(R8, 0, call, enter, suppressed),
+                 *context.sender_cgroup(R8, 0), *context.sender_ns_ids(R8, 0, False, labels),
                  asm.ja(out)]
     prog += _inflight_full(cfg, full, labels)
     return prog + epilogue(out)
@@ -718,11 +723,15 @@ def _build_sys_enter_task(cfg: ProbeConfig, call: str, enter: EventFormat, layou
     prog += task_sender_to_stack(layout, cfg.filters.comm_bytes(), out, labels)
     if by_tid:
         prog += [*_fill_call(R10, STACK_RECORD, call, enter, suppressed, uid_on_stack=True),
+                 *context.sender_cgroup(R10, STACK_RECORD),
+                 *context.sender_ns_ids(R10, STACK_RECORD, True, labels),
                  *_store_call_by_tid(cfg, full), asm.ja(out)]
     else:
         prog += _claim_inflight(cfg, full, labels)
         prog += [*_copy_sender_comm(),
-                 *_fill_call(R8, 0, call, enter, suppressed, uid_on_stack=True), asm.ja(out)]
+                 *_fill_call(R8, 0, call, enter, suppressed, uid_on_stack=True),
+                 *context.sender_cgroup(R8, 0), *context.sender_ns_ids(R8, 0, True, labels),
+                 asm.ja(out)]
     prog += _inflight_full(cfg, full, labels)
     return prog + epilogue(out)
 
@@ -762,6 +771,8 @@ def build_signal_generate(cfg: ProbeConfig, src: Recipient | EventFormat) -> lis
         prog += current_comm_into_stack()
         prog += _comm_filter(R10, STACK_RECORD + _f("sender_comm"), f.comm_bytes(), out)
         prog += fill_sender_into_stack()
+        prog += context.sender_cgroup(R10, STACK_RECORD)
+        prog += context.sender_ns_ids(R10, STACK_RECORD, False, labels)
         prog += _copy_generate_fields(R10, STACK_RECORD, src, labels)
         prog += kernel_sigkill_stack(cfg.maps.stacks, labels)  # why the kernel killed
         prog += [
