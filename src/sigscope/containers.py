@@ -650,17 +650,19 @@ class ContainerLookup:
     ``Event.sender_container``/``target_container`` call.
 
     ``resolver``/``names`` default to a ``CgroupResolver()`` (its ``warn`` says once, on
-    ``start()``, that context is unavailable on a cgroup v1-only host) and ``LocalNames()``.
+    ``start()``, that context is unavailable on a cgroup v1-only host) and
+    ``LocalNames(host_root)`` (``host_root``: where the host's /var is seen, e.g. ``/host`` in
+    a DaemonSet; the cgroup hierarchy is found in mountinfo wherever it is mounted).
     An answer is kept for good once its names are known (or it is in no container); one still
     missing a container's or pod's name, or an unknown id, is asked again after
     ``retry_interval`` seconds (the sources are rate-limited themselves). ``label(id)`` is
     ``container_label`` of the answer. Not thread-safe (one per reading thread)."""
 
     def __init__(self, resolver: CgroupResolver | None = None, names: LocalNames | None = None,
-                 *, retry_interval: float = 5.0, max_cached: int = 65_536,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 *, host_root: str = "/", retry_interval: float = 5.0,
+                 max_cached: int = 65_536, clock: Callable[[], float] = time.monotonic) -> None:
         self.resolver = resolver if resolver is not None else CgroupResolver()
-        self.names = names if names is not None else LocalNames()
+        self.names = names if names is not None else LocalNames(host_root)
         self.retry_interval = retry_interval
         self.max_cached = max_cached
         self._clock = clock

@@ -261,6 +261,7 @@ class Counter(ProbeSession):
         keep: Iterable[str] | None = None,
         claim: str | None = None,
         containers: bool = False,
+        host_root: str = "/",
     ) -> None:
         """``keep``: the key fields to count by (top_probes.KEY_FIELD_NAMES, e.g. from
         ``key_fields(labels)``); None keeps them all but the cgroup ids; ``claim``: the
@@ -268,8 +269,9 @@ class Counter(ProbeSession):
         ``containers``: count by both sides' cgroup ids too (as does a ``keep`` naming
         ``sender_cgroup`` or ``target_cgroup``), and resolve them to containers
         (``container()``; the exporter's ``sender_container``, ``target_container`` and
-        ``pod_uid``). Keys are bounded by ``max_keys`` all the same. Raises UsageError for
-        bad values."""
+        ``pod_uid``). Keys are bounded by ``max_keys`` all the same. ``host_root``: where the
+        container names' sources are (containers.LocalNames). Raises UsageError for bad
+        values."""
         super().__init__(claim)
         if not isinstance(max_keys, int) or not 1 <= max_keys <= MAX_MAX_KEYS:
             raise UsageError(f"max_keys= must be from 1 to {MAX_MAX_KEYS}, not {max_keys!r}")
@@ -287,6 +289,7 @@ class Counter(ProbeSession):
         # The 80-byte key only when asked for: otherwise the programs are those without it.
         self.cgroups = containers or bool(self.keep and self.keep & CGROUP_FIELDS)
         self.contexts: ContainerLookup | None = None  # made at start when cgroups
+        self.host_root = host_root
         self._contexts_lock = threading.Lock()  # scrapes run in the exporter's threads
         self.filters = filters or Filters()
         self.max_keys = max_keys
@@ -328,7 +331,7 @@ class Counter(ProbeSession):
             if self.cgroups and self.contexts is None:
                 from sigscope.containers import ContainerLookup
 
-                self.contexts = ContainerLookup()
+                self.contexts = ContainerLookup(host_root=self.host_root)
                 self.contexts.start()
         return self
 

@@ -109,6 +109,7 @@ class Tracer(ProbeSession):
         follow_signalfd: bool = True,
         claim: str | None = None,
         containers: bool | ContainerLookup = True,
+        host_root: str = "/",
     ) -> None:
         super().__init__(claim)
         # Read the recipient from its task (tp_btf) where the kernel allows; False forces the
@@ -140,6 +141,7 @@ class Tracer(ProbeSession):
         # read at the event, cached per id (containers.ContainerLookup). False: not looked up.
         # True: made at start(), after loading (its imports are not start-up's).
         self._want_containers = containers is True
+        self.host_root = host_root  # where LocalNames reads the host's /var (containers.py)
         self.containers: ContainerLookup | None = (
             None if isinstance(containers, bool) else containers)
         self.decoder.contexts = self.containers
@@ -167,7 +169,8 @@ class Tracer(ProbeSession):
             if self._want_containers and self.containers is None:
                 from sigscope.containers import ContainerLookup
 
-                self.containers = self.decoder.contexts = ContainerLookup()
+                self.containers = self.decoder.contexts = ContainerLookup(
+                    host_root=self.host_root)
             if self.containers is not None:
                 # After attaching: a cgroup made from now on is found by its id (handle or
                 # rescan); one that exists now is remembered even if it goes before its

@@ -302,3 +302,46 @@ def test_static_job_targets_are_host_port() -> None:
         for target in group["targets"]:
             host, _, port = target.rpartition(":")
             assert host and port == "9567"
+
+
+# ---------------------------------------------------------------------------------------------
+# Container context (docs/CONTAINERS.md)
+
+CONTEXT_SOURCES = {  # host path -> where the pod sees it (under --host-root)
+    "/sys/fs/cgroup": "/host/sys/fs/cgroup",
+    "/var/log/pods": "/host/var/log/pods",
+    "/var/log/containers": "/host/var/log/containers",
+    "/var/lib/docker/containers": "/host/var/lib/docker/containers",
+    "/var/lib/containers/storage": "/host/var/lib/containers/storage",
+}
+
+
+def test_daemonset_mounts_the_container_context_sources_read_only() -> None:
+    pod = the_object("DaemonSet")["spec"]["template"]["spec"]
+    container = daemonset_container()
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
+    host_root = option_value(container["args"], "--host-root")
+    for host_path, mount_path in CONTEXT_SOURCES.items():
+        mount = mounts[mount_path]
+        assert mount["readOnly"] is True, mount_path
+        assert volumes[mount["name"]]["hostPath"]["path"] == host_path
+        assert mount_path == host_root + host_path  # LocalNames(root) reads root + /var/...
+    # nothing of the host is writable but the pod's own tmpfs
+    writable = [m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")]
+    assert writable == ["/tmp"]
+    assert "DAC_READ_SEARCH" not in container["securityContext"]["capabilities"]["add"]
+
+
+def test_daemonset_asks_for_the_container_labels() -> None:
+    from sigscope.cli.main import build_parser
+    from sigscope.outputs.prometheus import CONTAINER_LABELS
+    from sigscope.top import key_fields
+
+    args = daemonset_container()["args"]
+    labels = parse_labels(option_value(args, "--labels"))
+    assert CONTAINER_LABELS <= set(labels)
+    assert {"sender_cgroup", "target_cgroup"} <= key_fields(labels)  # counted by cgroup id
+    assert not {"sender_pid", "target_pid"} & set(labels)  # bounded by containers, not pids
+    parsed = build_parser().parse_args(args)
+    assert parsed.host_root == "/host" and parsed.max_keys > 0

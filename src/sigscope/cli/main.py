@@ -292,6 +292,9 @@ def add_filter_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-x", "--failed", action="store_true", help="only sends that failed")
     p.add_argument("-k", "--kill-only", action="store_true",
                    help="syscalls only, no kernel-generated signals")
+    p.add_argument("--host-root", default="/", metavar="DIR",
+                   help="where the host's /var is seen, for container and pod names "
+                        "(default /; /host in the DaemonSet)")
     p.add_argument("-d", "--duration", type=_duration, metavar="SECONDS",
                    help=f"stop after this many seconds ({MIN_DURATION_S:g} to "
                         f"{MAX_DURATION_S:g})")
@@ -492,6 +495,9 @@ def filters_from_args(args: argparse.Namespace):
             return None
         return frozenset().union(*(parse_signal_list(spec) for spec in specs))
 
+    if not os.path.isdir(args.host_root):
+        raise ArgumentError(f"sigscope {args.command}: argument --host-root: not a directory: "
+                            f"{args.host_root!r}")
     comms = args.comm or []
     if len(set(comms)) > 1:
         raise ArgumentError(f"sigscope {args.command}: argument -c/--comm: given "
@@ -530,7 +536,8 @@ def run_trace(args: argparse.Namespace) -> int:
     tracer = Tracer(filters, buffer=args.buffer, buffer_size=args.buffer_size,
                     duration=args.duration, fate=args.fate,
                     follow_signalfd=args.follow_signalfd,
-                    containers=bool(args.json or args.containers) and not args.ebpf)
+                    containers=bool(args.json or args.containers) and not args.ebpf,
+                    host_root=args.host_root)
     out = _stdout()
     if args.ebpf:
         return _print_programs(tracer)
@@ -661,7 +668,8 @@ def run_top(args: argparse.Namespace) -> int:
     containers = args.containers or bool(
         args.prometheus and CONTAINER_LABELS.intersection(labels))
     counter = Counter(filters, max_keys=args.max_keys, map_kind=args.map_kind,
-                      keep=None if show else key_fields(labels), containers=containers)
+                      keep=None if show else key_fields(labels), containers=containers,
+                      host_root=args.host_root)
 
     # A signal handler only sets a flag and writes to a pipe; the loop sleeps in select().
     wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
