@@ -6,10 +6,13 @@ bpf_get_current_cgroup_id() in a BPF program) and /proc/<pid>/cgroup."""
 from __future__ import annotations
 
 import ctypes
+import json
 import os
+import signal
 import struct
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -317,3 +320,183 @@ def test_in_a_cgroup_namespace_the_host_hierarchy_is_read(hierarchy) -> None:
                             env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["/../../..", "/", sibling]
+
+
+# --- the outputs: trace JSON and --containers, top and the exporter (issue 14) ----------------
+
+# A container's shell: sends SIGURG (ignored by default) to each pid it reads, says so.
+MEMBER = 'while read -r who; do kill -s URG "$who"; echo sent; done'
+NAMES = {"namespace": "prod", "pod": "shop", "cri": "app", "docker": "web"}
+
+
+class Member:
+    """A shell moved into the cgroup at `path` before it sends anything."""
+
+    def __init__(self, path: str) -> None:
+        from cgroup_fixtures import move_to
+
+        self.proc = subprocess.Popen(["bash", "-c", MEMBER], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self.pid = self.proc.pid
+        move_to(path, self.pid)
+
+    def send(self, pid: int) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{pid}\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline() == "sent\n"
+
+    def stop(self) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.close()
+        assert self.proc.wait(TIMEOUT) == 0
+        self.proc.stdout.close()
+
+
+def host_root_with_names(root: Path) -> str:
+    """A --host-root where the kubelet names the CRI container and docker the other."""
+    pods = root / "var/log/pods" / f"{NAMES['namespace']}_{NAMES['pod']}_{POD_UID}"
+    (pods / NAMES["cri"]).mkdir(parents=True)
+    logs = root / "var/log/containers"
+    logs.mkdir(parents=True)
+    (logs / f"{NAMES['pod']}_{NAMES['namespace']}_{NAMES['cri']}-{CRI_ID}.log").symlink_to(
+        pods / NAMES["cri"] / "0.log")
+    config = root / "var/lib/docker/containers" / DOCKER_ID / "config.v2.json"
+    config.parent.mkdir(parents=True)
+    config.write_text('{"Name": "/%s"}' % NAMES["docker"])
+    return str(root)
+
+
+@pytest.fixture
+def two_containers(tmp_path: Path):
+    """(docker member, CRI member, their (path, id)s, --host-root): a docker container and a
+    burstable pod's containerd container, each with a shell in it."""
+    from cgroup_fixtures import cgroup_at
+
+    parent = f"/sigscope-test-{uuid.uuid4().hex[:12]}"
+    with cgroup_at(DOCKER, parent) as docker, cgroup_at(CRI, parent) as cri:
+        members = [Member(docker[0]), Member(cri[0])]
+        try:
+            yield members[0], members[1], docker, cri, host_root_with_names(tmp_path)
+        finally:
+            for member in members:
+                member.stop()
+
+
+def exchange(docker: Member, cri: Member) -> None:
+    """container -> container, host -> container, container -> host."""
+    docker.send(cri.pid)
+    os.kill(docker.pid, 23)  # SIGURG
+    cri.send(os.getpid())
+
+
+def host_is_outside_any_container() -> None:
+    from sigscope.model.container import parse_cgroup_path
+
+    own = proc_cgroup_fallback(os.getpid())
+    assert own is not None
+    if parse_cgroup_path(own).container_id is not None:
+        pytest.skip("the test runs inside a container: its own side names one")
+
+
+def test_trace_json_and_columns_carry_both_sides_containers(two_containers) -> None:
+    from test_trace_cli import CliTrace
+
+    host_is_outside_any_container()
+    docker, cri, (docker_path, docker_id), (cri_path, cri_id), host_root = two_containers
+    me = os.getpid()
+    pids = f"{docker.pid},{cri.pid},{me}"
+    json_run = CliTrace("-j", "-s", "URG", "-p", pids, "--host-root", host_root)
+    text_run = CliTrace("--containers", "-s", "URG", "-p", pids, "--host-root", host_root)
+    exchange(docker, cri)
+    json_run.wait_lines(3)
+    text_run.wait_lines(4)  # the header and three records
+    status, lines, err = json_run.finish()
+    assert status == 0 and len(err) == 1, err  # the summary only: no "unavailable" line
+    status, text, text_err = text_run.finish()
+    assert status == 0 and len(text_err) == 1, text_err
+
+    records = [json.loads(line) for line in lines]
+    assert [(r["sender"]["pid"], r["target"]["pid"]) for r in records] == [
+        (docker.pid, cri.pid), (me, docker.pid), (cri.pid, me)]
+    to_cri, to_docker, to_host = records
+    cri_context = {
+        "cgroup_id": cri_id, "cgroup_path": cri_path, "runtime": "containerd",
+        "container_id": CRI_ID, "monitor_of": None, "pod_uid": POD_UID, "qos": "burstable",
+        "unit": f"cri-containerd-{CRI_ID}.scope", "container_name": NAMES["cri"],
+        "pod_name": NAMES["pod"], "pod_namespace": NAMES["namespace"]}
+    docker_context = {
+        "cgroup_id": docker_id, "cgroup_path": docker_path, "runtime": "docker",
+        "container_id": DOCKER_ID, "monitor_of": None, "pod_uid": None, "qos": None,
+        "unit": f"docker-{DOCKER_ID}.scope", "container_name": NAMES["docker"],
+        "pod_name": None, "pod_namespace": None}
+    assert to_cri["sender"]["container"] == docker_context
+    assert to_cri["target"]["container"] == cri_context
+    assert to_docker["target"]["container"] == docker_context
+    assert to_host["sender"]["container"] == cri_context
+    # the test's own side: its cgroup, in no container
+    own = proc_cgroup_fallback(me)
+    for side in (to_docker["sender"], to_host["target"]):
+        assert side["container"]["cgroup_path"] == own
+        assert side["container"]["container_id"] is None
+        assert side["container"]["cgroup_id"] == side["cgroup_id"]
+
+    header, *rows = text
+    cells = [(row[header.index(" CONTAINER") + 1:].split()[0],
+              row[header.index("TCONTAINER"):].strip()) for row in rows]
+    named_cri = f"{NAMES['namespace']}/{NAMES['pod']}/{NAMES['cri']}"
+    assert cells == [(NAMES["docker"], named_cri), ("-", NAMES["docker"]), (named_cri, "-")]
+
+
+def test_trace_columns_without_names_show_the_short_id(two_containers) -> None:
+    from test_trace_cli import CliTrace
+
+    host_is_outside_any_container()
+    docker, cri, _docker, _cri, _host_root = two_containers
+    run = CliTrace("--containers", "--fate", "-s", "URG", "-p", f"{docker.pid}")
+    docker.send(cri.pid)
+    run.wait_lines(2)
+    status, text, err = run.finish()
+    assert status == 0, err
+    header, row = text[0], text[1]
+    assert row[header.index(" CONTAINER") + 1:].split()[0] == DOCKER_ID[:12]
+    assert row[header.index("TCONTAINER"):].split()[0] == CRI_ID[:12]
+
+
+def test_top_and_the_exporter_label_by_container_and_pod(two_containers) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+    from top_workload import TopProcess
+
+    host_is_outside_any_container()
+    docker, cri, _docker, (_cri_path, cri_id), host_root = two_containers
+    me = os.getpid()
+    running = TopProcess("-s", "URG", "-p", f"{docker.pid},{cri.pid},{me}", "--containers",
+                         "-j", "-i", "0.2", "--host-root", host_root,
+                         "--prometheus", "127.0.0.1:0",
+                         "--labels", "signal,sender_container,target_container,pod_uid")
+    try:
+        exchange(docker, cri)
+        url = running.tracing_line.split("metrics at ", 1)[1].split(")", 1)[0]
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as reply:
+            text = reply.read().decode()
+    finally:
+        running.proc.send_signal(signal.SIGINT)
+    status, intervals, err = running.finish()
+    assert status == 0, err
+    named_cri = f"{NAMES['namespace']}/{NAMES['pod']}/{NAMES['cri']}"
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    scraped = {(s.labels["sender_container"], s.labels["target_container"],
+                s.labels["pod_uid"]): s.value
+               for s in families["sigscope_signals"].samples
+               if s.name == "sigscope_signals_total" and s.labels["signal"] == "SIGURG"}
+    assert scraped == {(NAMES["docker"], named_cri, POD_UID): 1.0,
+                       ("", NAMES["docker"], ""): 1.0,
+                       (named_cri, "", ""): 1.0}
+    rows = [row for interval in intervals for row in interval["rows"]]
+    got = sorted(((row["sender"]["container"] or {}).get("container_id") or "",
+                  (row["target"]["container"] or {}).get("container_id") or "", row["count"])
+                 for row in rows)
+    assert got == sorted([(DOCKER_ID, CRI_ID, 1), ("", DOCKER_ID, 1), (CRI_ID, "", 1)])
+    (to_cri,) = [row for row in rows if row["target"]["pid"] == cri.pid]
+    assert to_cri["target"]["container"]["cgroup_id"] == cri_id
+    assert to_cri["target"]["container"]["pod_uid"] == POD_UID
