@@ -363,7 +363,7 @@ def host_root_with_names(root: Path) -> str:
         pods / NAMES["cri"] / "0.log")
     config = root / "var/lib/docker/containers" / DOCKER_ID / "config.v2.json"
     config.parent.mkdir(parents=True)
-    config.write_text('{"Name": "/%s"}' % NAMES["docker"])
+    config.write_text(json.dumps({"Name": "/" + NAMES["docker"]}))
     return str(root)
 
 
