@@ -433,12 +433,14 @@ def count(
     max_keys: int = DEFAULT_MAX_KEYS,
     map_kind: str = "auto",
     keep: Iterable[str] | None = None,
+    containers: bool = False,
+    host_root: str = "/",
 ) -> Counter:
-    """A Counter with the same filters as ``sigscope.trace()`` / the command line; ``keep``
-    as for Counter."""
+    """A Counter with the same filters as ``sigscope.trace()`` / the command line; ``keep``,
+    ``containers`` and ``host_root`` as for Counter."""
     return Counter(make_filters(signals, exclude_signals, pids, target_ids, comm, vias,
                                 failed_only, kill_only), max_keys=max_keys, map_kind=map_kind,
-                   keep=keep)
+                   keep=keep, containers=containers, host_root=host_root)
 
 
 class IntervalTracker:
