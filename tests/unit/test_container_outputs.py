@@ -332,3 +332,10 @@ def test_lookup_caches_per_id_and_retries_what_is_incomplete(tmp_path: Path) -> 
     assert lookup.label(2) == "db" and resolver.asked == 3
     assert lookup(None) is None and lookup(0) is None and resolver.asked == 3
     assert lookup(99) is None and lookup(99) is None and resolver.asked == 4
+
+
+@pytest.mark.parametrize("command", ["trace", "top"])
+def test_host_root_must_be_a_directory(command, tmp_path: Path, capsys) -> None:
+    assert main([command, "--host-root", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--host-root: not a directory" in err[0]
