@@ -360,12 +360,13 @@ def count(
     max_keys: int = DEFAULT_MAX_KEYS,
     map_kind: str = "auto",
     keep: Iterable[str] | None = None,
+    cgroups: Iterable[tuple[int, int]] = (),
 ) -> Counter:
     """A Counter with the same filters as ``sigscope.trace()`` / the command line; ``keep``
     as for Counter."""
     return Counter(make_filters(signals, exclude_signals, pids, target_ids, comm, vias,
-                                failed_only, kill_only), max_keys=max_keys, map_kind=map_kind,
-                   keep=keep)
+                                failed_only, kill_only, cgroups), max_keys=max_keys,
+                   map_kind=map_kind, keep=keep)
 
 
 class IntervalTracker:

@@ -479,6 +479,7 @@ def trace(
     duration: float | None = None,
     fate: bool = False,
     follow_signalfd: bool = True,
+    cgroups: Iterable[tuple[int, int]] = (),
 ) -> Tracer:
     """A Tracer with the same filters as the ``sigscope trace`` command line.
 
@@ -493,10 +494,13 @@ def trace(
     ``follow_signalfd=False`` leaves signalfd reads unfollowed (their signals' fates are then
     ``unknown`` or ``discarded``) and spares every read(2) on the system the ~1.7 us the two
     read tracepoints cost while tracing.
+    ``cgroups``: (cgroup v2 id, level) pairs (``sigscope.cgroup_filter.of_path`` and
+    ``of_container``); a signal matches when its sender's or recipient's cgroup is one of
+    them or below one.
     """
     return Tracer(
         make_filters(signals, exclude_signals, pids, target_ids, comm, vias, failed_only,
-                     kill_only),
+                     kill_only, cgroups),
         buffer=buffer, buffer_size=buffer_size, duration=duration, fate=fate,
         follow_signalfd=follow_signalfd,
     )
