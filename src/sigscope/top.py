@@ -435,12 +435,13 @@ def count(
     keep: Iterable[str] | None = None,
     containers: bool = False,
     host_root: str = "/",
+    cgroups: Iterable[tuple[int, int]] = (),
 ) -> Counter:
     """A Counter with the same filters as ``sigscope.trace()`` / the command line; ``keep``,
     ``containers`` and ``host_root`` as for Counter."""
     return Counter(make_filters(signals, exclude_signals, pids, target_ids, comm, vias,
-                                failed_only, kill_only), max_keys=max_keys, map_kind=map_kind,
-                   keep=keep, containers=containers, host_root=host_root)
+                                failed_only, kill_only, cgroups), max_keys=max_keys,
+                   map_kind=map_kind, keep=keep, containers=containers, host_root=host_root)
 
 
 class IntervalTracker:

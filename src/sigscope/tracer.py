@@ -502,6 +502,7 @@ def trace(
     fate: bool = False,
     follow_signalfd: bool = True,
     containers: bool = True,
+    cgroups: Iterable[tuple[int, int]] = (),
 ) -> Tracer:
     """A Tracer with the same filters as the ``sigscope trace`` command line.
 
@@ -520,10 +521,13 @@ def trace(
     (``event.sender_container``, ``event.target_container``, the JSON ``container`` objects;
     docs/CONTAINERS.md); on a cgroup v1-only host that says one line on stderr at start and
     the contexts are None.
+    ``cgroups``: (cgroup v2 id, level) pairs (``sigscope.cgroup_filter.of_path`` and
+    ``of_container``); a signal matches when its sender's or recipient's cgroup is one of
+    them or below one.
     """
     return Tracer(
         make_filters(signals, exclude_signals, pids, target_ids, comm, vias, failed_only,
-                     kill_only),
+                     kill_only, cgroups),
         buffer=buffer, buffer_size=buffer_size, duration=duration, fate=fate,
         follow_signalfd=follow_signalfd, containers=containers,
     )

@@ -333,12 +333,12 @@ class Member:
     """A shell moved into the cgroup at `path` before it sends anything."""
 
     def __init__(self, path: str) -> None:
-        from cgroup_fixtures import move_to
+        from cgroup_fixtures import move
 
         self.proc = subprocess.Popen(["bash", "-c", MEMBER], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
         self.pid = self.proc.pid
-        move_to(path, self.pid)
+        move(self.pid, path)
 
     def send(self, pid: int) -> None:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -371,10 +371,10 @@ def host_root_with_names(root: Path) -> str:
 def two_containers(tmp_path: Path):
     """(docker member, CRI member, their (path, id)s, --host-root): a docker container and a
     burstable pod's containerd container, each with a shell in it."""
-    from cgroup_fixtures import cgroup_at
+    from cgroup_fixtures import made_cgroup, unique_top
 
-    parent = f"/sigscope-test-{uuid.uuid4().hex[:12]}"
-    with cgroup_at(DOCKER, parent) as docker, cgroup_at(CRI, parent) as cri:
+    parent = unique_top()
+    with made_cgroup(f"{parent}/{DOCKER}") as docker, made_cgroup(f"{parent}/{CRI}") as cri:
         members = [Member(docker[0]), Member(cri[0])]
         try:
             yield members[0], members[1], docker, cri, host_root_with_names(tmp_path)

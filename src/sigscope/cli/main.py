@@ -55,6 +55,7 @@ API_FLAGS = {
     "failed_only": "-x/--failed", "kill_only": "-k/--kill-only", "duration": "-d/--duration",
     "buffer_size": "--buffer-size", "buffer": "--buffer", "max_keys": "--max-keys",
     "map_kind": "--map-kind", "labels": "--labels", "value": "--value", "tid": "--tid",
+    "cgroups": "--cgroup", "containers": "--container",
 }
 
 EXIT_CODES = f"""\
@@ -80,6 +81,9 @@ examples:
   sigscope trace -c oracle -j       # sends by 'oracle' processes, as JSON Lines
   sigscope trace -d 10 -t           # ten seconds, relative timestamps
   sigscope trace --containers -s TERM,KILL  # who stops which container
+  sigscope trace --cgroup /system.slice/docker-4f1c...scope
+                                    # signals sent from or to that cgroup (and below it)
+  sigscope trace --container 4f1c2a # sent from or to the container whose id starts so
 
 Filter options may be repeated: their lists add up (-s USR1 -s USR2 is -s USR1,USR2).
 Command names and other strings from processes are printed with control and non-printable
@@ -116,6 +120,7 @@ examples:
   sigscope top -c oracle -i 5 -C    # sends by 'oracle' processes, 5 s intervals, appended
   sigscope top --sort target -n 50  # 50 rows, grouped by target
   sigscope top -j -d 60             # one JSON object per interval, for a minute
+  sigscope top --cgroup /kubepods.slice # signals from or to any pod's cgroup on this node
   sigscope top --prometheus :9567   # serve /metrics (no table unless --table or --json)
   sigscope top --prometheus 127.0.0.1:9567 --labels signal,via,sender_comm
   sigscope top --containers         # with CONTAINER and TCONTAINER columns
@@ -286,6 +291,14 @@ def add_filter_options(p: argparse.ArgumentParser) -> None:
                    help="leave these signals out")
     p.add_argument("-c", "--comm", action="append",
                    help="only signals sent by this command name")
+    p.add_argument("--cgroup", action="append", default=[], metavar="PATH",
+                   help="only signals whose sender or recipient is in this cgroup v2 or below "
+                        "it (a path below the hierarchy, e.g. /system.slice/foo.service, or "
+                        "under its mount point); a send that reached nobody matches by its "
+                        "sender; without kernel BTF, by its sender only")
+    p.add_argument("--container", action="append", default=[], metavar="ID",
+                   help="as --cgroup, for the cgroups of the running containers whose id "
+                        "starts with ID (docker, containerd/CRI, CRI-O, podman)")
     p.add_argument("--via", type=_name_list, action="extend", metavar="VIA[,VIA]",
                    help="only these send paths: "
                         + ", ".join((*SYSCALL_VIAS, VIA_NAMES[VIA_KERNEL])))
@@ -505,9 +518,36 @@ def filters_from_args(args: argparse.Namespace):
     filters: Filters = make_filters(
         signals=signals(args.signal), exclude_signals=signals(args.exclude_signal),
         pids=args.pid, target_ids=args.tpid, comm=comms[0] if comms else None, vias=args.via,
-        failed_only=args.failed, kill_only=args.kill_only,
+        failed_only=args.failed, kill_only=args.kill_only, cgroups=_cgroup_pairs(args),
     )
     return filters
+
+
+def _cgroup_pairs(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """--cgroup and --container as (cgroup id, level) pairs (cgroup_filter.py; its errors
+    are one line: exit 2 for a bad path or prefix, 3 without a cgroup v2 hierarchy)."""
+    if not args.cgroup and not args.container:
+        return []
+    from sigscope import cgroup_filter
+
+    pairs = [cgroup_filter.of_path(path) for path in args.cgroup]
+    for prefix in args.container:
+        pairs += cgroup_filter.of_container(prefix)
+    return sorted(set(pairs))
+
+
+def recipient_cgroup_note(filters) -> str | None:
+    """The one line to say at start when --cgroup/--container cannot see recipients (the
+    tracefs signal_generate, no BTF): they then match by the sender alone."""
+    if not filters.cgroups:
+        return None
+    from sigscope.programs import context
+    from sigscope.programs import signal as probes
+
+    if probes.recipient_source_is_task() and context.cgroup_layout() is not None:
+        return None
+    return ("sigscope: no kernel BTF: --cgroup/--container match the sender's cgroup only "
+            "(the recipient's is unknown)")
 
 
 def _stdout() -> TextIO:
@@ -549,6 +589,9 @@ def run_trace(args: argparse.Namespace) -> int:
     tracer.start()
     try:
         _print_err(f"Tracing signals ({tracer.buffer_kind} buffer)... Hit Ctrl-C to end.")
+        note = recipient_cgroup_note(filters)
+        if note:
+            _print_err(note)
         if tracer.fate_exit_codes is False:
             _print_err("sigscope: no kernel BTF: the effect of fatal signals is reported as "
                        "unknown")
@@ -698,6 +741,9 @@ def run_top(args: argparse.Namespace) -> int:
             where = f", metrics at {server.url}"
         _print_err(f"Tracing signals (counting in the kernel, up to {args.max_keys} keys"
                    f"{where})... Hit Ctrl-C to end.")
+        note = recipient_cgroup_note(counter.filters)
+        if note:
+            _print_err(note)
         writer = IntervalWriter(out, json_output=args.json, sort=args.sort,
                                 limit=args.rows, append=args.no_clear, max_keys=args.max_keys,
                                 contexts=counter.container if counter.cgroups else None)

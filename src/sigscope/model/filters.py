@@ -12,6 +12,9 @@ from sigscope.model.signals import parse_signal_list
 MAX_IN_KERNEL_IDS = 16  # each pid/tid compared costs an instruction per event
 # include/linux/threads.h: PID_MAX_LIMIT of 64-bit kernels, above any pid_max.
 PID_MAX_LIMIT = 4 * 1024 * 1024
+# The deepest cgroup level a filter may name (cgroup v2's cgroup.max.depth allows more; no
+# container runtime nests anywhere near this).
+MAX_CGROUP_LEVEL = 1024
 
 
 class FilterError(UsageError):
@@ -28,6 +31,9 @@ class _FilterValues(NamedTuple):
     comm: str | None = None                     # -c: sender command (exact, first 15 bytes)
     vias: frozenset[str] = frozenset(VIA_NAMES)  # --via, -k
     failed_only: bool = False                   # -x: only sends that failed
+    # --cgroup, --container: (cgroup v2 id, its level: 0 the hierarchy's root) of cgroups; a
+    # record matches when its sender's or its recipient's cgroup is one of them or below one.
+    cgroups: frozenset[tuple[int, int]] = frozenset()
 
 
 class Filters(_FilterValues):
@@ -54,6 +60,14 @@ class Filters(_FilterValues):
             if any(not isinstance(i, int) or not 0 < i <= PID_MAX_LIMIT for i in ids):
                 raise FilterError(f"{what}= ids must be from 1 to {PID_MAX_LIMIT} "
                                   "(PID_MAX_LIMIT: no process or thread id is larger)")
+        if len(self.cgroups) > MAX_IN_KERNEL_IDS:
+            raise FilterError(f"cgroups= takes at most {MAX_IN_KERNEL_IDS} cgroups")
+        if any(not (isinstance(pair, tuple) and len(pair) == 2
+                    and all(isinstance(v, int) for v in pair)
+                    and 0 < pair[0] < 1 << 64 and 0 <= pair[1] <= MAX_CGROUP_LEVEL)
+               for pair in self.cgroups):
+            raise FilterError("cgroups= takes (cgroup id, level) pairs: an id from 1 to "
+                              f"2**64 - 1 and a level from 0 to {MAX_CGROUP_LEVEL}")
         if self.signals is not None and self.excluded_signals:
             raise FilterError("give wanted signals minus excluded ones, or excluded ones alone")
         if self.comm is not None and not self.comm:
@@ -90,13 +104,15 @@ def make_filters(
     vias: Iterable[str] | str | None = None,
     failed_only: bool = False,
     kill_only: bool = False,
+    cgroups: Iterable[tuple[int, int]] = (),
 ) -> Filters:
     """Filters from the API's arguments (those of ``trace()``).
 
     ``signals``/``exclude_signals``: numbers or a spec like "USR1,SIGRTMIN+3"; ``vias``: names,
     or one comma-separated string ("kill,tgkill"). Filters that can match nothing
     (``signals`` all excluded, an empty ``vias``, ``vias`` of only "kernel" with ``kill_only``
-    or ``failed_only``) raise UsageError rather than trace nothing."""
+    or ``failed_only``) raise UsageError rather than trace nothing. ``cgroups``: (cgroup v2 id,
+    level) pairs (``containers.cgroup_filter``), matched on either side."""
     def as_set(value: Iterable[int] | str) -> frozenset[int]:
         return parse_signal_list(value) if isinstance(value, str) else frozenset(value)
 
@@ -134,5 +150,5 @@ def make_filters(
     return Filters(
         sender_pids=frozenset(pids), target_ids=frozenset(target_ids), signals=wanted,
         excluded_signals=excluded,
-        comm=comm, vias=via_set, failed_only=failed_only,
+        comm=comm, vias=via_set, failed_only=failed_only, cgroups=frozenset(cgroups),
     )

@@ -61,6 +61,9 @@ FLAG_EXIT_CODE_UNKNOWN = 2
 # KIND_EXIT: no BTF and no group_dead field in the tracepoint (before Linux 6.16): whether this
 # thread's exit ended its thread group is unknown (`gen_group` is 0 without meaning "no").
 FLAG_GROUP_UNKNOWN = 4
+# A parked call (in-flight only, copied into its FANOUT records): its sender is in one of the
+# --cgroup/--container cgroups, so every recipient of the call matches that filter.
+FLAG_SENDER_IN_CGROUP = 8
 
 # target_src: which signal_generate program filled the target fields (programs/signal.py).
 # TARGET_SRC_NONE: nothing generated. TARGET_SRC_TRACEFS: the perf-event tracepoint, which

@@ -28,16 +28,14 @@ import functools
 from typing import NamedTuple
 
 from sigscope.bpf import asm, btf_scan, features
-from sigscope.bpf.asm import DW, R0, R1, R2, R3, R6, R10, W
+from sigscope.bpf.asm import DW, R0, R1, R2, R3, R6, R8, R10, W
+from sigscope.model import record as rec
 from sigscope.model.record import offset as _f
-from sigscope.programs.common import STACK_TASK, Labels, read_kernel_value
+from sigscope.programs.common import STACK_SCRATCH, STACK_TASK, Labels, read_kernel_value
 
 # kernel/pid_namespace.c: MAX_PID_NS_LEVEL, the deepest pid namespace nesting the kernel allows
 # (a struct pid's level is at most this); it bounds the numbers[] index for the verifier.
 MAX_PID_NS_LEVEL = 32
-# A stack slot for a struct pid pointer read with bpf_probe_read_kernel (the non-BTF-typed path),
-# just below the programs' own (common.STACK_USED); free again before any output step runs.
-_STACK_PID = STACK_TASK - 8
 # Argument slot of the raw signal_generate tracepoint holding the recipient task (the third
 # u64 of TP_PROTO(sig, info, task, group, result), include/trace/events/signal.h).
 _ARG_TASK = 16
@@ -76,6 +74,15 @@ def pid_layout() -> PidLayout | None:
         return None
 
 
+def sender_context(base: int, off0: int, spilled: bool, cgroups: frozenset[tuple[int, int]],
+                   labels: Labels) -> list:
+    """sys_enter: everything this module adds to a parked call at base+off0 (its sender ids
+    and flags already written): sender_cgroup, the sender's pid-namespace ids
+    (sender_ns_ids) and FLAG_SENDER_IN_CGROUP (mark_sender_in_cgroups). Clobbers r0-r5."""
+    return [*sender_cgroup(base, off0), *sender_ns_ids(base, off0, spilled, labels),
+            *mark_sender_in_cgroups(cgroups, base, off0, labels)]
+
+
 def sender_cgroup(base: int, off0: int) -> list:
     """sender_cgroup of the record at base+off0 = bpf_get_current_cgroup_id(). base must
     survive helper calls. Clobbers r0-r5."""
@@ -97,10 +104,10 @@ def _ns_nr(layout: PidLayout, btf: bool, base: int, at: int, host_at: int, unkno
     else:
         prog = [*read_kernel_value(R1, layout.thread_pid, unknown),
                 asm.jmp_imm("JEQ", R0, 0, unknown),
-                asm.stx(DW, R10, R0, _STACK_PID),
+                asm.stx(DW, R10, R0, STACK_SCRATCH),
                 *read_kernel_value(R0, layout.pid_level, unknown, size=4),
                 asm.mov64_reg(R3, R0),
-                asm.ldx(DW, R2, R10, _STACK_PID)]
+                asm.ldx(DW, R2, R10, STACK_SCRATCH)]
     return [
         *prog,
         asm.jmp_imm("JEQ", R3, 0, host),
@@ -158,7 +165,7 @@ def sender_ns_ids(base: int, off0: int, spilled: bool, labels: Labels) -> list:
     has that helper (feature get_current_task_btf, 5.11), else as a plain address
     (bpf_get_current_task, read through bpf_probe_read_kernel). Without BTF nothing is
     emitted and the fields stay 0 (unknown). Uses the stack slots at STACK_TASK and
-    _STACK_PID. Clobbers r0-r5."""
+    STACK_SCRATCH. Clobbers r0-r5."""
     layout = pid_layout()
     if layout is None:
         return []
@@ -180,3 +187,164 @@ def target_ns_ids(base: int, off0: int, labels: Labels) -> list:
         return []
     load = [asm.ldx(DW, R1, R6, _ARG_TASK)]
     return _ns_ids(layout, True, load, base, off0, "target", labels)
+
+
+# --- --cgroup / --container: a record matches when its sender's or recipient's cgroup is one of
+# the filter's cgroups or below one --------------------------------------------------------------
+
+class CgroupLayout(NamedTuple):
+    """Byte offsets, from the kernel's BTF, of a task's cgroup v2 ancestry: task_struct cgroups
+    (struct css_set *) -> css_set dfl_cgrp (struct cgroup *); struct cgroup level (int) and
+    either ancestor_ids (u64[], the ancestors' ids indexed by level: the member of the 5.x
+    kernels) or ancestors (struct cgroup *[], indexed by level: later ones), then struct
+    cgroup kn -> kernfs_node id. Which of the two arrays the kernel has is read from its BTF;
+    the other is None."""
+
+    task_cgroups: int
+    dfl_cgrp: int
+    level: int
+    kn: int
+    kn_id: int
+    ancestor_ids: int | None
+    ancestors: int | None
+
+
+@functools.cache
+def cgroup_layout() -> CgroupLayout | None:
+    """The offsets (btf_scan), or None without BTF or without either ancestor array."""
+    try:
+        found = btf_scan.vmlinux_struct_members("task_struct", "css_set", "cgroup",
+                                                "kernfs_node")
+        cgroup = found["cgroup"]
+        ids, ptrs = cgroup.get("ancestor_ids"), cgroup.get("ancestors")
+        if ids is None and ptrs is None:
+            return None
+        return CgroupLayout(found["task_struct"]["cgroups"].offset,
+                            found["css_set"]["dfl_cgrp"].offset, cgroup["level"].offset,
+                            cgroup["kn"].offset, found["kernfs_node"]["id"].offset,
+                            ids.offset if ids is not None else None,
+                            ptrs.offset if ptrs is not None and ids is None else None)
+    except (btf_scan.BtfScanError, KeyError, OSError):
+        return None
+
+
+def _by_level(cgroups: frozenset[tuple[int, int]]) -> dict[int, list[int]]:
+    """{level: [cgroup ids]} of the filter's (id, level) pairs, in a fixed order."""
+    levels: dict[int, list[int]] = {}
+    for cgroup_id, level in sorted(cgroups, key=lambda pair: (pair[1], pair[0])):
+        levels.setdefault(level, []).append(cgroup_id)
+    return levels
+
+
+def _id_is_one_of(reg: int, ids: list[int], match: str) -> list:
+    """Jump to match when the u64 in reg is one of ids. Uses r1 (reg must not be r1)."""
+    out: list = []
+    for cgroup_id in ids:
+        out += [*asm.ld_imm64(R1, cgroup_id), asm.jmp_reg("JEQ", reg, R1, match)]
+    return out
+
+
+def sender_in_cgroups(cgroups: frozenset[tuple[int, int]], match: str) -> list:
+    """Jump to match when the current task's cgroup is one of the (id, level) cgroups or
+    below one: bpf_get_current_ancestor_cgroup_id(level) is that id (kernel/bpf/helpers.c;
+    0 when the task is above that level). One helper call per level. Clobbers r0-r5."""
+    out: list = []
+    for level, ids in _by_level(cgroups).items():
+        out += [asm.mov64_imm(R1, level), asm.call("get_current_ancestor_cgroup_id"),
+                *_id_is_one_of(R0, ids, match)]
+    return out
+
+
+def recipient_in_cgroups(cgroups: frozenset[tuple[int, int]], layout: CgroupLayout,
+                         match: str, labels: Labels) -> list:
+    """tp_btf signal_generate (r6 = ctx): jump to match when the recipient's cgroup is one of
+    the (id, level) cgroups or below one: the id of its ancestor at that level (itself at its
+    own level: direct loads; a deeper one through its ancestor array, read with
+    bpf_probe_read_kernel: a BTF-typed load may not index past the struct) is that id.
+    Falls through otherwise, a NULL css_set or cgroup included. Uses STACK_SCRATCH. Clobbers
+    r0-r5."""
+    none = labels("cgroup_none")
+    out = [asm.ldx(DW, R1, R6, _ARG_TASK),
+           asm.ldx(DW, R1, R1, layout.task_cgroups), asm.jmp_imm("JEQ", R1, 0, none),
+           asm.ldx(DW, R1, R1, layout.dfl_cgrp), asm.jmp_imm("JEQ", R1, 0, none),
+           asm.stx(DW, R10, R1, STACK_SCRATCH)]
+    for level, ids in _by_level(cgroups).items():
+        following, deeper, compare = (labels("cgroup_level"), labels("cgroup_deeper"),
+                                      labels("cgroup_compare"))
+        out += [asm.ldx(DW, R2, R10, STACK_SCRATCH),
+                asm.ldx(W, R3, R2, layout.level),
+                asm.jmp_imm("JSLT", R3, level, following),   # above that level: no ancestor
+                asm.jmp_imm("JNE", R3, level, deeper),
+                asm.ldx(DW, R2, R2, layout.kn), asm.jmp_imm("JEQ", R2, 0, following),
+                asm.ldx(DW, R0, R2, layout.kn_id),
+                asm.ja(compare),
+                asm.label(deeper)]
+        if layout.ancestor_ids is not None:
+            out += read_kernel_value(R2, layout.ancestor_ids + 8 * level, following)
+        else:
+            assert layout.ancestors is not None
+            out += [*read_kernel_value(R2, layout.ancestors + 8 * level, following),
+                    asm.jmp_imm("JEQ", R0, 0, following),
+                    *read_kernel_value(R0, layout.kn, following),
+                    asm.jmp_imm("JEQ", R0, 0, following),
+                    *read_kernel_value(R0, layout.kn_id, following)]
+        out += [asm.label(compare), *_id_is_one_of(R0, ids, match), asm.label(following)]
+    return [*out, asm.label(none)]
+
+
+def either_side_in_cgroups(cgroups: frozenset[tuple[int, int]], recipient: bool, fail: str,
+                           labels: Labels) -> list:
+    """KERNEL records in signal_generate: fall through when the sender's or (`recipient`:
+    the tp_btf program, with a CgroupLayout) the recipient's cgroup is in the filter, else
+    jump to fail. Nothing without the filter. Clobbers r0-r5."""
+    if not cgroups:
+        return []
+    ok = labels("cgroup_ok")
+    out = sender_in_cgroups(cgroups, ok)
+    layout = cgroup_layout() if recipient else None
+    if layout is not None:
+        out += recipient_in_cgroups(cgroups, layout, ok, labels)
+    return [*out, asm.ja(fail), asm.label(ok)]
+
+
+def mark_sender_in_cgroups(cgroups: frozenset[tuple[int, int]], base: int, off0: int,
+                           labels: Labels) -> list:
+    """sys_enter: set FLAG_SENDER_IN_CGROUP on the parked record at base+off0 (its flags
+    already cleared) when the sender is in the filter's cgroups. Nothing without the filter.
+    Clobbers r0-r5."""
+    if not cgroups:
+        return []
+    outside = labels("sender_outside")
+    inside = labels("sender_inside")
+    return [*sender_in_cgroups(cgroups, inside), asm.ja(outside),
+            asm.label(inside),
+            asm.st(W, base, off0 + _f("flags"), rec.FLAG_SENDER_IN_CGROUP),
+            asm.label(outside)]
+
+
+def recipient_of_call_in_cgroups(cgroups: frozenset[tuple[int, int]], recipient: bool,
+                                 matched: str, skip: str, labels: Labels) -> list:
+    """signal_generate, a recipient of the call parked in r8: jump to matched when the call's
+    sender is in the filter (FLAG_SENDER_IN_CGROUP) or (`recipient`: tp_btf) the recipient
+    is, else to skip. The tracefs program cannot know the recipient's cgroup: its recipients
+    match by their sender alone. Clobbers r0-r5."""
+    out = [asm.ldx(W, R1, R8, _f("flags")),
+           asm.jmp_imm("JSET", R1, rec.FLAG_SENDER_IN_CGROUP, matched)]
+    layout = cgroup_layout() if recipient else None
+    if layout is not None:
+        out += recipient_in_cgroups(cgroups, layout, matched, labels)
+    return [*out, asm.ja(skip)]
+
+
+def call_in_cgroups(cgroups: frozenset[tuple[int, int]], drop: str, labels: Labels) -> list:
+    """sys_exit, the call parked in r8: fall through when its sender is in the filter or a
+    recipient was kept (one in the filter: ngen counts only those), else jump to drop. A send
+    that generated nothing can match only by its sender. Nothing without the filter.
+    Clobbers r1."""
+    if not cgroups:
+        return []
+    keep = labels("cgroup_keep")
+    return [asm.ldx(W, R1, R8, _f("flags")),
+            asm.jmp_imm("JSET", R1, rec.FLAG_SENDER_IN_CGROUP, keep),
+            asm.ldx(W, R1, R8, _f("ngen")), asm.jmp_imm("JNE", R1, 0, keep),
+            asm.ja(drop), asm.label(keep)]

@@ -681,13 +681,12 @@ def build_sys_enter(cfg: ProbeConfig, call: str, enter: EventFormat) -> list:
     prog += _comm_filter(R10, STACK_RECORD + _f("sender_comm"), comm, out)
     if by_tid:
         prog += [*_fill_call(R10, STACK_RECORD, call, enter, suppressed),
-                 *context.sender_cgroup(R10, STACK_RECORD),
-                 *context.sender_ns_ids(R10, STACK_RECORD, False, labels),
+                 *context.sender_context(R10, STACK_RECORD, False, cfg.filters.cgroups, labels),
                  *_store_call_by_tid(cfg, full), asm.ja(out)]
     else:
         prog += _claim_inflight(cfg, full, labels)
         prog += [*_copy_sender_comm(), *_fill_call(R8, 0, call, enter, suppressed),
-                 *context.sender_cgroup(R8, 0), *context.sender_ns_ids(R8, 0, False, labels),
+                 *context.sender_context(R8, 0, False, cfg.filters.cgroups, labels),
                  asm.ja(out)]
     prog += _inflight_full(cfg, full, labels)
     return prog + epilogue(out)
@@ -723,14 +722,13 @@ def _build_sys_enter_task(cfg: ProbeConfig, call: str, enter: EventFormat, layou
     prog += task_sender_to_stack(layout, cfg.filters.comm_bytes(), out, labels)
     if by_tid:
         prog += [*_fill_call(R10, STACK_RECORD, call, enter, suppressed, uid_on_stack=True),
-                 *context.sender_cgroup(R10, STACK_RECORD),
-                 *context.sender_ns_ids(R10, STACK_RECORD, True, labels),
+                 *context.sender_context(R10, STACK_RECORD, True, cfg.filters.cgroups, labels),
                  *_store_call_by_tid(cfg, full), asm.ja(out)]
     else:
         prog += _claim_inflight(cfg, full, labels)
         prog += [*_copy_sender_comm(),
                  *_fill_call(R8, 0, call, enter, suppressed, uid_on_stack=True),
-                 *context.sender_cgroup(R8, 0), *context.sender_ns_ids(R8, 0, True, labels),
+                 *context.sender_context(R8, 0, True, cfg.filters.cgroups, labels),
                  asm.ja(out)]
     prog += _inflight_full(cfg, full, labels)
     return prog + epilogue(out)
@@ -767,6 +765,7 @@ def build_signal_generate(cfg: ProbeConfig, src: Recipient | EventFormat) -> lis
         prog += _gen_sig(src, R9)
         prog += signal_filter(R9, f.signals, out, labels, f.excluded_signals)
         prog += _target_filter(cfg, src, out, labels)
+        prog += context.either_side_in_cgroups(f.cgroups, src.tp_btf, out, labels)
         prog += zero_stack_record()
         prog += current_comm_into_stack()
         prog += _comm_filter(R10, STACK_RECORD + _f("sender_comm"), f.comm_bytes(), out)
@@ -828,6 +827,12 @@ def _attribute_to_call(cfg: ProbeConfig, src: Recipient, out: str, labels: Label
             *[asm.jmp_imm("JEQ", R1, i, matched) for i in sorted(f.target_ids)],
             *_recipient_filtered_out(skip, matched, out),
         ]
+    if f.cgroups:
+        # The sender's cgroup (noted at entry) or the recipient's; one left out is noted too.
+        matched, skip = labels("cgroup_ok"), labels("cgroup_skip")
+        prog += [*context.recipient_of_call_in_cgroups(f.cgroups, src.tp_btf, matched, skip,
+                                                       labels),
+                 *_recipient_filtered_out(skip, matched, out)]
     fanout = labels("fanout")
     prog += [asm.ldx(W, R9, R8, _f("ngen")), asm.jmp_imm("JNE", R9, 0, fanout)]
     # First recipient: completes the parked record.
@@ -869,6 +874,7 @@ def build_sys_exit(cfg: ProbeConfig, call: str, exit_fmt: EventFormat) -> list:
     prog += [asm.ldx(DW, R9, R6, ret.offset)]
     if f.failed_only:
         prog.append(asm.jmp_imm("JSGE", R9, 0, idle))
+    prog += context.call_in_cgroups(f.cgroups, idle, labels)
     if f.target_ids:
         # No recipient recorded: the call matches -T only through its arguments.
         keep = labels("target_keep")
