@@ -109,14 +109,21 @@ def check_schema(obj: dict) -> None:
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", obj["time"])
     assert isinstance(obj["ktime_ns"], int) and isinstance(obj["sig"], int)
     assert isinstance(obj["signal"], str) and obj["via"] in VIA_NAMES
-    assert set(obj["sender"]) == {"pid", "tid", "comm", "uid", "cgroup_id", "ns_pid", "ns_tid"}
+    assert set(obj["sender"]) == {"pid", "tid", "comm", "uid", "cgroup_id", "ns_pid", "ns_tid",
+                                  "container"}
     assert all(isinstance(obj["sender"][k], int) for k in ("pid", "tid", "uid"))
     for key in ("cgroup_id", "ns_pid", "ns_tid"):  # None: the kernel did not say
         assert obj["sender"][key] is None or isinstance(obj["sender"][key], int)
     assert isinstance(obj["sender"]["comm"], str)
-    assert set(obj["target"]) == {"pid", "tid", "comm", "cgroup_id", "ns_pid", "ns_tid"}
+    assert set(obj["target"]) == {"pid", "tid", "comm", "cgroup_id", "ns_pid", "ns_tid",
+                                  "container"}
     assert set(obj["args"]) == {"pid", "tid", "pidfd"}
-    for value in (*obj["target"].values(), *obj["args"].values(), obj["code"], obj["result"]):
+    for side in (obj["sender"], obj["target"]):  # resolved from cgroup_id, or null
+        container = side["container"]
+        assert container is None or (container["cgroup_id"] == side["cgroup_id"]
+                                     and container["cgroup_path"].startswith("/"))
+    target = {key: value for key, value in obj["target"].items() if key != "container"}
+    for value in (*target.values(), *obj["args"].values(), obj["code"], obj["result"]):
         assert value is None or isinstance(value, (int, str))
     assert obj["target"]["comm"] is None or isinstance(obj["target"]["comm"], str)
     assert obj["code_name"] is None or isinstance(obj["code_name"], str)
@@ -154,7 +161,8 @@ def test_json_lines(target: Target) -> None:
     ns_id = target.pid if probes.recipient_source_is_task() and context.pid_layout() else None
     assert objects[1]["target"] == {"pid": target.pid, "tid": target.pid, "comm": TARGET_COMM,
                                     "cgroup_id": objects[1]["target"]["cgroup_id"],
-                                    "ns_pid": ns_id, "ns_tid": ns_id}
+                                    "ns_pid": ns_id, "ns_tid": ns_id,
+                                    "container": objects[1]["target"]["container"]}
     assert objects[1]["args"] == {"pid": target.pid, "tid": target.pid, "pidfd": None}
     mount = cgroup2_mount()
     if mount is not None:  # the sender's (this test's) cgroup v2 directory, by its handle
@@ -162,6 +170,8 @@ def test_json_lines(target: Target) -> None:
                   if line.startswith("0::")]
         assert objects[1]["sender"]["cgroup_id"] == cgroup_id_of(
             mount.mount_point + own.rstrip("/"))
+        # ... and its path, resolved from that id (docs/CONTAINERS.md)
+        assert objects[1]["sender"]["container"]["cgroup_path"] == own
     assert (objects[1]["code_name"], objects[1]["outcome"]) == ("SI_TKILL", "delivered")
     assert (objects[4]["result"], objects[4]["error"], objects[4]["outcome"]) == (
         -22, "EINVAL", None)
