@@ -20,6 +20,14 @@ so is everything on a kernel without ``bpf_get_current_task_btf`` (5.10). A leve
 ``MAX_PID_NS_LEVEL`` (kernel/pid_namespace.c: the kernel allows no deeper nesting), a NULL pid
 (a task already released), a failed read, or no BTF at all leave 0: unknown, never a guess.
 The tracefs signal_generate (no BTF) cannot know the recipient's and leaves 0.
+
+The --cgroup/--container filters (``Filters.cgroups``: (id, level) pairs) compare, for the
+sender and for the recipient, the id of the task's cgroup ancestor at each level with the
+filter's ids: ``task->cgroups->dfl_cgrp``, then ``level`` and ``ancestor_ids[]`` or
+``ancestors[]`` (include/linux/cgroup-defs.h; which one is a BTF fact, ``cgroup_layout``).
+The sender is matched when its call enters (FLAG_SENDER_IN_CGROUP on the parked call), the
+recipient in signal_generate; exit drops a call whose sender is outside and none of whose
+recipients was kept. Without the filter these builders add no instruction.
 """
 
 from __future__ import annotations
@@ -80,8 +88,10 @@ def sender_context(base: int, off0: int, spilled: bool, cgroups: frozenset[tuple
     """sys_enter: everything this module adds to a parked call at base+off0 (its sender ids
     and flags already written): sender_cgroup, the sender's pid-namespace ids
     (sender_ns_ids) and FLAG_SENDER_IN_CGROUP (mark_sender_in_cgroups). Clobbers r0-r5."""
+    # sender_ns_ids leaves the task at STACK_TASK (where there is a layout to read it with).
+    on_stack = spilled or pid_layout() is not None
     return [*sender_cgroup(base, off0), *sender_ns_ids(base, off0, spilled, labels),
-            *mark_sender_in_cgroups(cgroups, base, off0, labels)]
+            *mark_sender_in_cgroups(cgroups, base, off0, labels, on_stack)]
 
 
 def sender_cgroup(base: int, off0: int) -> list:
@@ -292,18 +302,23 @@ def _task_in_cgroups(cgroups: frozenset[tuple[int, int]], layout: CgroupLayout, 
     return [*out, asm.label(none)]
 
 
-def sender_in_cgroups(cgroups: frozenset[tuple[int, int]], match: str, labels: Labels) -> list:
+def sender_in_cgroups(cgroups: frozenset[tuple[int, int]], match: str, labels: Labels,
+                      task_on_stack: bool = False) -> list:
     """Jump to match when the current task's cgroup is in the filter (_task_in_cgroups: the
     task from bpf_get_current_task_btf where the kernel has it, else bpf_get_current_task;
-    not bpf_get_current_ancestor_cgroup_id, which tracing programs lack on 5.10). Raises
-    SetupError without BTF (no layout: the filter could match nothing). Clobbers r0-r5."""
+    not bpf_get_current_ancestor_cgroup_id, which tracing programs lack on 5.10).
+    `task_on_stack`: that task is already at STACK_TASK (no helper call). Raises SetupError
+    without BTF (no layout: the filter could match nothing). Clobbers r0-r5."""
     layout = cgroup_layout()
     if layout is None:
         raise SetupError("--cgroup/--container need the kernel's BTF (/sys/kernel/btf/vmlinux): "
                          "a task's cgroup ancestry is read through it")
     btf = features.has("get_current_task_btf")
-    load = [asm.call("get_current_task_btf" if btf else "get_current_task"),
-            asm.mov64_reg(R1, R0)]
+    if task_on_stack:
+        load = [asm.ldx(DW, R1, R10, STACK_TASK)]
+    else:
+        load = [asm.call("get_current_task_btf" if btf else "get_current_task"),
+                asm.mov64_reg(R1, R0)]
     return _task_in_cgroups(cgroups, layout, btf, load, match, labels)
 
 
@@ -331,15 +346,15 @@ def either_side_in_cgroups(cgroups: frozenset[tuple[int, int]], recipient: bool,
 
 
 def mark_sender_in_cgroups(cgroups: frozenset[tuple[int, int]], base: int, off0: int,
-                           labels: Labels) -> list:
+                           labels: Labels, task_on_stack: bool = False) -> list:
     """sys_enter: set FLAG_SENDER_IN_CGROUP on the parked record at base+off0 (its flags
-    already cleared) when the sender is in the filter's cgroups. Nothing without the filter.
-    Clobbers r0-r5."""
+    already cleared) when the sender is in the filter's cgroups (`task_on_stack`: as for
+    sender_in_cgroups). Nothing without the filter. Clobbers r0-r5."""
     if not cgroups:
         return []
     outside = labels("sender_outside")
     inside = labels("sender_inside")
-    return [*sender_in_cgroups(cgroups, inside, labels), asm.ja(outside),
+    return [*sender_in_cgroups(cgroups, inside, labels, task_on_stack), asm.ja(outside),
             asm.label(inside),
             asm.st(W, base, off0 + _f("flags"), rec.FLAG_SENDER_IN_CGROUP),
             asm.label(outside)]
