@@ -8,6 +8,8 @@ Benchmark tooling, not part of the installed package. Run as root from the repos
     python3 bench/run.py --via kill --rounds 5 --configs untraced,sigscope-trace
     python3 bench/run.py --paced               # highest zero-loss rate of `sigscope trace --json`
     python3 bench/run.py --with-paced          # the paired rounds, then the --paced search
+    python3 bench/run.py --configs untraced,sigscope-trace,sigscope-trace-cgroup
+                                               # the cost of --cgroup (the workload's cgroup)
 
 The workload is bench/loadgen.c, compiled here with the system C compiler. Every round runs
 every configuration once (in a rotated order), so drift on the machine affects all alike and
@@ -57,7 +59,11 @@ LOADGEN_COMM = "loadgen"  # the binary is named so; tracers filter on this sende
 BENCH_SIGNAL = SIGNALS["SIGUSR1"]  # loadgen's default
 VIAS = SYSCALL_VIAS
 CONFIGS = ("untraced", "sigscope-trace", "sigscope-top", "bpftrace-stream", "bpftrace-count",
-           "bpftrace-oneliner", "bpftrace-3tp")
+           "bpftrace-oneliner", "bpftrace-3tp", "sigscope-trace-cgroup")
+# Asked for by name only: it makes a cgroup and runs the whole bench (every configuration's
+# workload alike, so that the rounds stay paired) inside it.
+CGROUP_CONFIG = "sigscope-trace-cgroup"
+DEFAULT_CONFIGS = tuple(c for c in CONFIGS if c != CGROUP_CONFIG)
 STREAMING_CONFIGS = ("sigscope-trace", "bpftrace-stream")
 BPFTRACE_CONFIGS = tuple(c for c in CONFIGS if c.startswith("bpftrace-"))
 BPFTRACE_INSTALL = "apt-get install -y bpftrace (Debian/Ubuntu), dnf install bpftrace (Fedora)"
@@ -514,15 +520,19 @@ def command_works(argv: list[str], env: dict | None) -> bool:
 
 
 def tracer_specs(sigscope: list[str], env: dict | None, system_wide: bool = False,
-                 via: str = "tgkill") -> dict[str, TracerSpec]:
+                 via: str = "tgkill", cgroup: str | None = None) -> dict[str, TracerSpec]:
     """Every tracer configuration; system_wide drops sigscope's sender filter (paced mode);
-    via names the syscall tracepoints of bpftrace-3tp."""
+    via names the syscall tracepoints of bpftrace-3tp; cgroup (a cgroup v2 path holding the
+    workload) adds sigscope-trace-cgroup, sigscope-trace with --cgroup."""
     # The loadgen's comm and signal: its own exit's SIGCHLD is then not traced either, so that
     # captured + lost counts exactly the workload's sends.
     comm_filter = [] if system_wide else ["-c", LOADGEN_COMM, "-s", "USR1"]
     return {
         "sigscope-trace": TracerSpec(sigscope + ["trace", "--json"] + comm_filter, "Tracing",
                                      False, count_trace_records, env),
+        **({CGROUP_CONFIG: TracerSpec(sigscope + ["trace", "--json", *comm_filter, "--cgroup",
+                                                 cgroup], "Tracing", False,
+                                      count_trace_records, env)} if cgroup else {}),
         "sigscope-top": TracerSpec(sigscope + ["top", "--json", "-c", LOADGEN_COMM, "-s", "USR1",
                                                 "-i", "1"],
                                    "Tracing", False, count_top_intervals, env),
@@ -542,7 +552,8 @@ def available_configs(specs: dict[str, TracerSpec], sigscope: list[str],
     available = {"untraced"}
     if shutil.which("bpftrace"):
         available |= set(BPFTRACE_CONFIGS)
-    for sub, config in (("trace", "sigscope-trace"), ("top", "sigscope-top")):
+    for sub, config in (("trace", "sigscope-trace"), ("top", "sigscope-top"),
+                        ("trace", CGROUP_CONFIG)):
         if command_works(sigscope + [sub, "--help"], env):
             available.add(config)
     return available & (set(specs) | {"untraced"})
@@ -815,7 +826,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--via", choices=VIAS, default="tgkill")
     parser.add_argument("--count", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--configs", default=",".join(CONFIGS),
+    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
                         help=f"comma-separated subset of {','.join(CONFIGS)}")
     parser.add_argument("--sigscope", help="sigscope command (default: sigscope on PATH, "
                         "else python3 -m sigscope)")
@@ -867,7 +878,10 @@ def bench(args: argparse.Namespace, children: ChildRegistry,
     OUT_DIR.mkdir(exist_ok=True)
     loadgen = compile_loadgen(OUT_DIR)
     sigscope, env = sigscope_command(args.sigscope)
-    specs = tracer_specs(sigscope, env, via=args.via)
+    cgroup = None
+    if CGROUP_CONFIG in args.config_list:
+        cgroup = enter_bench_cgroup()
+    specs = tracer_specs(sigscope, env, via=args.via, cgroup=cgroup)
     available = available_configs(specs, sigscope, env)
     notes = missing_notes(args.config_list, available, shutil.which("bpftrace") is not None)
     for note in notes:
@@ -897,6 +911,38 @@ def bench(args: argparse.Namespace, children: ChildRegistry,
     return 0
 
 
+# The cgroup the bench moves itself into for sigscope-trace-cgroup, and the one it came from.
+_CGROUPS: dict[str, Path] = {}
+
+
+def _cgroup2_point() -> Path:
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split(" ")
+        sep = fields.index("-", 6) if "-" in fields[6:] else -1
+        if sep > 0 and fields[sep + 1] == "cgroup2" and fields[3] == "/":
+            return Path(fields[4])
+    raise BenchError("no cgroup v2 hierarchy mounted: sigscope-trace-cgroup needs one")
+
+
+def enter_bench_cgroup() -> str:
+    """Make /sigscope-bench-<pid> below the cgroup v2 root and move this process (so every
+    workload it starts) into it; returns the cgroup's path. leave_bench_cgroup() undoes it."""
+    point = _cgroup2_point()
+    (own,) = [line[3:] for line in Path("/proc/self/cgroup").read_text().splitlines()
+              if line.startswith("0::")]
+    group = point / f"sigscope-bench-{os.getpid()}"
+    group.mkdir()
+    _CGROUPS.update(made=group, home=point / own.lstrip("/"))
+    (group / "cgroup.procs").write_text(str(os.getpid()))
+    return str(group)
+
+
+def leave_bench_cgroup() -> None:
+    if "made" in _CGROUPS:
+        (_CGROUPS["home"] / "cgroup.procs").write_text(str(os.getpid()))
+        _CGROUPS.pop("made").rmdir()
+
+
 def interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -918,6 +964,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         children.kill_all()
+        leave_bench_cgroup()
 
 
 if __name__ == "__main__":

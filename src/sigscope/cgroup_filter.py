@@ -6,10 +6,10 @@ The id is the cgroup directory's kernfs node id (``containers.cgroup_id_of``: wh
 in the hierarchy, 0 for its root (``struct cgroup`` ``level``, include/linux/cgroup-defs.h;
 ``bpf_get_current_ancestor_cgroup_id`` counts the same way): the depth of the path below the
 mount point plus that of the mount's own root (mountinfo field 4: a subtree mounted on its own).
-A mount whose root lies above this process's cgroup namespace (``/..``) gives no depth; such a
-namespace's ``/`` is itself deeper than the kernel's root, which this process cannot see: under
-a cgroup namespace run sigscope with the host's (``nsenter --cgroup=/proc/1/ns/cgroup``, or
-the DaemonSet's host mounts).
+The hierarchy's root mounted anywhere is level 0 (``_root_depth``); a subtree mounted inside
+a cgroup namespace gives no depth (its ``/`` is deeper than the kernel's root, by an amount
+this process cannot see): there run sigscope in the host's cgroup namespace
+(``nsenter --cgroup=/proc/1/ns/cgroup``).
 
 Errors: a path that names no cgroup v2 directory, or a prefix no container matches, raise
 ``CgroupFilterError`` (a UsageError: exit 2); no cgroup v2 hierarchy at all raises
@@ -44,11 +44,20 @@ def _mount(mount: CgroupMount | None) -> CgroupMount:
 
 
 def _root_depth(mount: CgroupMount) -> int:
+    """The level of the cgroup mounted at the mount point. The hierarchy's root is the one
+    cgroup without a cgroup.type file (Documentation/admin-guide/cgroup-v2.rst: it "exists
+    on non-root cgroups"): level 0 whatever mountinfo calls it. Any other is a subtree whose
+    depth is its mountinfo root's, which is only the kernel's level outside a cgroup
+    namespace: '/..' (the mount reaches outside this process's namespace) or '/' (the
+    namespace's root, not the hierarchy's) cannot be counted."""
+    if not os.path.exists(os.path.join(mount.mount_point, "cgroup.type")):
+        return 0
     parts = [part for part in mount.root.split("/") if part]
-    if ".." in parts:
+    if not parts or ".." in parts:
         raise CgroupUnavailableError(
-            f"the cgroup v2 mount at {escape(mount.mount_point)} shows {escape(mount.root)} "
-            "of another cgroup namespace: the cgroups' depth is unknown here")
+            f"the cgroup v2 mount at {escape(mount.mount_point)} is not the hierarchy's root "
+            f"and shows {escape(mount.root)} of a cgroup namespace: the cgroups' depth is "
+            "unknown here (run in the host's cgroup namespace)")
     return len(parts)
 
 

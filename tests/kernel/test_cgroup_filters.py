@@ -7,16 +7,21 @@ only the sender side can match."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 
 import pytest
 from cgroup_fixtures import made_cgroup, move, unique_top
-from helpers import Target, started
+from helpers import SRC, Target, started
 
 from sigscope import cgroup_filter
+from sigscope.errors import SetupError
 from sigscope.programs import context
 from sigscope.programs import signal as probes
 from sigscope.tracer import trace
@@ -85,6 +90,10 @@ def run(world: World, path: str, cgroups: list[tuple[int, int]]) -> set[tuple]:
     w = world
     tracer = trace(buffer_size=1 << 20, signals=[SIGURG, SIGPIPE], cgroups=cgroups)
     tracer.recipient_task = path == "tp_btf"
+    if cgroups and context.cgroup_layout() is None:
+        with pytest.raises(SetupError, match="BTF"):  # no way to read a task's ancestry
+            tracer.start()
+        pytest.skip("no kernel BTF: the cgroup filters refuse to start (checked)")
     collector = started(tracer)
     try:
         kill(w.docker, w.cron.pid)            # docker -> cron
@@ -164,3 +173,55 @@ def test_without_the_filter_every_send_is_seen(world: World) -> None:
     w = world
     got = run(w, "tp_btf" if probes.recipient_source_is_task() else "tracepoint", [])
     assert got == expected(w, w.pids, set(), False)
+
+
+def test_top_counts_only_the_cgroups_signals(world: World) -> None:
+    from sigscope import top
+
+    w = world
+    with top.count(signals="URG", cgroups=[cgroup_filter.of_path(w.docker_path)]) as counter:
+        kill(w.docker, w.cron.pid)            # docker -> cron: counted (sender)
+        kill(w.cron, w.cri.pid)               # cron -> pod container: not counted
+        kill(None, w.cron.pid)                # outside -> cron: not counted
+        kill(None, w.docker.pid)              # outside -> docker: counted where known
+        snapshot = counter.read()
+    rows = {(k.sender_pid, k.target_pid): n for k, n in snapshot.rows.items()
+            if k.sender_pid in w.pids}
+    expected = {(w.docker.pid, w.cron.pid): 1}
+    if recipients_known("tp_btf" if probes.recipient_source_is_task() else "tracepoint"):
+        expected[(ME, w.docker.pid)] = 1
+    assert rows == expected
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sigscope", *args], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": SRC})
+
+
+def test_cli_bad_cgroups_and_containers_are_one_line_exit_2(world: World) -> None:
+    for args in (["--cgroup", f"{world.top}/no-such"], ["--cgroup", "/proc"],
+                 ["--cgroup", f"{world.top}/../x"], ["--container", "XYZ"],
+                 ["--container", uuid.uuid4().hex]):
+        for command in ("trace", "top"):
+            run = cli(command, *args, "-d", "1")
+            assert (run.returncode, run.stdout) == (2, ""), (args, run.stderr)
+            assert len(run.stderr.splitlines()) == 1 and "sigscope: error: --c" in run.stderr
+
+
+def test_cli_trace_with_a_container_prefix(world: World) -> None:
+    w = world
+    proc = subprocess.Popen([sys.executable, "-m", "sigscope", "trace", "-j", "-s", "URG",
+                             "--container", DOCKER_ID[:16]], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": SRC})
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        assert proc.stderr.readline().startswith("Tracing")
+        kill(w.cron, w.cri.pid)               # outside the container: never printed
+        kill(w.docker, w.cron.pid)            # from inside: printed
+        line = json.loads(proc.stdout.readline())
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+    assert (line["sender"]["pid"], line["target"]["pid"]) == (w.docker.pid, w.cron.pid)
+    assert line["sender"]["cgroup_id"] == cgroup_filter.of_path(w.docker_path)[0]

@@ -104,5 +104,14 @@ def test_bad_paths_and_prefixes_are_usage_errors(tmp_path) -> None:
 def test_no_cgroup2_hierarchy_is_a_setup_error() -> None:
     with pytest.raises(cgroup_filter.CgroupUnavailableError, match="cgroup v1 only"):
         cgroup_filter.of_path("/x", None)
-    with pytest.raises(cgroup_filter.CgroupUnavailableError, match="depth is unknown"):
-        cgroup_filter.of_path("/", CgroupMount("/", "/../x"))
+
+
+def test_levels_count_from_the_hierarchy_root(tmp_path) -> None:
+    # The root (no cgroup.type) is level 0 however mountinfo names it; a subtree mounted on its
+    # own counts its mountinfo root's depth; inside a cgroup namespace there is no depth.
+    assert cgroup_filter._root_depth(CgroupMount(str(tmp_path), "/../..")) == 0
+    (tmp_path / "cgroup.type").write_text("domain\n")
+    assert cgroup_filter._root_depth(CgroupMount(str(tmp_path), "/a/b")) == 2
+    for root in ("/", "/../x"):
+        with pytest.raises(cgroup_filter.CgroupUnavailableError, match="depth is unknown"):
+            cgroup_filter._root_depth(CgroupMount(str(tmp_path), root))

@@ -538,7 +538,7 @@ def _cgroup_pairs(args: argparse.Namespace) -> list[tuple[int, int]]:
 
 def recipient_cgroup_note(filters) -> str | None:
     """The one line to say at start when --cgroup/--container cannot see recipients (the
-    tracefs signal_generate, no BTF): they then match by the sender alone."""
+    tracefs signal_generate: no tp_btf): they then match by the sender alone."""
     if not filters.cgroups:
         return None
     from sigscope.programs import context
@@ -546,8 +546,8 @@ def recipient_cgroup_note(filters) -> str | None:
 
     if probes.recipient_source_is_task() and context.cgroup_layout() is not None:
         return None
-    return ("sigscope: no kernel BTF: --cgroup/--container match the sender's cgroup only "
-            "(the recipient's is unknown)")
+    return ("sigscope: the recipient's cgroup is unknown here (signal_generate read through "
+            "tracefs): --cgroup/--container match the sender's cgroup only")
 
 
 def _stdout() -> TextIO:

@@ -68,6 +68,7 @@ def _fate_roundtrip() -> tuple[str | None, str | None]:
 
 def describe_paths() -> list[str]:
     """The paths sigscope takes on this kernel, one line each (chosen from features)."""
+    from sigscope.programs import context
     from sigscope.programs import fate as fate_probes
     from sigscope.programs import signal as probes
     from sigscope.programs.task import task_layout
@@ -85,6 +86,10 @@ def describe_paths() -> list[str]:
                                if probes.recipient_source_is_task() else
                                "tracefs tracepoint, recipient's process from /proc "
                                "(no BTF or no tp_btf)"),
+        "container context: " + ("cgroup ids; pid-namespace ids and --cgroup/--container "
+                                 "via BTF" if context.pid_layout() and context.cgroup_layout()
+                                 else "cgroup ids; pid-namespace ids unknown and no "
+                                 "--cgroup/--container (no BTF)"),
         "output: " + ("ring buffer" if features.has("ringbuf") else "perf buffer (no ringbuf)"),
         "skipped probe runs: " + ("counted (recursion_misses)" if features.has("recursion_misses")
                                   else "this kernel cannot count them (no recursion_misses)"),

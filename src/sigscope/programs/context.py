@@ -20,6 +20,14 @@ so is everything on a kernel without ``bpf_get_current_task_btf`` (5.10). A leve
 ``MAX_PID_NS_LEVEL`` (kernel/pid_namespace.c: the kernel allows no deeper nesting), a NULL pid
 (a task already released), a failed read, or no BTF at all leave 0: unknown, never a guess.
 The tracefs signal_generate (no BTF) cannot know the recipient's and leaves 0.
+
+The --cgroup/--container filters (``Filters.cgroups``: (id, level) pairs) compare, for the
+sender and for the recipient, the id of the task's cgroup ancestor at each level with the
+filter's ids: ``task->cgroups->dfl_cgrp``, then ``level`` and ``ancestor_ids[]`` or
+``ancestors[]`` (include/linux/cgroup-defs.h; which one is a BTF fact, ``cgroup_layout``).
+The sender is matched when its call enters (FLAG_SENDER_IN_CGROUP on the parked call), the
+recipient in signal_generate; exit drops a call whose sender is outside and none of whose
+recipients was kept. Without the filter these builders add no instruction.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from typing import NamedTuple
 
 from sigscope.bpf import asm, btf_scan, features
 from sigscope.bpf.asm import DW, R0, R1, R2, R3, R6, R8, R10, W
+from sigscope.errors import SetupError
 from sigscope.model import record as rec
 from sigscope.model.record import offset as _f
 from sigscope.programs.common import STACK_SCRATCH, STACK_TASK, Labels, read_kernel_value
@@ -79,8 +88,10 @@ def sender_context(base: int, off0: int, spilled: bool, cgroups: frozenset[tuple
     """sys_enter: everything this module adds to a parked call at base+off0 (its sender ids
     and flags already written): sender_cgroup, the sender's pid-namespace ids
     (sender_ns_ids) and FLAG_SENDER_IN_CGROUP (mark_sender_in_cgroups). Clobbers r0-r5."""
+    # sender_ns_ids leaves the task at STACK_TASK (where there is a layout to read it with).
+    on_stack = spilled or pid_layout() is not None
     return [*sender_cgroup(base, off0), *sender_ns_ids(base, off0, spilled, labels),
-            *mark_sender_in_cgroups(cgroups, base, off0, labels)]
+            *mark_sender_in_cgroups(cgroups, base, off0, labels, on_stack)]
 
 
 def sender_cgroup(base: int, off0: int) -> list:
@@ -244,39 +255,38 @@ def _id_is_one_of(reg: int, ids: list[int], match: str) -> list:
     return out
 
 
-def sender_in_cgroups(cgroups: frozenset[tuple[int, int]], match: str) -> list:
-    """Jump to match when the current task's cgroup is one of the (id, level) cgroups or
-    below one: bpf_get_current_ancestor_cgroup_id(level) is that id (kernel/bpf/helpers.c;
-    0 when the task is above that level). One helper call per level. Clobbers r0-r5."""
-    out: list = []
-    for level, ids in _by_level(cgroups).items():
-        out += [asm.mov64_imm(R1, level), asm.call("get_current_ancestor_cgroup_id"),
-                *_id_is_one_of(R0, ids, match)]
-    return out
-
-
-def recipient_in_cgroups(cgroups: frozenset[tuple[int, int]], layout: CgroupLayout,
-                         match: str, labels: Labels) -> list:
-    """tp_btf signal_generate (r6 = ctx): jump to match when the recipient's cgroup is one of
-    the (id, level) cgroups or below one: the id of its ancestor at that level (itself at its
-    own level: direct loads; a deeper one through its ancestor array, read with
-    bpf_probe_read_kernel: a BTF-typed load may not index past the struct) is that id.
-    Falls through otherwise, a NULL css_set or cgroup included. Uses STACK_SCRATCH. Clobbers
+def _task_in_cgroups(cgroups: frozenset[tuple[int, int]], layout: CgroupLayout, btf: bool,
+                     load_task: list, match: str, labels: Labels) -> list:
+    """Jump to match when the cgroup v2 of the task that `load_task` puts in r1 (BTF-typed
+    when `btf`, else a plain address) is one of the (id, level) cgroups or below one: the id
+    of its ancestor at that level is that id. Its own id at its own level is read like the
+    chain to it (direct loads on a BTF-typed task); a deeper one's through the ancestor array
+    with bpf_probe_read_kernel (a BTF-typed load may not index past the struct). Falls
+    through otherwise, a NULL css_set or cgroup included. Uses STACK_SCRATCH. Clobbers
     r0-r5."""
     none = labels("cgroup_none")
-    out = [asm.ldx(DW, R1, R6, _ARG_TASK),
-           asm.ldx(DW, R1, R1, layout.task_cgroups), asm.jmp_imm("JEQ", R1, 0, none),
-           asm.ldx(DW, R1, R1, layout.dfl_cgrp), asm.jmp_imm("JEQ", R1, 0, none),
+
+    def load(dst: int, src: int, off: int, size: int = DW) -> list:
+        """dst = the value at src+off (src a pointer known not NULL); none when unreadable."""
+        if btf:
+            return [asm.ldx(size, dst, src, off)]
+        read = read_kernel_value(src, off, none, size=8 if size == DW else 4)
+        return [*read, asm.mov64_reg(dst, R0)] if dst != R0 else read
+
+    out = [*load_task,
+           *load(R1, R1, layout.task_cgroups), asm.jmp_imm("JEQ", R1, 0, none),
+           *load(R1, R1, layout.dfl_cgrp), asm.jmp_imm("JEQ", R1, 0, none),
            asm.stx(DW, R10, R1, STACK_SCRATCH)]
     for level, ids in _by_level(cgroups).items():
         following, deeper, compare = (labels("cgroup_level"), labels("cgroup_deeper"),
                                       labels("cgroup_compare"))
         out += [asm.ldx(DW, R2, R10, STACK_SCRATCH),
-                asm.ldx(W, R3, R2, layout.level),
-                asm.jmp_imm("JSLT", R3, level, following),   # above that level: no ancestor
+                *load(R3, R2, layout.level, W),
+                asm.ldx(DW, R2, R10, STACK_SCRATCH),
+                asm.jmp32_imm("JSLT", R3, level, following),   # above that level: no ancestor
                 asm.jmp_imm("JNE", R3, level, deeper),
-                asm.ldx(DW, R2, R2, layout.kn), asm.jmp_imm("JEQ", R2, 0, following),
-                asm.ldx(DW, R0, R2, layout.kn_id),
+                *load(R2, R2, layout.kn), asm.jmp_imm("JEQ", R2, 0, following),
+                *load(R0, R2, layout.kn_id),
                 asm.ja(compare),
                 asm.label(deeper)]
         if layout.ancestor_ids is not None:
@@ -292,6 +302,34 @@ def recipient_in_cgroups(cgroups: frozenset[tuple[int, int]], layout: CgroupLayo
     return [*out, asm.label(none)]
 
 
+def sender_in_cgroups(cgroups: frozenset[tuple[int, int]], match: str, labels: Labels,
+                      task_on_stack: bool = False) -> list:
+    """Jump to match when the current task's cgroup is in the filter (_task_in_cgroups: the
+    task from bpf_get_current_task_btf where the kernel has it, else bpf_get_current_task;
+    not bpf_get_current_ancestor_cgroup_id, which tracing programs lack on 5.10).
+    `task_on_stack`: that task is already at STACK_TASK (no helper call). Raises SetupError
+    without BTF (no layout: the filter could match nothing). Clobbers r0-r5."""
+    layout = cgroup_layout()
+    if layout is None:
+        raise SetupError("--cgroup/--container need the kernel's BTF (/sys/kernel/btf/vmlinux): "
+                         "a task's cgroup ancestry is read through it")
+    btf = features.has("get_current_task_btf")
+    if task_on_stack:
+        load = [asm.ldx(DW, R1, R10, STACK_TASK)]
+    else:
+        load = [asm.call("get_current_task_btf" if btf else "get_current_task"),
+                asm.mov64_reg(R1, R0)]
+    return _task_in_cgroups(cgroups, layout, btf, load, match, labels)
+
+
+def recipient_in_cgroups(cgroups: frozenset[tuple[int, int]], layout: CgroupLayout,
+                         match: str, labels: Labels) -> list:
+    """tp_btf signal_generate (r6 = ctx): jump to match when the recipient's cgroup is in the
+    filter (_task_in_cgroups on the BTF-typed task argument). Clobbers r0-r5."""
+    return _task_in_cgroups(cgroups, layout, True, [asm.ldx(DW, R1, R6, _ARG_TASK)], match,
+                            labels)
+
+
 def either_side_in_cgroups(cgroups: frozenset[tuple[int, int]], recipient: bool, fail: str,
                            labels: Labels) -> list:
     """KERNEL records in signal_generate: fall through when the sender's or (`recipient`:
@@ -300,7 +338,7 @@ def either_side_in_cgroups(cgroups: frozenset[tuple[int, int]], recipient: bool,
     if not cgroups:
         return []
     ok = labels("cgroup_ok")
-    out = sender_in_cgroups(cgroups, ok)
+    out = sender_in_cgroups(cgroups, ok, labels)
     layout = cgroup_layout() if recipient else None
     if layout is not None:
         out += recipient_in_cgroups(cgroups, layout, ok, labels)
@@ -308,15 +346,15 @@ def either_side_in_cgroups(cgroups: frozenset[tuple[int, int]], recipient: bool,
 
 
 def mark_sender_in_cgroups(cgroups: frozenset[tuple[int, int]], base: int, off0: int,
-                           labels: Labels) -> list:
+                           labels: Labels, task_on_stack: bool = False) -> list:
     """sys_enter: set FLAG_SENDER_IN_CGROUP on the parked record at base+off0 (its flags
-    already cleared) when the sender is in the filter's cgroups. Nothing without the filter.
-    Clobbers r0-r5."""
+    already cleared) when the sender is in the filter's cgroups (`task_on_stack`: as for
+    sender_in_cgroups). Nothing without the filter. Clobbers r0-r5."""
     if not cgroups:
         return []
     outside = labels("sender_outside")
     inside = labels("sender_inside")
-    return [*sender_in_cgroups(cgroups, inside), asm.ja(outside),
+    return [*sender_in_cgroups(cgroups, inside, labels, task_on_stack), asm.ja(outside),
             asm.label(inside),
             asm.st(W, base, off0 + _f("flags"), rec.FLAG_SENDER_IN_CGROUP),
             asm.label(outside)]
