@@ -23,6 +23,9 @@ from sigscope.programs.common import RingbufOutput
 from sigscope.send import send_signal
 from sigscope.tracer import trace
 
+# Every test on both ways of learning a call (conftest.py entry_path).
+pytestmark = pytest.mark.usefixtures("entry_path")
+
 SIGUSR1, SIGUSR2, SIGTERM = 10, 12, 15
 SIGEV_THREAD_ID = 4  # include/uapi/asm-generic/siginfo.h
 CLOCK_MONOTONIC = 1

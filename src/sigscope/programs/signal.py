@@ -31,6 +31,7 @@ from sigscope.bpf.uapi import BPF_ANY
 from sigscope.model import record as rec
 from sigscope.model.filters import Filters
 from sigscope.model.record import offset as _f
+from sigscope.programs import entry_regs
 from sigscope.programs.common import (
     COUNTER_INFLIGHT_FULL,
     STACK_KEY,
@@ -42,7 +43,6 @@ from sigscope.programs.common import (
     bump_counter,
     read_kernel_value,
 )
-from sigscope.programs import entry_regs
 from sigscope.programs.origin import kernel_sigkill_stack
 from sigscope.programs.task import (
     TaskLayout,
