@@ -268,9 +268,15 @@ def uses_regs(cfg) -> RegsLayout | None:
     """The layout when the probes of `cfg` take the two-probe path: the kernel allows it
     (regs_layout()), the sender is read from its task (cfg.task), the claim is cmpxchg, and
     cfg.entry_probes does not ask for the sys_enter probes; else None."""
+    return None if cfg.entry_probes else allowed(cfg.task, cfg.claim)
+
+
+def allowed(task: object | None, claim: str) -> RegsLayout | None:
+    """regs_layout() when the sender is read from its task (`task`: a task.TaskLayout) and
+    calls are claimed by cmpxchg (`claim`: signal.CLAIM_*); else None."""
     from sigscope.programs.signal import CLAIM_CMPXCHG
 
-    if cfg.entry_probes or cfg.task is None or cfg.claim != CLAIM_CMPXCHG:
+    if task is None or claim != CLAIM_CMPXCHG:
         return None
     return regs_layout()
 

@@ -651,7 +651,9 @@ def _fill_call(base: int, off0: int, call: str, enter: EventFormat | None, suppr
     for name in ("arg_pid", "arg_tid", "ret", "target_cgroup", "sender_cgroup"):
         prog.append(asm.st(DW, base, at(name), 0))
     prog += [asm.st(DW, base, at("target_comm"), 0), asm.st(DW, base, at("target_comm") + 8, 0)]
-    for rec_field, fmt_field in SYSCALL_ARGS[call].items() if enter is not None else ():
+    for rec_field, fmt_field in SYSCALL_ARGS[call].items():
+        if enter is None:
+            break
         fld = enter.field(fmt_field)
         prog += _load_s32(R1, R6, fld.offset, fld.size)
         prog.append(asm.stx(W if rec_field == "arg_pidfd" else DW, base, R1, at(rec_field)))
