@@ -75,6 +75,10 @@ def test_to_a_non_main_thread(path: str, via: str) -> None:
             collector.finish()
     assert [(e.target_pid, e.target_tid, e.target_comm) for e in got] == [
         (t.pid, thread, "sigscope-tgt")]
+    # The tracefs fallback found the process in /proc after the event, and says so (JSON too).
+    source = "kernel" if path == "tp_btf" else "proc"
+    assert [(e.target_source, e.to_dict()["target"]["source"]) for e in got] == [
+        (source, source)]
 
 
 def _worker(ready: threading.Event, tids: list, received: list, sig: int) -> None:

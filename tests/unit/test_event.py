@@ -32,7 +32,7 @@ def test_to_dict_has_exactly_the_documented_keys() -> None:
     d = make_event().to_dict()
     assert set(d) == SCHEMA_KEYS | {"id"}
     assert set(d["sender"]) == {"pid", "tid", "comm", "uid", "cgroup_id", "ns_pid", "ns_tid"}
-    assert set(d["target"]) == {"pid", "tid", "comm", "cgroup_id", "ns_pid", "ns_tid"}
+    assert set(d["target"]) == {"pid", "tid", "comm", "cgroup_id", "ns_pid", "ns_tid", "source"}
     assert set(d["args"]) == {"pid", "tid", "pidfd"}
 
 
@@ -45,7 +45,7 @@ def test_to_dict_values_match_the_issue_example() -> None:
     assert d["sender"] == {"pid": 601489, "tid": 601489, "comm": "bash", "uid": 1000,
                            "cgroup_id": None, "ns_pid": None, "ns_tid": None}
     assert d["target"] == {"pid": 1219543, "tid": 1219543, "comm": "oracle", "cgroup_id": None,
-                           "ns_pid": None, "ns_tid": None}
+                           "ns_pid": None, "ns_tid": None, "source": None}
     assert d["args"] == {"pid": 1219543, "tid": 1219543, "pidfd": None}
     assert (d["code"], d["code_name"], d["result"], d["error"], d["outcome"]) == (
         -6, "SI_TKILL", 0, None, "delivered")
@@ -83,7 +83,7 @@ def test_failed_send_has_nulls_where_nothing_applies() -> None:
                    target_comm=None, arg_tid=None).to_dict()
     assert (d["code"], d["code_name"], d["outcome"], d["error"]) == (None, None, None, "ESRCH")
     assert d["target"] == {"pid": 1219543, "tid": None, "comm": None, "cgroup_id": None,
-                           "ns_pid": None, "ns_tid": None}
+                           "ns_pid": None, "ns_tid": None, "source": None}
 
 
 SI_USER, SI_KERNEL, SI_TIMER, SI_QUEUE = 0, 0x80, -2, -1

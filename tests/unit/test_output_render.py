@@ -127,7 +127,8 @@ def test_text_shows_what_a_send_that_reached_nobody_addressed(tmp_path: Path) ->
     assert [json.loads(JsonWriter(io.StringIO())._dumps(e.to_dict()))["args"]["pid"]
             for e in events[:3]] == [-99999, 4194304, -1]
     assert events[0].to_dict()["target"] == {"pid": None, "tid": None, "comm": None,
-                                           "cgroup_id": None, "ns_pid": None, "ns_tid": None}
+                                           "cgroup_id": None, "ns_pid": None, "ns_tid": None,
+                                           "source": None}
 
     by_lines = io.StringIO()
     TextWriter(by_lines).runs(Decoder(ProcResolver(str(proc)), wall_offset_ns=7).runs(batch))
