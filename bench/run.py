@@ -61,9 +61,11 @@ CONFIGS = ("untraced", "sigscope-trace", "sigscope-trace-3probe", "sigscope-top"
 STREAMING_CONFIGS = ("sigscope-trace", "sigscope-trace-3probe", "bpftrace-stream")
 # sigscope-trace-3probe: `sigscope trace` forced onto its sys_enter probes (three programs per
 # signal) where the kernel would let it run two (programs/entry_regs.py), for the difference.
+# main() without arguments: as a program, so that it installs its SIGINT handler (the bench
+# stops tracers with SIGINT, and a tracer must drain and count before it exits).
 THREE_PROBE_MAIN = ("import sys; from sigscope.session import ProbeSession; "
                     "ProbeSession.entry_probes = True; from sigscope.cli.main import main; "
-                    "sys.exit(main(sys.argv[1:]))")
+                    "sys.exit(main())")
 BPFTRACE_CONFIGS = tuple(c for c in CONFIGS if c.startswith("bpftrace-"))
 BPFTRACE_INSTALL = "apt-get install -y bpftrace (Debian/Ubuntu), dnf install bpftrace (Fedora)"
 
