@@ -101,9 +101,13 @@ def regs_layout() -> RegsLayout | None:
             found = btf_scan.vmlinux_struct_members("pt_regs", "user_pt_regs", "task_struct",
                                                     "thread_info")
             regs, user = found["pt_regs"], found["user_pt_regs"]
-            # regs[] is in an anonymous union at the start of pt_regs, whose other member is
-            # struct user_pt_regs (same layout): both must start at 0.
-            if (regs[""].offset != 0 or user["regs"].offset != 0 or user["regs"].span < 8 * 31
+            # regs[] is in an anonymous union at the start of pt_regs (the scan does not list
+            # anonymous members), whose other member is struct user_pt_regs (same layout): no
+            # named member comes before orig_x0, which starts where user_pt_regs ends.
+            user_end = user["pstate"].offset + user["pstate"].span
+            first_named = min(m.offset for m in regs.values())
+            if (user["regs"].offset != 0 or user["regs"].span < 8 * 31
+                    or regs["orig_x0"].offset != user_end or first_named != user_end
                     or regs["orig_x0"].span < 8 or regs["syscallno"].span < 4):
                 return None
             return RegsLayout(machine, regs["syscallno"].offset, 4,
