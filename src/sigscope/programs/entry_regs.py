@@ -32,6 +32,9 @@ syscall_get_nr / syscall_get_arguments in asm/syscall.h):
 
 Like the three-probe path, an interrupt that generates the call's own signal number while the
 thread is inside the call is attributed to the call (the thread is in the call either way).
+When no in-flight slot can be claimed (COUNTER_INFLIGHT_FULL, counted), the signal is reported
+as the kernel's, as on the three-probe path; unlike it, the exit then still writes the call,
+as one that generated nothing (the three-probe path writes no CALL record for it).
 """
 
 from __future__ import annotations
