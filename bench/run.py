@@ -58,13 +58,21 @@ del sys.path[0]
 LOADGEN_COMM = "loadgen"  # the binary is named so; tracers filter on this sender comm
 BENCH_SIGNAL = SIGNALS["SIGUSR1"]  # loadgen's default
 VIAS = SYSCALL_VIAS
-CONFIGS = ("untraced", "sigscope-trace", "sigscope-top", "bpftrace-stream", "bpftrace-count",
-           "bpftrace-oneliner", "bpftrace-3tp", "sigscope-trace-cgroup")
+CONFIGS = ("untraced", "sigscope-trace", "sigscope-trace-3probe", "sigscope-top",
+           "bpftrace-stream", "bpftrace-count", "bpftrace-oneliner", "bpftrace-3tp",
+           "sigscope-trace-cgroup")
 # Asked for by name only: it makes a cgroup and runs the whole bench (every configuration's
 # workload alike, so that the rounds stay paired) inside it.
 CGROUP_CONFIG = "sigscope-trace-cgroup"
 DEFAULT_CONFIGS = tuple(c for c in CONFIGS if c != CGROUP_CONFIG)
-STREAMING_CONFIGS = ("sigscope-trace", "bpftrace-stream")
+STREAMING_CONFIGS = ("sigscope-trace", "sigscope-trace-3probe", "bpftrace-stream")
+# sigscope-trace-3probe: `sigscope trace` forced onto its sys_enter probes (three programs per
+# signal) where the kernel would let it run two (programs/entry_regs.py), for the difference.
+# main() without arguments: as a program, so that it installs its SIGINT handler (the bench
+# stops tracers with SIGINT, and a tracer must drain and count before it exits).
+THREE_PROBE_MAIN = ("import sys; from sigscope.session import ProbeSession; "
+                    "ProbeSession.entry_probes = True; from sigscope.cli.main import main; "
+                    "sys.exit(main())")
 BPFTRACE_CONFIGS = tuple(c for c in CONFIGS if c.startswith("bpftrace-"))
 BPFTRACE_INSTALL = "apt-get install -y bpftrace (Debian/Ubuntu), dnf install bpftrace (Fedora)"
 
@@ -297,7 +305,17 @@ def target_lines(results: list[RunResult], paced: dict[str, dict] | None) -> lis
     lines.append("  per round: " + "; ".join(
         f"{config} {', '.join(format_cost(v) for v in values) or 'n/a'}"
         for config, values in costs.items()))
-    trace = usable_runs(results, "sigscope-trace")
+    for config, label in (("sigscope-trace", "trace --json"),
+                          ("sigscope-trace-3probe", "trace --json, three probes")):
+        lines += _trace_lines(results, paced, config, label)
+    return lines
+
+
+def _trace_lines(results: list[RunResult], paced: dict[str, dict] | None, config: str,
+                 label: str) -> list[str]:
+    """The storm and paced-rate lines of one `sigscope trace` configuration."""
+    lines = []
+    trace = usable_runs(results, config)
     slowdown = median_or_none(r.slowdown for r in trace)
     if slowdown is None:
         verdict = "not measured"
@@ -308,18 +326,18 @@ def target_lines(results: list[RunResult], paced: dict[str, dict] | None) -> lis
                         for r in trace
                         if r.captured is not None and r.lost is not None and r.sent is not None)
     trace_cost = median_or_none(r.cost_ns for r in trace)
-    lines.append(f"- trace --json storm: slowdown {format_number(slowdown, 2, 'x')} "
+    lines.append(f"- {label} storm: slowdown {format_number(slowdown, 2, 'x')} "
                  f"(target <= {STORM_SLOWDOWN_TARGET}x), {format_cost(trace_cost)} ns/signal, "
                  f"captured+lost == sent: {exact_summary(trace)} ({per_run or 'no runs'}): "
                  f"{verdict}")
-    outcome = (paced or {}).get("sigscope-trace")
+    outcome = (paced or {}).get(config)
     if outcome is None:
-        lines.append("- highest zero-loss paced rate of trace --json: not measured "
+        lines.append(f"- highest zero-loss paced rate of {label}: not measured "
                      "(--paced or --with-paced)")
     elif outcome.get("error"):
-        lines.append(f"- highest zero-loss paced rate of trace --json: error: {outcome['error']}")
+        lines.append(f"- highest zero-loss paced rate of {label}: error: {outcome['error']}")
     else:
-        lines.append("- highest zero-loss paced rate of trace --json: "
+        lines.append(f"- highest zero-loss paced rate of {label}: "
                      f"{format_number(outcome['max_zero_loss_rate'])} signals/s")
     return lines
 
@@ -519,6 +537,14 @@ def command_works(argv: list[str], env: dict | None) -> bool:
     return probe.returncode == 0
 
 
+def three_probe_command() -> tuple[list[str], dict]:
+    """`sigscope` with ProbeSession.entry_probes set (this checkout's src/ first on the path)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_DIR / "src"),
+                                                      env.get("PYTHONPATH")]))
+    return [sys.executable, "-c", THREE_PROBE_MAIN], env
+
+
 def tracer_specs(sigscope: list[str], env: dict | None, system_wide: bool = False,
                  via: str = "tgkill", cgroup: str | None = None) -> dict[str, TracerSpec]:
     """Every tracer configuration; system_wide drops sigscope's sender filter (paced mode);
@@ -527,9 +553,12 @@ def tracer_specs(sigscope: list[str], env: dict | None, system_wide: bool = Fals
     # The loadgen's comm and signal: its own exit's SIGCHLD is then not traced either, so that
     # captured + lost counts exactly the workload's sends.
     comm_filter = [] if system_wide else ["-c", LOADGEN_COMM, "-s", "USR1"]
+    three, three_env = three_probe_command()
     return {
         "sigscope-trace": TracerSpec(sigscope + ["trace", "--json"] + comm_filter, "Tracing",
                                      False, count_trace_records, env),
+        "sigscope-trace-3probe": TracerSpec(three + ["trace", "--json"] + comm_filter,
+                                            "Tracing", False, count_trace_records, three_env),
         **({CGROUP_CONFIG: TracerSpec(sigscope + ["trace", "--json", *comm_filter, "--cgroup",
                                                  cgroup], "Tracing", False,
                                       count_trace_records, env)} if cgroup else {}),
@@ -556,6 +585,9 @@ def available_configs(specs: dict[str, TracerSpec], sigscope: list[str],
                         ("trace", CGROUP_CONFIG)):
         if command_works(sigscope + [sub, "--help"], env):
             available.add(config)
+    three, three_env = three_probe_command()
+    if command_works(three + ["trace", "--help"], three_env):
+        available.add("sigscope-trace-3probe")
     return available & (set(specs) | {"untraced"})
 
 

@@ -101,3 +101,25 @@ def pytest_runtest_makereport(item, call):
             return  # the matrix table says this kernel lacks what the test needs
         report.outcome = "failed"
         report.longrepr = f"kernel test skipped under CI=true: {report.longrepr}"
+
+
+# How a signal syscall is learnt (programs/entry_regs.py): from the saved user registers at
+# generate and exit ("registers", where the kernel has the features), or by sys_enter probes
+# ("sys_enter", forced with ProbeSession.entry_probes). Kernel test modules that build Tracers
+# run on both with ``pytestmark = pytest.mark.usefixtures("entry_path")``.
+REGS_FEATURES = ("task_pt_regs", "get_current_task_btf", "bpf_atomics", "btf_vmlinux")
+
+
+@pytest.fixture(scope="module", params=["registers", "sys_enter"])
+def entry_path(request):
+    from sigscope.session import ProbeSession
+
+    if request.param == "registers":
+        require_feature(*REGS_FEATURES)
+        from sigscope.programs import entry_regs
+
+        assert entry_regs.regs_layout() is not None, "features present, pt_regs layout not found"
+    saved = ProbeSession.entry_probes
+    ProbeSession.entry_probes = request.param == "sys_enter"
+    yield request.param
+    ProbeSession.entry_probes = saved

@@ -348,31 +348,34 @@ class Decoder:
         code: int | None = None
         group: bool | None = None
         generated = gen_result != GEN_NONE
+        source: str | None = "kernel"
         if generated:
             t_tid = target_tid
             t_comm = self._comm(target_comm)
             if target_tgid:
                 t_pid = target_tgid  # read from the recipient's task at generation (tp_btf)
             elif via_code in _TG_VIAS:
-                t_pid = arg_pid
+                t_pid, source = arg_pid, "args"
             elif target_tid == sender_tid:
                 t_pid = sender_tgid
             else:
                 # Tracefs path (no BTF): the tracepoint has no tgid. /proc now, best effort:
                 # a thread already gone gives None (or the tid itself for a group signal).
-                t_pid = self.resolver.tgid(target_tid, now)
+                t_pid, source = self.resolver.tgid(target_tid, now), "proc"
                 if t_pid is None and gen_group:
-                    t_pid = target_tid  # the kernel signalled the process through this task
+                    # the kernel signalled the process through this task
+                    t_pid, source = target_tid, "tid"
             outcome = OUTCOMES[gen_result] if 0 <= gen_result < len(OUTCOMES) else None
             code = gen_code
             group = bool(gen_group)
         else:
             resolver = self.resolver
             t_pid, t_tid = _target_from_args(via, arg_pid, arg_tid)
+            source = "args"
             if via_code == _VIA_PIDFD:
-                t_pid = resolver.pidfd_pid(sender_tgid, arg_pidfd)
+                t_pid, source = resolver.pidfd_pid(sender_tgid, arg_pidfd), "proc"
             elif via_code == _VIA_TKILL and t_tid is not None:
-                t_pid = resolver.tgid(t_tid, now)
+                t_pid, source = resolver.tgid(t_tid, now), "proc"
             t_comm = resolver.comm(t_pid, now) if t_pid is not None else None
         kernel = kind == KIND_KERNEL
         pidfd_call = via_code == _VIA_PIDFD
@@ -396,7 +399,8 @@ class Decoder:
             sender_cgroup=sender_cgroup or None, sender_ns_pid=sender_ns_tgid or None,
             sender_ns_tid=sender_ns_tid or None,
             target_ns_pid=target_ns_tgid if generated and target_ns_tgid else None,
-            target_ns_tid=target_ns_tid if generated and target_ns_tid else None)
+            target_ns_tid=target_ns_tid if generated and target_ns_tid else None,
+            target_source=source if t_pid is not None else None)
         shape.contexts = self.contexts
         return shape
 

@@ -86,9 +86,10 @@ def _check(result: int, call: str) -> int:
     return result
 
 
-def pidfd_open(pid: int) -> int:
-    """A pidfd for process `pid` (close it with os.close)."""
-    return _check(_syscall("pidfd_open", pid, 0), f"pidfd_open({pid})")
+def pidfd_open(pid: int, flags: int = 0) -> int:
+    """A pidfd for process `pid` (close it with os.close); `flags` PIDFD_THREAD
+    (bpf/features.py, Linux 6.9): for the thread `pid`. Raises SendError."""
+    return _check(_syscall("pidfd_open", pid, flags), f"pidfd_open({pid})")
 
 
 def _require(value: int | None, via: str, what: str) -> int:

@@ -71,6 +71,12 @@ class ProbeSession:
     """Subclasses build their maps and programs in `_setup()` with `_own()` and
     `_load_and_attach()`; `start()` and `_detach()`/`_teardown()` do the rest."""
 
+    # True: attach the sys_enter_<call> probes (three programs per signal) even where the
+    # kernel lets signal_generate and sys_exit read the call from the sender's saved user
+    # registers (two; programs/entry_regs.py). The records are the same either way. An
+    # instance attribute set before start() overrides this default.
+    entry_probes: bool = False
+
     def __init__(self, claim: str | None = None) -> None:
         # How calls claim their in-flight record (programs/signal.py CLAIM_*); None: what this
         # kernel supports (probes.inflight_claim()), decided at start.

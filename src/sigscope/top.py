@@ -320,7 +320,8 @@ class Counter(ProbeSession):
         output = top_probes.CountOutput(counts.fd, counters.fd, self.percpu, self.keep,
                                         self.cgroups)
         cfg = probes.ProbeConfig(self.filters, output, probes.MapFds(inflight.fd, counters.fd),
-                                 claim=self._started_claim, task=task_layout())
+                                 claim=self._started_claim, task=task_layout(),
+                                 entry_probes=self.entry_probes)
         self._load_and_attach(probes.signal_probe_plans(cfg, prefix="t"))
 
     def start(self) -> Counter:

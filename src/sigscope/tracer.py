@@ -110,8 +110,13 @@ class Tracer(ProbeSession):
         claim: str | None = None,
         containers: bool | ContainerLookup = True,
         host_root: str = "/",
+        entry_probes: bool | None = None,
     ) -> None:
         super().__init__(claim)
+        # True: the three-probe path (sys_enter_<call> probes) even where the kernel allows
+        # two (session.ProbeSession.entry_probes); None: that class default (False).
+        if entry_probes is not None:
+            self.entry_probes = bool(entry_probes)
         # Read the recipient from its task (tp_btf) where the kernel allows; False forces the
         # tracefs signal_generate and its /proc fallback (tests of that path).
         self.recipient_task = True
@@ -209,7 +214,8 @@ class Tracer(ProbeSession):
                                  probes.MapFds(inflight.fd, counters.fd,
                                                stacks.fd if stacks is not None else -1),
                                  claim=self._started_claim, task=task_layout(),
-                                 recipient_task=self.recipient_task)
+                                 recipient_task=self.recipient_task,
+                                 entry_probes=self.entry_probes)
         # The reader first: a perf buffer's per-CPU events must be in the map before any
         # program writes to it.
         if kind == "ringbuf":
@@ -260,7 +266,8 @@ class Tracer(ProbeSession):
         output = (RingbufOutput if kind == "ringbuf" else PerfOutput)(-2, -3)
         cfg = probes.ProbeConfig(self.filters, output, probes.MapFds(
             -1, -3, -4 if self._wants_kill_origins() else -1),
-            claim=self.claim or probes.inflight_claim(), task=task_layout())
+            claim=self.claim or probes.inflight_claim(), task=task_layout(),
+            recipient_task=self.recipient_task, entry_probes=self.entry_probes)
         plans = itertools.chain(self._fate_plans(cfg) if self.fate else [],
                                 probes.signal_probe_plans(cfg))
         return [(", ".join(event for _, event in plan.tracepoints), plan.insns)

@@ -26,6 +26,9 @@ from sigscope.programs import context
 from sigscope.programs import signal as probes
 from sigscope.tracer import trace
 
+# Every test on both ways of learning a call (conftest.py entry_path).
+pytestmark = pytest.mark.usefixtures("entry_path")
+
 SIGPIPE, SIGURG = 13, 23   # SIGURG: ignored by default, still generated (and traced)
 ME = os.getpid()
 NOBODY = 4_000_000         # above pid_max here: kill() fails with ESRCH, generating nothing

@@ -20,6 +20,9 @@ from sigscope.programs import signal as probes
 from sigscope.send import send_signal
 from sigscope.tracer import trace
 
+# Every test on both ways of learning a call (conftest.py entry_path).
+pytestmark = pytest.mark.usefixtures("entry_path")
+
 SIGUSR1 = 10
 TIMEOUT = 60.0  # a bound, not a wait (qemu guests of the kernel matrix)
 ME = os.getpid()
@@ -83,6 +86,7 @@ def test_in_the_initial_namespace_ns_ids_are_the_host_ids() -> None:
 # (sigwait), so neither dies of it.
 IN_NAMESPACE = r"""
 import os, signal, sys
+
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
 child = os.fork()
 if child == 0:

@@ -49,7 +49,8 @@ class Probes:
         self.cfg = probes.ProbeConfig(
             filters or Filters(), common.RingbufOutput(self.events.fd, self.counters.fd),
             probes.MapFds(self.inflight.fd, self.counters.fd),
-            claim=claim or probes.inflight_claim(), task=task_layout() if task_fields else None)
+            claim=claim or probes.inflight_claim(), task=task_layout() if task_fields else None,
+            entry_probes=True)  # the three programs below (sys_enter parks each call)
         self.reader = RingBufReader(self.events)
         built = [
             (Role.EXIT, "sys_exit_tgkill", probes.build_sys_exit(

@@ -23,6 +23,9 @@ from sigscope.programs.common import RingbufOutput
 from sigscope.send import send_signal
 from sigscope.tracer import trace
 
+# Every test on both ways of learning a call (conftest.py entry_path).
+pytestmark = pytest.mark.usefixtures("entry_path")
+
 SIGUSR1, SIGUSR2, SIGTERM = 10, 12, 15
 SIGEV_THREAD_ID = 4  # include/uapi/asm-generic/siginfo.h
 CLOCK_MONOTONIC = 1
@@ -72,6 +75,10 @@ def test_to_a_non_main_thread(path: str, via: str) -> None:
             collector.finish()
     assert [(e.target_pid, e.target_tid, e.target_comm) for e in got] == [
         (t.pid, thread, "sigscope-tgt")]
+    # The tracefs fallback found the process in /proc after the event, and says so (JSON too).
+    source = "kernel" if path == "tp_btf" else "proc"
+    assert [(e.target_source, e.to_dict()["target"]["source"]) for e in got] == [
+        (source, source)]
 
 
 def _worker(ready: threading.Event, tids: list, received: list, sig: int) -> None:

@@ -18,6 +18,9 @@ from sigscope.model.signals import parse_signal, rt_range, signal_name
 from sigscope.send import send_signal
 from sigscope.tracer import trace
 
+# Every test on both ways of learning a call (conftest.py entry_path).
+pytestmark = pytest.mark.usefixtures("entry_path")
+
 SIGCHLD = 17
 BAD_SIGNAL = 65
 TIMEOUT = 10.0

@@ -116,7 +116,8 @@ def check_schema(obj: dict) -> None:
         assert obj["sender"][key] is None or isinstance(obj["sender"][key], int)
     assert isinstance(obj["sender"]["comm"], str)
     assert set(obj["target"]) == {"pid", "tid", "comm", "cgroup_id", "ns_pid", "ns_tid",
-                                  "container"}
+                                  "source", "container"}
+    assert obj["target"]["source"] in (None, "kernel", "args", "proc", "tid")
     assert set(obj["args"]) == {"pid", "tid", "pidfd"}
     for side in (obj["sender"], obj["target"]):  # resolved from cgroup_id, or null
         container = side["container"]
@@ -162,6 +163,7 @@ def test_json_lines(target: Target) -> None:
     assert objects[1]["target"] == {"pid": target.pid, "tid": target.pid, "comm": TARGET_COMM,
                                     "cgroup_id": objects[1]["target"]["cgroup_id"],
                                     "ns_pid": ns_id, "ns_tid": ns_id,
+                                    "source": _tgkill_target_source(),
                                     "container": objects[1]["target"]["container"]}
     assert objects[1]["args"] == {"pid": target.pid, "tid": target.pid, "pidfd": None}
     mount = cgroup2_mount()
@@ -234,7 +236,9 @@ def test_clean_exit_leaves_nothing_loaded(target: Target, how: str) -> None:
     extra = ["-d", "1"] if how == "duration" else []
     cli = CliTrace("-T", str(target.pid), "-t", *extra)
     prog_ids = bpf_prog_ids_of(cli.proc.pid)
-    assert len(prog_ids) >= 8  # six enters, one exit for all six, signal_generate
+    # signal_generate and six exits (two-probe path), or six enters, one exit for all six and
+    # signal_generate (programs/entry_regs.py).
+    assert len(prog_ids) >= (7 if _two_probes() else 8)
     send_signal("tkill", SIGUSR1, tid=target.pid)
     lines = cli.wait_lines(2)
     status, out, err = cli.finish(None if how == "duration" else getattr(signal, how))
@@ -250,6 +254,22 @@ def test_clean_exit_leaves_nothing_loaded(target: Target, how: str) -> None:
     assert wait_unloaded(prog_ids) == set()
 
 
+def _tgkill_target_source() -> str:
+    """A tgkill's target process: read from the recipient's task (tp_btf), or its argument."""
+    from sigscope.programs import signal as probes
+
+    return "kernel" if probes.recipient_source_is_task() else "args"
+
+
+def _two_probes() -> bool:
+    """Whether this kernel runs the two-probe entry path (programs/entry_regs.py)."""
+    from sigscope.programs import entry_regs
+    from sigscope.programs import signal as probes
+    from sigscope.programs.task import task_layout
+
+    return entry_regs.allowed(task_layout(), probes.inflight_claim()) is not None
+
+
 def test_ebpf_prints_the_programs_without_loading() -> None:
     env = {**os.environ, "PYTHONPATH": SRC}
     done = subprocess.run([sys.executable, "-m", "sigscope", "trace", "--ebpf", "-s", "USR1"],
@@ -257,7 +277,10 @@ def test_ebpf_prints_the_programs_without_loading() -> None:
     assert done.returncode == 0, done.stderr
     headers = [line for line in done.stdout.splitlines() if line.startswith("; --- ")]
     assert "; --- signal_generate" in headers
-    # One exit program serves every sys_exit tracepoint; each entry has its own.
-    assert any("sys_exit_kill" in h and "sys_exit_pidfd_send_signal" in h for h in headers)
-    assert "; --- sys_enter_pidfd_send_signal" in headers
+    if _two_probes():  # no entry programs; each exit builds its own call's record
+        assert "; --- sys_exit_kill" in headers and "; --- sys_exit_pidfd_send_signal" in headers
+        assert not any("sys_enter" in h for h in headers)
+    else:  # one exit program serves every sys_exit tracepoint; each entry has its own
+        assert any("sys_exit_kill" in h and "sys_exit_pidfd_send_signal" in h for h in headers)
+        assert "; --- sys_enter_pidfd_send_signal" in headers
     assert "Tracing" not in done.stderr

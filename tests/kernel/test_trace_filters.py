@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from helpers import Target, started
 
 from sigscope.send import SendError, send_signal
 from sigscope.tracer import trace
+
+# Every test on both ways of learning a call (conftest.py entry_path).
+pytestmark = pytest.mark.usefixtures("entry_path")
 
 SIGUSR1, SIGUSR2 = 10, 12
 ME = os.getpid()

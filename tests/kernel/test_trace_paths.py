@@ -19,13 +19,16 @@ from sigscope.model.signals import SI_QUEUE, SI_TKILL, SI_USER
 from sigscope.send import SendError, pidfd_open, send_signal
 from sigscope.tracer import trace
 
+# Every test on both ways of learning a call (conftest.py entry_path).
+pytestmark = pytest.mark.usefixtures("entry_path")
+
 SIGUSR1, SIGUSR2, SIGRT8 = 10, 12, 40
 ME = os.getpid()
 BUFFERS = ["ringbuf", "perf"]
 
 
 @pytest.fixture(scope="module", params=BUFFERS)
-def mine(request: pytest.FixtureRequest):
+def mine(request: pytest.FixtureRequest, entry_path: str):
     """One tracer per buffer kind for the whole module: signals sent by this process."""
     collector = started(trace(pids=[ME], buffer=request.param, buffer_size=1 << 20))
     yield collector

@@ -189,7 +189,7 @@ def test_targets_compare_top_with_the_one_liner_and_check_the_storm() -> None:
         storm(0, 0.0014, 600, 400),
     ]
     run.apply_slowdowns(results)
-    top, spread, trace, paced = run.target_lines(results, None)
+    top, spread, trace, paced, trace3, paced3 = run.target_lines(results, None)
     assert spread.strip() == ("per round: sigscope-top +300; bpftrace-oneliner +250; "
                               "bpftrace-3tp +700")
     assert "sigscope-top +300 ns/signal" in top
@@ -199,15 +199,22 @@ def test_targets_compare_top_with_the_one_liner_and_check_the_storm() -> None:
     assert "captured+lost == sent: yes (600+400=1,000 of 1,000)" in trace
     assert trace.endswith(": met")
     assert paced.endswith("not measured (--paced or --with-paced)")
-    found = {"sigscope-trace": {"max_zero_loss_rate": 531_250, "trials": [], "error": None}}
-    assert run.target_lines(results, found)[3].endswith(": 531,250 signals/s")
+    assert trace3.startswith("- trace --json, three probes storm: slowdown n/a")
+    assert trace3.endswith(": not measured") and paced3.endswith("not measured (--paced or "
+                                                                 "--with-paced)")
+    found = {"sigscope-trace": {"max_zero_loss_rate": 531_250, "trials": [], "error": None},
+             "sigscope-trace-3probe": {"max_zero_loss_rate": 400_000, "trials": [],
+                                       "error": None}}
+    lines = run.target_lines(results, found)
+    assert lines[3].endswith(": 531,250 signals/s")
+    assert "three probes" in lines[5] and lines[5].endswith(": 400,000 signals/s")
 
 
 def test_targets_fail_on_a_lossy_uncounted_storm_and_say_what_did_not_run() -> None:
     results = [timed("untraced", 0, 0.001), storm(0, 0.0011, 600, 300),  # 100 unaccounted
                timed("sigscope-top", 0, 0.0012)]
     run.apply_slowdowns(results)
-    top, spread, trace, _ = run.target_lines(results, None)
+    top, spread, trace, *_ = run.target_lines(results, None)
     assert "bpftrace-oneliner n/a ns/signal" in top and top.endswith(": not measured")
     assert "bpftrace-oneliner n/a;" in spread
     assert "no (1/1 runs)" in trace and trace.endswith(": not met")

@@ -117,6 +117,7 @@ def test_kernel_record(decoder: Decoder) -> None:
     assert (e.result, e.error, e.arg_pid, e.arg_tid, e.arg_pidfd) == (None, None, None, None,
                                                                       None)
     assert (e.target_pid, e.target_tid, e.target_comm) == (702, 702, "crasher")
+    assert e.target_source == "kernel"  # the current thread: its process is the kernel's
 
 
 def test_kernel_record_to_a_thread_resolves_its_process(decoder: Decoder) -> None:
@@ -125,6 +126,7 @@ def test_kernel_record_to_a_thread_resolves_its_process(decoder: Decoder) -> Non
     (e,) = decoder.decode(row)
     assert (e.target_pid, e.target_tid) == (700, 701)
     assert e.origin == "timer"
+    assert (e.target_source, e.to_dict()["target"]["source"]) == ("proc", "proc")
 
 
 def test_tgkill_target_process_comes_from_the_arguments(decoder: Decoder) -> None:
@@ -133,6 +135,14 @@ def test_tgkill_target_process_comes_from_the_arguments(decoder: Decoder) -> Non
     (e,) = decoder.decode(row)
     assert (e.target_pid, e.target_tid, e.arg_pid, e.arg_tid) == (700, 701, 700, 701)
     assert e.code_name == "SI_TKILL"
+    assert e.target_source == "args"
+
+
+def test_a_recipient_read_from_its_task_is_the_kernels(decoder: Decoder) -> None:
+    (e,) = decoder.decode(call(via="tkill", arg_pid=701,
+                               **{**recipient(701, group=0), "target_tgid": 12345,
+                                  "target_src": rec.TARGET_SRC_TASK}))
+    assert (e.target_pid, e.target_tid, e.target_source) == (12345, 701, "kernel")
 
 
 @pytest.mark.parametrize(
@@ -153,6 +163,8 @@ def test_failed_send_target_from_arguments(
 ) -> None:
     (e,) = decoder.decode(call(via=via, ret=-3, arg_pid=arg_pid, arg_tid=arg_tid))
     assert (e.target_pid, e.target_tid, e.target_comm) == expected
+    assert e.target_source == (None if e.target_pid is None else
+                               "proc" if via == "tkill" else "args")
     assert (e.result, e.error, e.outcome, e.code, e.code_name) == (-3, "ESRCH", None, None, None)
 
 
@@ -163,6 +175,7 @@ def test_pidfd_target_resolved_from_fdinfo(proc: Path, decoder: Decoder) -> None
                               "NSpid:\t702\n")
     (e,) = decoder.decode(call(via="pidfd_send_signal", ret=-1, arg_pidfd=7))
     assert (e.target_pid, e.target_comm, e.arg_pidfd, e.arg_pid) == (702, "other", 7, None)
+    assert e.target_source == "proc"
     assert e.error == "EPERM"
 
 
@@ -171,7 +184,7 @@ def test_pidfd_of_a_dead_process_has_no_target(proc: Path, decoder: Decoder) -> 
     fdinfo.mkdir(parents=True)
     (fdinfo / "7").write_text("pos:\t0\nPid:\t-1\n")
     (e,) = decoder.decode(call(via="pidfd_send_signal", ret=-3, arg_pidfd=7))
-    assert (e.target_pid, e.arg_pidfd) == (None, 7)
+    assert (e.target_pid, e.arg_pidfd, e.target_source) == (None, 7, None)
 
 
 def test_successful_pidfd_send_uses_the_kernels_recipient(decoder: Decoder) -> None:
@@ -184,6 +197,7 @@ def test_successful_pidfd_send_uses_the_kernels_recipient(decoder: Decoder) -> N
 def test_group_signal_to_a_vanished_task_keeps_the_kernels_id(decoder: Decoder) -> None:
     (e,) = decoder.decode(call(arg_pid=88888, **recipient(88888, comm=b"gone")))
     assert (e.target_pid, e.target_tid, e.target_comm) == (88888, 88888, "gone")
+    assert e.target_source == "tid"
 
 
 def test_signal_to_self_needs_no_proc_lookup(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ def test_to_dict_has_exactly_the_documented_keys() -> None:
     assert set(d["sender"]) == {"pid", "tid", "comm", "uid", "cgroup_id", "ns_pid", "ns_tid",
                                 "container"}
     assert set(d["target"]) == {"pid", "tid", "comm", "cgroup_id", "ns_pid", "ns_tid",
-                                "container"}
+                                "source", "container"}
     assert set(d["args"]) == {"pid", "tid", "pidfd"}
 
 
@@ -48,7 +48,7 @@ def test_to_dict_values_match_the_issue_example() -> None:
                            "cgroup_id": None, "ns_pid": None, "ns_tid": None,
                            "container": None}
     assert d["target"] == {"pid": 1219543, "tid": 1219543, "comm": "oracle", "cgroup_id": None,
-                           "ns_pid": None, "ns_tid": None,
+                           "ns_pid": None, "ns_tid": None, "source": None,
                            "container": None}
     assert d["args"] == {"pid": 1219543, "tid": 1219543, "pidfd": None}
     assert (d["code"], d["code_name"], d["result"], d["error"], d["outcome"]) == (
@@ -87,7 +87,7 @@ def test_failed_send_has_nulls_where_nothing_applies() -> None:
                    target_comm=None, arg_tid=None).to_dict()
     assert (d["code"], d["code_name"], d["outcome"], d["error"]) == (None, None, None, "ESRCH")
     assert d["target"] == {"pid": 1219543, "tid": None, "comm": None, "cgroup_id": None,
-                           "ns_pid": None, "ns_tid": None,
+                           "ns_pid": None, "ns_tid": None, "source": None,
                            "container": None}
 
 

@@ -19,7 +19,7 @@ from kmatrix import cli, cpio, debian, guest, initramfs, table  # noqa: E402
 
 FEATURES = ("ringbuf", "tp_btf", "btf_vmlinux", "map_batch", "bpf_atomics", "recursion_misses",
             "get_current_task_btf", "perf_event_link", "task_pt_regs", "sched_exit_group_dead",
-            "cgroup_kill", "fentry")
+            "cgroup_kill", "fentry", "pidfd_thread")
 
 
 def test_shipped_table_uses_exactly_the_feature_names_of_sigscope_bpf_features() -> None:
@@ -146,7 +146,7 @@ def test_guest_env_passes_ci_and_the_table_row(monkeypatch: pytest.MonkeyPatch) 
     k = table.load_table().kernels["x86_64/6.1"]
     monkeypatch.setenv("CI", "true")
     assert cli.guest_env(k) == {"CI": "true", "SIGSCOPE_KMATRIX_KERNEL": "x86_64/6.1",
-                                "SIGSCOPE_EXPECT_MISSING": "sched_exit_group_dead"}
+                                "SIGSCOPE_EXPECT_MISSING": "sched_exit_group_dead,pidfd_thread"}
     monkeypatch.delenv("CI")
     assert "CI" not in cli.guest_env(k)
 

@@ -133,7 +133,7 @@ TRACE_MODULES = {
     "sigscope.model", "sigscope.model.event", "sigscope.model.filters", "sigscope.model.record",
     "sigscope.model.signals", "sigscope.outputs", "sigscope.outputs.trace", "sigscope.programs",
     "sigscope.programs.common", "sigscope.programs.context", "sigscope.programs.signal",
-    "sigscope.programs.task",
+    "sigscope.programs.task", "sigscope.programs.entry_regs",
     "sigscope.bpf", "sigscope.bpf.asm", "sigscope.bpf.attach", "sigscope.bpf.btf_scan",
     "sigscope.bpf.arch", "sigscope.bpf.features", "sigscope.bpf.maps", "sigscope.bpf.privileges",
     "sigscope.bpf.program", "sigscope.bpf.readers", "sigscope.bpf.readers.perfbuf",

@@ -128,7 +128,7 @@ def test_text_shows_what_a_send_that_reached_nobody_addressed(tmp_path: Path) ->
             for e in events[:3]] == [-99999, 4194304, -1]
     assert events[0].to_dict()["target"] == {"pid": None, "tid": None, "comm": None,
                                            "cgroup_id": None, "ns_pid": None, "ns_tid": None,
-                                           "container": None}
+                                           "source": None, "container": None}
 
     by_lines = io.StringIO()
     TextWriter(by_lines).runs(Decoder(ProcResolver(str(proc)), wall_offset_ns=7).runs(batch))

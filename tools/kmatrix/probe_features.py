@@ -214,6 +214,15 @@ def probe_sched_exit_group_dead() -> tuple[bool, str]:
     return "group_dead" in fields, " ".join(fields[4:])
 
 
+def probe_pidfd_thread() -> tuple[bool, str]:
+    # pidfd_open is 434 on x86_64 and arm64; PIDFD_THREAD = O_EXCL (0o200).
+    fd = libc.syscall(ctypes.c_long(434), ctypes.c_long(os.getpid()), ctypes.c_long(0o200))
+    if fd < 0:
+        return False, os.strerror(ctypes.get_errno())
+    close(fd)
+    return True, "thread pidfd"
+
+
 PROBES = {
     "ringbuf": probe_ringbuf, "tp_btf": probe_tp_btf, "btf_vmlinux": probe_btf_vmlinux,
     "map_batch": probe_map_batch, "bpf_atomics": probe_bpf_atomics,
@@ -221,6 +230,7 @@ PROBES = {
     "get_current_task_btf": probe_get_current_task_btf,
     "perf_event_link": probe_perf_event_link, "task_pt_regs": probe_task_pt_regs,
     "sched_exit_group_dead": probe_sched_exit_group_dead, "fentry": probe_fentry,
+    "pidfd_thread": probe_pidfd_thread,
 }
 
 

@@ -244,6 +244,26 @@ def _probe_cgroup_kill() -> bool:
         return False
 
 
+# include/uapi/linux/pidfd.h: PIDFD_THREAD is O_EXCL (asm-generic/fcntl.h 00000200, also x86).
+PIDFD_THREAD = 0o200
+
+
+def _probe_pidfd_thread() -> bool:
+    """pidfd_open(2) of this thread with PIDFD_THREAD (kernel/pid.c): EINVAL before 6.9."""
+    import os
+
+    from sigscope.bpf.arch import syscall_numbers
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    fd = libc.syscall(ctypes.c_long(syscall_numbers().pidfd_open), ctypes.c_long(os.getpid()),
+                      ctypes.c_long(PIDFD_THREAD))
+    if fd < 0:
+        return False
+    os.close(fd)
+    return True
+
+
 FEATURES: dict[str, Feature] = {f.name: f for f in (
     Feature("bpf_tracepoint", "4.7", "BPF programs on tracepoints (BPF_PROG_TYPE_TRACEPOINT)",
             _probe_bpf_tracepoint, essential=True),
@@ -271,6 +291,8 @@ FEATURES: dict[str, Feature] = {f.name: f for f in (
             needs_btf=True),
     Feature("sched_exit_group_dead", "6.16", "sched:sched_process_exit has a group_dead field",
             _probe_sched_exit_group_dead),
+    Feature("pidfd_thread", "6.9", "pidfd_open(2) with PIDFD_THREAD (a pidfd for one thread)",
+            _probe_pidfd_thread),
 )}
 
 

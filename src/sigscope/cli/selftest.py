@@ -68,7 +68,7 @@ def _fate_roundtrip() -> tuple[str | None, str | None]:
 
 def describe_paths() -> list[str]:
     """The paths sigscope takes on this kernel, one line each (chosen from features)."""
-    from sigscope.programs import context
+    from sigscope.programs import context, entry_regs
     from sigscope.programs import fate as fate_probes
     from sigscope.programs import signal as probes
     from sigscope.programs.task import task_layout
@@ -82,6 +82,11 @@ def describe_paths() -> list[str]:
                       else "ioctl PERF_EVENT_IOC_SET_BPF (no perf_event_link)"),
         "sender fields: " + ("task_struct via BTF (get_current_task_btf)"
                              if task_layout() is not None else "helper calls"),
+        "syscall entry: " + ("read from the sender's saved user registers at signal_generate "
+                             "and sys_exit (task_pt_regs): two probes per signal"
+                             if entry_regs.allowed(task_layout(), claim) is not None else
+                             "sys_enter tracepoints: three probes per signal (no task_pt_regs, "
+                             "get_current_task_btf, bpf_atomics or pt_regs in BTF)"),
         "signal_generate: " + ("tp_btf, recipient read from its task_struct via BTF"
                                if probes.recipient_source_is_task() else
                                "tracefs tracepoint, recipient's process from /proc "

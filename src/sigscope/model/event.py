@@ -73,8 +73,12 @@ SHAPE_FIELDS = (
     "sig", "via", "sender_pid", "sender_tid", "sender_comm", "sender_uid", "target_pid",
     "target_tid", "target_comm", "arg_pid", "arg_tid", "arg_pidfd", "code", "result", "outcome",
     "group", "stack_origin", "target_cgroup", "sender_cgroup", "sender_ns_pid", "sender_ns_tid",
-    "target_ns_pid", "target_ns_tid",
+    "target_ns_pid", "target_ns_tid", "target_source",
 )
+# Where a target pid came from (Event.target_source): read by the kernel at the event, the
+# call's own argument, looked up in /proc after the event (best effort), or the recipient
+# thread's id standing in for its process (a group signal whose thread had left /proc).
+TARGET_SOURCES = ("kernel", "args", "proc", "tid")
 # The fields that make an Event's value.
 VALUE_FIELDS = ("id", "ktime_ns", "time_ns", *SHAPE_FIELDS)
 
@@ -116,6 +120,7 @@ class Shape:
         sender_ns_tid: int | None = None,
         target_ns_pid: int | None = None,
         target_ns_tid: int | None = None,
+        target_source: str | None = None,
     ) -> None:
         self.sig = sig
         self.via = via
@@ -140,6 +145,7 @@ class Shape:
         self.sender_ns_tid = sender_ns_tid
         self.target_ns_pid = target_ns_pid
         self.target_ns_tid = target_ns_tid
+        self.target_source = target_source
         self.rendered: dict[str, str] = {}
         self.contexts: Contexts | None = None
 
@@ -206,6 +212,7 @@ class Event:
         target_ns_pid: int | None = None,
         target_ns_tid: int | None = None,
         contexts: Contexts | None = None,
+        target_source: str | None = None,
     ) -> Event:
         """An Event from field values (a Shape of its own); ``contexts``: see Shape."""
         shape = Shape(
@@ -215,7 +222,8 @@ class Event:
             arg_pidfd=arg_pidfd, code=code, result=result, outcome=outcome, group=group,
             stack_origin=stack_origin, target_cgroup=target_cgroup, sender_cgroup=sender_cgroup,
             sender_ns_pid=sender_ns_pid, sender_ns_tid=sender_ns_tid,
-            target_ns_pid=target_ns_pid, target_ns_tid=target_ns_tid)
+            target_ns_pid=target_ns_pid, target_ns_tid=target_ns_tid,
+            target_source=target_source)
         shape.contexts = contexts
         return cls(id, ktime_ns, time_ns, shape)
 
@@ -302,6 +310,13 @@ class Event:
     @property
     def target_pid(self) -> int | None:
         return self.shape.target_pid
+
+    @property
+    def target_source(self) -> str | None:
+        """Where target_pid came from: one of TARGET_SOURCES ("kernel": read at the event;
+        "args": the call's argument; "proc": /proc after the event, best effort; "tid": the
+        recipient thread's id standing in for its process), or None when target_pid is."""
+        return self.shape.target_source
 
     @property
     def target_tid(self) -> int | None:
@@ -407,6 +422,7 @@ class Event:
             "target": {"pid": self.target_pid, "tid": self.target_tid,
                        "comm": self.target_comm, "cgroup_id": self.target_cgroup,
                        "ns_pid": self.target_ns_pid, "ns_tid": self.target_ns_tid,
+                       "source": self.target_source,
                        "container": self.target_container},
             "args": {"pid": self.arg_pid, "tid": self.arg_tid, "pidfd": self.arg_pidfd},
             "code": self.code,

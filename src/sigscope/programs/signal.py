@@ -21,7 +21,7 @@ never hidden.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from sigscope.bpf import asm, btf_scan, features
@@ -31,7 +31,7 @@ from sigscope.bpf.uapi import BPF_ANY
 from sigscope.model import record as rec
 from sigscope.model.filters import Filters
 from sigscope.model.record import offset as _f
-from sigscope.programs import context
+from sigscope.programs import context, entry_regs
 from sigscope.programs.common import (
     COUNTER_INFLIGHT_FULL,
     STACK_KEY,
@@ -129,6 +129,9 @@ class ProbeConfig(NamedTuple):
     # Read the recipient from its task_struct in a BTF-typed raw tracepoint (tp_btf) where
     # the kernel has one; False forces the tracefs signal_generate (tests of the fallback).
     recipient_task: bool = True
+    # True: always the sys_enter_<call> probes (three per signal), even where the kernel lets
+    # generate and exit read the call from the saved user registers (programs/entry_regs.py).
+    entry_probes: bool = False
 
 
 # --- small shared pieces ----------------------------------------------------------------
@@ -613,13 +616,14 @@ def epilogue(out: str) -> list:
 
 # --- the programs ---------------------------------------------------------------------------
 
-def _fill_call(base: int, off0: int, call: str, enter: EventFormat, suppressed: bool,
+def _fill_call(base: int, off0: int, call: str, enter: EventFormat | None, suppressed: bool,
                uid_on_stack: bool = False) -> list:
     """Write a call's own fields into the record at base+off0 (the stack, or the thread's
     in-flight slot reused in place) and clear what a previous call left there. The sender's
     comm is already there; its uid is taken from the stack record with uid_on_stack, else
     from get_current_uid_gid. Expects r7 = pid_tgid, r9 = the signal; base must survive
-    helper calls. Clobbers r0-r5."""
+    helper calls. `enter` None: the arguments are left cleared, for the caller to write
+    (entry_regs.py reads them from the registers). Clobbers r0-r5."""
     def at(name: str) -> int:
         return off0 + _f(name)
 
@@ -649,6 +653,8 @@ def _fill_call(base: int, off0: int, call: str, enter: EventFormat, suppressed: 
         prog.append(asm.st(DW, base, at(name), 0))
     prog += [asm.st(DW, base, at("target_comm"), 0), asm.st(DW, base, at("target_comm") + 8, 0)]
     for rec_field, fmt_field in SYSCALL_ARGS[call].items():
+        if enter is None:
+            break
         fld = enter.field(fmt_field)
         prog += _load_s32(R1, R6, fld.offset, fld.size)
         prog.append(asm.stx(W if rec_field == "arg_pidfd" else DW, base, R1, at(rec_field)))
@@ -742,7 +748,13 @@ def build_signal_generate(cfg: ProbeConfig, src: Recipient | EventFormat) -> lis
         src = Recipient(src, None)
     labels, out, kernel = Labels(), "out", "kernel_generated"
     f = cfg.filters
-    prog = [*prologue(), *_lookup_inflight(cfg, kernel)]
+    regs = entry_regs.uses_regs(cfg)
+    prog = [*prologue(), *_lookup_inflight(cfg, kernel if regs is None else "unparked")]
+    if regs is not None:  # no sys_enter: a call not parked yet is read from the registers
+        parked = labels("parked")
+        prog += [asm.ja(parked), asm.label("unparked"),
+                 *entry_regs.park_at_generate(cfg, regs, src, parked, kernel, out, labels),
+                 asm.label(parked)]
     prog += [asm.ldx(W, R3, R8, _f("kind")), asm.jmp_imm("JEQ", R3, rec.KIND_IDLE, kernel)]
     # Inside a signal syscall, but for another signal (seccomp's SIGSYS, say): the kernel's own.
     prog += [*_gen_sig(src, R1), asm.ldx(W, R2, R8, _f("sig")),
@@ -862,12 +874,15 @@ def _attribute_to_call(cfg: ProbeConfig, src: Recipient, out: str, labels: Label
     return prog
 
 
-def build_sys_exit(cfg: ProbeConfig, call: str, exit_fmt: EventFormat) -> list:
+def build_sys_exit(cfg: ProbeConfig, call: str, exit_fmt: EventFormat,
+                   unparked: Callable[[Labels, str], list] | None = None) -> list:
     """sys_exit_<call>: complete the parked call with its return value and write it out; the
-    thread's in-flight record goes back to idle (it is reused by the thread's next call)."""
+    thread's in-flight record goes back to idle (it is reused by the thread's next call).
+    `unparked(labels, out)`: what to do when no call is parked (entry_regs.exit_unparked);
+    None: nothing."""
     labels, out, idle = Labels(), "out", "idle"
     f = cfg.filters
-    prog = [*prologue(), *_lookup_inflight(cfg, out)]
+    prog = [*prologue(), *_lookup_inflight(cfg, out if unparked is None else "unparked")]
     prog += [asm.ldx(W, R1, R8, _f("kind")), asm.jmp_imm("JEQ", R1, rec.KIND_IDLE, out),
              asm.jmp_imm("JEQ", R1, rec.KIND_SUPPRESSED, idle)]
     ret = exit_fmt.field("ret")
@@ -893,6 +908,8 @@ def build_sys_exit(cfg: ProbeConfig, call: str, exit_fmt: EventFormat) -> list:
              asm.label(timed)]
     prog += cfg.output.write(R8, labels)
     prog += [asm.label(idle), *_release_inflight(cfg)]
+    if unparked is not None:
+        prog += [asm.ja(out), asm.label("unparked"), *unparked(labels, out)]
     return prog + epilogue(out)
 
 
@@ -916,6 +933,10 @@ def signal_probe_plans(cfg: ProbeConfig, prefix: str = "") -> Iterator[ProgramPl
     so one program serves every sys_exit tracepoint whose `ret` field sits at the same offset
     (all of them, on every kernel so far): fewer programs to verify at start-up."""
     calls = syscalls_to_trace(cfg.filters)
+    regs = entry_regs.uses_regs(cfg)
+    if regs is not None:
+        yield from _regs_probe_plans(cfg, regs, calls, prefix)
+        return
     exits: dict[int, list[str]] = {}
     for call in calls:
         ret = event_format("syscalls", f"sys_exit_{call}").field("ret")
@@ -933,3 +954,25 @@ def signal_probe_plans(cfg: ProbeConfig, prefix: str = "") -> Iterator[ProgramPl
         event = f"sys_enter_{call}"
         yield ProgramPlan(f"{prefix}e_{call}"[:15], Role.ENTRY, (("syscalls", event),),
                           build_sys_enter(cfg, call, event_format("syscalls", event)))
+
+
+def _regs_probe_plans(cfg: ProbeConfig, regs: entry_regs.RegsLayout, calls: tuple[str, ...],
+                      prefix: str) -> Iterator[ProgramPlan]:
+    """signal_probe_plans without sys_enter (entry_regs.py): an exit program per call (each
+    builds its own call's record when nothing was parked), then generate."""
+    for call in calls:
+        event = f"sys_exit_{call}"
+        fmt = event_format("syscalls", event)
+        unparked = entry_regs.exit_unparked(cfg, regs, call, fmt.field("ret").offset)
+        yield ProgramPlan(f"{prefix}x_{call}"[:15], Role.EXIT, (("syscalls", event),),
+                          build_sys_exit(cfg, call, fmt, unparked))
+    src = recipient_source(cfg)
+    yield ProgramPlan(f"{prefix}generate"[:15], Role.GENERATE,
+                      ((TP_BTF if src.tp_btf else "signal", "signal_generate"),),
+                      build_signal_generate(cfg, src))
+
+
+def entry_path(cfg: ProbeConfig) -> str:
+    """Which way the probes of `cfg` learn a call, for selftest: 'registers' (two probes per
+    signal, entry_regs.py) or 'sys_enter' (three)."""
+    return "registers" if entry_regs.uses_regs(cfg) is not None else "sys_enter"
