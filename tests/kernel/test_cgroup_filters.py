@@ -109,6 +109,7 @@ def run(world: World, path: str, cgroups: list[tuple[int, int]]) -> set[tuple]:
         kill(w.docker, NOBODY)                # docker -> nobody (ESRCH)
         kill(w.cron, NOBODY)                  # cron -> nobody
         kill(None, -w.docker_leader.pid)      # outside -> a group: one docker, one cron
+        kill(w.docker, -w.docker_leader.pid)  # docker -> the same group: both kept with it
         assert w.docker.command("pipe") == "ok"   # the kernel's SIGPIPE in docker
         assert w.cron.command("pipe") == "ok"     # and in cron
     finally:
@@ -134,6 +135,7 @@ def expected(world: World, sender_in: set[int], recipient_in: set[int],
              ("kill", w.docker.pid, NOBODY, NOBODY),
              ("kill", w.cron.pid, NOBODY, NOBODY),
              *[("kill", ME, member, -w.docker_leader.pid) for member in group],
+             *[("kill", w.docker.pid, member, -w.docker_leader.pid) for member in group],
              ("kernel", w.docker.pid, w.docker.pid, None),
              ("kernel", w.cron.pid, w.cron.pid, None)]
     return {s for s in sends

@@ -81,9 +81,9 @@ examples:
   sigscope trace -c oracle -j       # sends by 'oracle' processes, as JSON Lines
   sigscope trace -d 10 -t           # ten seconds, relative timestamps
   sigscope trace --containers -s TERM,KILL  # who stops which container
-  sigscope trace --cgroup /system.slice/docker-4f1c...scope
+  sigscope trace --cgroup /system.slice/nginx.service
                                     # signals sent from or to that cgroup (and below it)
-  sigscope trace --container 4f1c2a # sent from or to the container whose id starts so
+  sigscope trace --container 4f1c2a # from or to the container whose id starts with 4f1c2a
 
 Filter options may be repeated: their lists add up (-s USR1 -s USR2 is -s USR1,USR2).
 Command names and other strings from processes are printed with control and non-printable
