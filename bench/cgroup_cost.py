@@ -14,12 +14,13 @@ table shows medians; the process goes back to its cgroup and the cgroups are rem
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import statistics
 import sys
 from pathlib import Path
+
+from kill_self import arguments, rotated_rounds, traced
 
 from sigscope import cgroup_filter
 from sigscope.bpf.program import RunTimeStats
@@ -34,22 +35,12 @@ def one_run(cgroups: list[tuple[int, int]], count: int) -> float:
     me = os.getpid()
     tracer = Tracer(make_filters(signals={signal.SIGUSR1}, pids=[me], vias=["kill"],
                                  cgroups=cgroups), buffer_size=64 << 20)
-    with tracer:
-        tracer.start()
-        before = {p.name: p.info() for p in tracer._programs}
-        for _ in range(count):
-            os.kill(me, signal.SIGUSR1)
-        after = {p.name: p.info() for p in tracer._programs}
-        while tracer.poll(0):
-            pass
-    return sum(after[n].run_time_ns - before[n].run_time_ns for n in after) / count
+    spent, _, _ = traced(tracer, count)
+    return sum(spent.values()) / count
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", "--count", type=int, default=200_000)
-    parser.add_argument("-r", "--rounds", type=int, default=5)
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, argv)
     mount = cgroup2_mount()
     if mount is None:
         print("no cgroup v2 hierarchy mounted", file=sys.stderr)
@@ -63,17 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     for directory in made:
         directory.mkdir()
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    results: dict[str, list[float]] = {v: [] for v in VARIANTS}
     try:
         (made[1] / "cgroup.procs").write_text(str(os.getpid()))
         filters = {"none": [], "own cgroup": [cgroup_filter.of_path(f"{top}/inner")],
                    "parent cgroup": [cgroup_filter.of_path(top)],
                    "no match": [cgroup_filter.of_path(f"{top}/sibling")]}
         with RunTimeStats():
-            for index in range(args.rounds):
-                shift = index % len(VARIANTS)
-                for variant in VARIANTS[shift:] + VARIANTS[:shift]:
-                    results[variant].append(one_run(filters[variant], args.count))
+            results = rotated_rounds(VARIANTS, args.rounds,
+                                     lambda variant: one_run(filters[variant], args.count))
     finally:
         (point / home.lstrip("/") / "cgroup.procs").write_text(str(os.getpid()))
         for directory in reversed(made):

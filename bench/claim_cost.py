@@ -11,11 +11,12 @@ alternate within each round, so machine noise hits both alike; the table shows t
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import statistics
 import sys
+
+from kill_self import arguments, traced
 
 from sigscope.bpf.program import RunTimeStats
 from sigscope.programs import signal as probes
@@ -29,31 +30,22 @@ def one_run(claim: str, count: int, top: bool) -> tuple[float, int]:
     filters = make_filters(signals={signal.SIGUSR1}, pids=[me], vias=["kill"])
     session = (Counter(filters, claim=claim) if top
                else Tracer(filters, buffer_size=64 << 20, claim=claim))
-    with session:
-        session.start()
-        before = {p.name: p.info() for p in session._programs}
-        for _ in range(count):
-            os.kill(me, signal.SIGUSR1)
-        after = {p.name: p.info() for p in session._programs}
-        if top:
-            seen = session.read().total
-        else:
-            seen = 0
-            while True:
-                batch = session.poll(0)
-                if not batch:
-                    break
-                seen += len(batch)
-    total_ns = sum(after[n].run_time_ns - before[n].run_time_ns for n in after)
-    return total_ns / count, seen
+
+    def seen(session: Counter | Tracer) -> int:
+        if isinstance(session, Counter):
+            return session.read().total
+        count = 0
+        while batch := session.poll(0):
+            count += len(batch)
+        return count
+
+    spent, _, got = traced(session, count, seen)
+    return sum(spent.values()) / count, got or 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", "--count", type=int, default=200_000)
-    parser.add_argument("-r", "--rounds", type=int, default=5)
-    parser.add_argument("--top", action="store_true", help="measure the counting programs")
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, argv, lambda parser: parser.add_argument(
+        "--top", action="store_true", help="measure the counting programs"))
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     results: dict[str, list[float]] = {claim: [] for claim in probes.CLAIMS}
     with RunTimeStats():

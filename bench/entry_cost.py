@@ -13,12 +13,12 @@ counts what run_time_ns leaves out: the perf-event tracepoint's own dispatch). M
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import statistics
 import sys
-import time
+
+from kill_self import arguments, rotated_rounds, traced, untraced
 
 from sigscope.bpf.program import RunTimeStats
 from sigscope.tracer import Tracer, make_filters
@@ -26,47 +26,25 @@ from sigscope.tracer import Tracer, make_filters
 PATHS = ("registers", "sys_enter")
 
 
-def untraced(count: int) -> float:
-    """Wall ns per kill(2) with nothing attached."""
-    me = os.getpid()
-    start = time.perf_counter_ns()
-    for _ in range(count):
-        os.kill(me, signal.SIGUSR1)
-    return (time.perf_counter_ns() - start) / count
-
-
 def one_run(path: str, count: int) -> tuple[float, float, int]:
-    """(all programs ns per signal, wall ns per kill, programs attached) for one run."""
+    """(all programs ns per signal, wall ns per kill, programs attached) for one run;
+    path "untraced": (0, wall, 0)."""
+    if path == "untraced":
+        return 0.0, untraced(count), 0
     me = os.getpid()
     tracer = Tracer(make_filters(signals={signal.SIGUSR1}, pids=[me], vias=["kill"]),
                     buffer_size=64 << 20, entry_probes=path == "sys_enter")
-    with tracer:
-        tracer.start()
-        before = {p.name: p.info() for p in tracer._programs}
-        start = time.perf_counter_ns()
-        for _ in range(count):
-            os.kill(me, signal.SIGUSR1)
-        wall = (time.perf_counter_ns() - start) / count
-        after = {p.name: p.info() for p in tracer._programs}
-        while tracer.poll(0):
-            pass
-    spent = sum(after[n].run_time_ns - before[n].run_time_ns for n in after)
-    return spent / count, wall, len(after)
+    spent, wall, _ = traced(tracer, count)
+    return sum(spent.values()) / count, wall, len(spent)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", "--count", type=int, default=200_000)
-    parser.add_argument("-r", "--rounds", type=int, default=5)
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, argv)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    results: dict[str, list[tuple[float, float, int]]] = {path: [] for path in PATHS}
-    base: list[float] = []
     with RunTimeStats():
-        for index in range(args.rounds):
-            base.append(untraced(args.count))
-            for path in PATHS if index % 2 == 0 else tuple(reversed(PATHS)):
-                results[path].append(one_run(path, args.count))
+        results = rotated_rounds(("untraced", *PATHS), args.rounds,
+                                 lambda path: one_run(path, args.count))
+    base = [wall for _, wall, _ in results.pop("untraced")]
     print(f"trace, kill(2) to self, {args.count} signals x {args.rounds} rounds, "
           f"{os.uname().release} {os.uname().machine}; untraced median "
           f"{statistics.median(base):.1f} ns/kill")

@@ -11,12 +11,12 @@ and all three programs together, divided by N. The table shows medians.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import statistics
 import sys
-import time
+
+from kill_self import arguments, rotated_rounds, traced, untraced
 
 from sigscope.bpf.program import RunTimeStats
 from sigscope.tracer import Tracer, make_filters
@@ -24,51 +24,28 @@ from sigscope.tracer import Tracer, make_filters
 PATHS = ("tp_btf", "tracepoint")
 
 
-def untraced(count: int) -> float:
-    """Wall ns per kill(2) with nothing attached."""
-    me = os.getpid()
-    start = time.perf_counter_ns()
-    for _ in range(count):
-        os.kill(me, signal.SIGUSR1)
-    return (time.perf_counter_ns() - start) / count
-
-
 def one_run(path: str, count: int) -> tuple[float, float, float]:
     """(generate ns per signal, all probes ns per signal, wall ns per kill) for one run. The
     wall time includes what run_time_ns leaves out: the tracefs tracepoint fills its perf
     entry before its program runs, a tp_btf program has no such step."""
+    if path == "untraced":
+        return 0.0, 0.0, untraced(count)
     me = os.getpid()
     tracer = Tracer(make_filters(signals={signal.SIGUSR1}, pids=[me], vias=["kill"]),
                     buffer_size=64 << 20)
     tracer.recipient_task = path == "tp_btf"
-    with tracer:
-        tracer.start()
-        before = {p.name: p.info() for p in tracer._programs}
-        start = time.perf_counter_ns()
-        for _ in range(count):
-            os.kill(me, signal.SIGUSR1)
-        wall = (time.perf_counter_ns() - start) / count
-        after = {p.name: p.info() for p in tracer._programs}
-        while tracer.poll(0):
-            pass
-    spent = {n: after[n].run_time_ns - before[n].run_time_ns for n in after}
+    spent, wall, _ = traced(tracer, count)
     generate = sum(v for n, v in spent.items() if "generate" in n)
     return generate / count, sum(spent.values()) / count, wall
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", "--count", type=int, default=200_000)
-    parser.add_argument("-r", "--rounds", type=int, default=5)
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, argv)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    results: dict[str, list[tuple[float, float, float]]] = {path: [] for path in PATHS}
-    base: list[float] = []
     with RunTimeStats():
-        for index in range(args.rounds):
-            base.append(untraced(args.count))
-            for path in PATHS if index % 2 == 0 else tuple(reversed(PATHS)):
-                results[path].append(one_run(path, args.count))
+        results = rotated_rounds(("untraced", *PATHS), args.rounds,
+                                 lambda path: one_run(path, args.count))
+    base = [wall for _, _, wall in results.pop("untraced")]
     print(f"trace, kill(2) to self, {args.count} signals x {args.rounds} rounds, "
           f"{os.uname().release}")
     for path, values in results.items():
