@@ -18,19 +18,15 @@ import signal
 import statistics
 import sys
 
-from kill_self import arguments, rotated_rounds, traced, untraced
+from kill_self import against_untraced, arguments, traced
 
-from sigscope.bpf.program import RunTimeStats
 from sigscope.tracer import Tracer, make_filters
 
 PATHS = ("registers", "sys_enter")
 
 
 def one_run(path: str, count: int) -> tuple[float, float, int]:
-    """(all programs ns per signal, wall ns per kill, programs attached) for one run;
-    path "untraced": (0, wall, 0)."""
-    if path == "untraced":
-        return 0.0, untraced(count), 0
+    """(all programs ns per signal, wall ns per kill, programs attached) for one run."""
     me = os.getpid()
     tracer = Tracer(make_filters(signals={signal.SIGUSR1}, pids=[me], vias=["kill"]),
                     buffer_size=64 << 20, entry_probes=path == "sys_enter")
@@ -40,11 +36,7 @@ def one_run(path: str, count: int) -> tuple[float, float, int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = arguments(__doc__, argv)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    with RunTimeStats():
-        results = rotated_rounds(("untraced", *PATHS), args.rounds,
-                                 lambda path: one_run(path, args.count))
-    base = [wall for _, wall, _ in results.pop("untraced")]
+    results, base = against_untraced(PATHS, args, one_run)
     print(f"trace, kill(2) to self, {args.count} signals x {args.rounds} rounds, "
           f"{os.uname().release} {os.uname().machine}; untraced median "
           f"{statistics.median(base):.1f} ns/kill")

@@ -68,3 +68,25 @@ def rotated_rounds(variants: Sequence[str], rounds: int,
         for variant in (*variants[shift:], *variants[:shift]):
             results[variant].append(one_run(variant))
     return results
+
+
+def against_untraced(paths: Sequence[str], args: argparse.Namespace,
+                     one_run: Callable[[str, int], T]) -> tuple[dict[str, list[T]], list[float]]:
+    """The rotated rounds of one_run(path, args.count) for every path and of the untraced
+    pass, with SIGUSR1 ignored and run-time statistics on: (results per path, the untraced
+    wall ns per kill of each round, in round order)."""
+    from sigscope.bpf.program import RunTimeStats
+
+    base: list[float] = []
+
+    def run(path: str) -> Any:
+        if path == "untraced":
+            base.append(untraced(args.count))
+            return None
+        return one_run(path, args.count)
+
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    with RunTimeStats():
+        results = rotated_rounds(("untraced", *paths), args.rounds, run)
+    del results["untraced"]
+    return results, base

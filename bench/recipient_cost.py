@@ -16,9 +16,8 @@ import signal
 import statistics
 import sys
 
-from kill_self import arguments, rotated_rounds, traced, untraced
+from kill_self import against_untraced, arguments, traced
 
-from sigscope.bpf.program import RunTimeStats
 from sigscope.tracer import Tracer, make_filters
 
 PATHS = ("tp_btf", "tracepoint")
@@ -28,8 +27,6 @@ def one_run(path: str, count: int) -> tuple[float, float, float]:
     """(generate ns per signal, all probes ns per signal, wall ns per kill) for one run. The
     wall time includes what run_time_ns leaves out: the tracefs tracepoint fills its perf
     entry before its program runs, a tp_btf program has no such step."""
-    if path == "untraced":
-        return 0.0, 0.0, untraced(count)
     me = os.getpid()
     tracer = Tracer(make_filters(signals={signal.SIGUSR1}, pids=[me], vias=["kill"]),
                     buffer_size=64 << 20)
@@ -41,11 +38,7 @@ def one_run(path: str, count: int) -> tuple[float, float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     args = arguments(__doc__, argv)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    with RunTimeStats():
-        results = rotated_rounds(("untraced", *PATHS), args.rounds,
-                                 lambda path: one_run(path, args.count))
-    base = [wall for _, _, wall in results.pop("untraced")]
+    results, base = against_untraced(PATHS, args, one_run)
     print(f"trace, kill(2) to self, {args.count} signals x {args.rounds} rounds, "
           f"{os.uname().release}")
     for path, values in results.items():
