@@ -64,7 +64,9 @@ def _root_depth(mount: CgroupMount) -> int:
 def relative_path(path: str, mount: CgroupMount) -> str:
     """``path`` as a path below the hierarchy's root (``/system.slice/x.scope``): a
     filesystem path under the mount point loses that prefix; anything else is taken as
-    relative to the hierarchy. Raises CgroupFilterError for '..' components."""
+    relative to the hierarchy. Raises CgroupFilterError for an empty path or '..' components."""
+    if not path.strip():
+        raise CgroupFilterError("cgroups= '': an empty cgroup path (the hierarchy's root is '/')")
     point = mount.mount_point.rstrip("/")
     absolute = path.rstrip("/") or "/"
     if absolute == point:
@@ -86,6 +88,8 @@ def of_path(path: str, mount: CgroupMount | None | str = "auto") -> tuple[int, i
     root = _root_depth(found)
     relative = relative_path(path, found)
     directory = found.mount_point.rstrip("/") + (relative if relative != "/" else "") or "/"
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise CgroupFilterError(f"cgroups= {escape(path)}: not a cgroup directory")
     if not os.path.isfile(os.path.join(directory, "cgroup.procs")):
         raise CgroupFilterError(f"cgroups= {escape(path)}: no such cgroup in the cgroup v2 "
                                 f"hierarchy at {escape(found.mount_point)}")

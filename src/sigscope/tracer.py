@@ -510,6 +510,8 @@ def trace(
     follow_signalfd: bool = True,
     containers: bool = True,
     cgroups: Iterable[tuple[int, int]] = (),
+    host_root: str = "/",
+    entry_probes: bool | None = None,
 ) -> Tracer:
     """A Tracer with the same filters as the ``sigscope trace`` command line.
 
@@ -530,12 +532,15 @@ def trace(
     the contexts are None.
     ``cgroups``: (cgroup v2 id, level) pairs (``sigscope.cgroup_filter.of_path`` and
     ``of_container``); a signal matches when its sender's or recipient's cgroup is one of
-    them or below one.
+    them or below one. ``host_root``: the directory the container names' files are read
+    under (``--host-root``). ``entry_probes=True`` attaches the sys_enter probes even where
+    the kernel allows two programs per signal (``Tracer``).
     """
     return Tracer(
         make_filters(signals, exclude_signals, pids, target_ids, comm, vias, failed_only,
                      kill_only, cgroups),
         buffer=buffer, buffer_size=buffer_size, duration=duration, fate=fate,
-        follow_signalfd=follow_signalfd, containers=containers,
+        follow_signalfd=follow_signalfd, containers=containers, host_root=host_root,
+        entry_probes=entry_probes,
     )
 

@@ -97,6 +97,12 @@ def test_bad_paths_and_prefixes_are_usage_errors(tmp_path) -> None:
     for path in ("/no/such", "/plain"):
         with pytest.raises(cgroup_filter.CgroupFilterError, match="no such cgroup"):
             cgroup_filter.of_path(path, mount)
+    (tmp_path / "plain" / "cgroup.procs").write_text("")  # now a cgroup; its file is not
+    with pytest.raises(cgroup_filter.CgroupFilterError, match="not a cgroup directory"):
+        cgroup_filter.of_path("/plain/cgroup.procs", mount)
+    for empty in ("", "  "):  # not the root, which is spelled "/"
+        with pytest.raises(cgroup_filter.CgroupFilterError, match="empty cgroup path"):
+            cgroup_filter.of_path(empty, mount)
     for prefix in ("", "XYZ", "a" * 65, "abc/def"):
         with pytest.raises(cgroup_filter.CgroupFilterError, match="lowercase hex"):
             cgroup_filter.of_container(prefix)

@@ -91,3 +91,18 @@ def test_make_filters() -> None:
     assert [excluding.wants_signal(n) for n in (17, 10, 0, 65, -1)] == [
         False, True, True, True, True]
     assert not make_filters(signals="USR1", exclude_signals="CHLD").wants_signal(65)
+
+
+def test_trace_passes_host_root_and_entry_probes_to_its_tracer() -> None:
+    from sigscope.tracer import trace
+
+    built = trace(signals="USR1", host_root="/srv/host", entry_probes=True)
+    try:
+        assert (built.host_root, built.entry_probes) == ("/srv/host", True)
+    finally:
+        built.close()
+    default = trace()
+    try:
+        assert (default.host_root, default.entry_probes) == ("/", False)
+    finally:
+        default.close()

@@ -632,7 +632,8 @@ def run_trace(args: argparse.Namespace) -> int:
     _print_err(f"sigscope: {tracer.records} records, {tracer.lost} lost after matching the "
                f"filters, {tracer.skipped} probe runs skipped by the kernel (unknown whether "
                "they matched)" if tracer.skipped else
-               f"sigscope: {tracer.records} records, {tracer.lost} lost")
+               f"sigscope: {tracer.records} record{'' if tracer.records == 1 else 's'}, "
+               f"{tracer.lost} lost")
     return 0
 
 
