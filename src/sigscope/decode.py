@@ -337,7 +337,7 @@ class Decoder:
         """Every Event field but id and times, from a record and its call's return value."""
         (_ktime, _call_id, kind, _nemitted, _ret, arg_pid, arg_tid, via_code, sender_tgid,
          sender_tid, sender_uid, sig, arg_pidfd, _ngen, gen_code, _gen_errno, target_tid,
-         gen_group, gen_result, _flags, kstack, target_tgid, _target_src, sender_comm,
+         gen_group, gen_result, flags, kstack, target_tgid, _target_src, sender_comm,
          target_comm, target_cgroup, sender_cgroup, sender_ns_tgid, sender_ns_tid,
          target_ns_tgid, target_ns_tid) = row
         via = _VIA_NAMES[via_code] if via_code < len(_VIA_NAMES) else str(via_code)
@@ -368,6 +368,11 @@ class Decoder:
             outcome = OUTCOMES[gen_result] if 0 <= gen_result < len(OUTCOMES) else None
             code = gen_code
             group = bool(gen_group)
+        elif flags & rec.FLAG_SENDER_NESTED_PIDNS:
+            # Nothing generated, and the arguments are numbers of the sender's own pid
+            # namespace: no host process or thread is known to be meant.
+            t_pid = t_tid = None
+            t_comm = None
         else:
             resolver = self.resolver
             t_pid, t_tid = _target_from_args(via, arg_pid, arg_tid)

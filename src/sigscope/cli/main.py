@@ -284,7 +284,8 @@ def add_filter_options(p: argparse.ArgumentParser) -> None:
                    metavar="ID[,ID]",
                    help="only signals to these processes or threads (the receiving task's "
                         "tgid or tid; a send that generated nothing matches on its "
-                        "arguments)")
+                        "arguments, unless they are numbers of the sender's own nested "
+                        "pid namespace)")
     p.add_argument("-s", "--signal", action="append", metavar="SIG[,SIG]",
                    help="only these signals (USR1, SIGUSR1, 10, SIGRTMIN+3, comma lists)")
     p.add_argument("-e", "--exclude-signal", action="append", metavar="SIG[,SIG]",

@@ -64,6 +64,9 @@ FLAG_GROUP_UNKNOWN = 4
 # A parked call (in-flight only, copied into its FANOUT records): its sender is in one of the
 # --cgroup/--container cgroups, so every recipient of the call matches that filter.
 FLAG_SENDER_IN_CGROUP = 8
+# The sender's pid namespace is not the initial one (struct pid's level > 0, read with BTF): the
+# call's pid arguments are numbers of that namespace, not host ids (programs/context.py).
+FLAG_SENDER_NESTED_PIDNS = 16
 
 # target_src: which signal_generate program filled the target fields (programs/signal.py).
 # TARGET_SRC_NONE: nothing generated. TARGET_SRC_TRACEFS: the perf-event tracepoint, which

@@ -36,7 +36,7 @@ import functools
 from typing import NamedTuple
 
 from sigscope.bpf import asm, btf_scan, features
-from sigscope.bpf.asm import DW, R0, R1, R2, R3, R6, R8, R10, W
+from sigscope.bpf.asm import DW, R0, R1, R2, R3, R4, R6, R8, R10, W
 from sigscope.errors import SetupError
 from sigscope.model import record as rec
 from sigscope.model.record import offset as _f
@@ -102,12 +102,13 @@ def sender_cgroup(base: int, off0: int) -> list:
 
 
 def _ns_nr(layout: PidLayout, btf: bool, base: int, at: int, host_at: int, unknown: str,
-           labels: Labels) -> list:
+           labels: Labels, flag_nested_at: int | None = None) -> list:
     """With r1 = a task pointer (BTF-typed when `btf`, else a plain address, read through
     bpf_probe_read_kernel): the u32 at base+at = task->thread_pid->numbers[level].nr, or at
     level 0 the u32 at base+host_at (the host id the record already holds); jump to
     `unknown` (the field left as it is) on a NULL pid or a level above MAX_PID_NS_LEVEL.
-    base must survive helper calls. Clobbers r0-r5."""
+    `flag_nested_at`: the u32 flags at base+flag_nested_at get FLAG_SENDER_NESTED_PIDNS
+    when the level is above 0. base must survive helper calls. Clobbers r0-r5."""
     host, read = labels("ns_host"), labels("ns_read")
     if btf:
         prog = [asm.ldx(DW, R2, R1, layout.thread_pid), asm.jmp_imm("JEQ", R2, 0, unknown),
@@ -119,9 +120,13 @@ def _ns_nr(layout: PidLayout, btf: bool, base: int, at: int, host_at: int, unkno
                 *read_kernel_value(R0, layout.pid_level, unknown, size=4),
                 asm.mov64_reg(R3, R0),
                 asm.ldx(DW, R2, R10, STACK_SCRATCH)]
+    prog.append(asm.jmp_imm("JEQ", R3, 0, host))
+    if flag_nested_at is not None:
+        prog += [asm.ldx(W, R4, base, flag_nested_at),
+                 asm.alu32_imm("OR", R4, rec.FLAG_SENDER_NESTED_PIDNS),
+                 asm.stx(W, base, R4, flag_nested_at)]
     return [
         *prog,
-        asm.jmp_imm("JEQ", R3, 0, host),
         asm.jmp_imm("JGT", R3, MAX_PID_NS_LEVEL, unknown),
         asm.alu64_imm("MUL", R3, layout.upid_size),
         asm.alu64_imm("ADD", R3, layout.pid_numbers + layout.upid_nr),
@@ -160,7 +165,8 @@ def _ns_ids(layout: PidLayout, btf: bool, load_task: list, base: int, off0: int,
         asm.st(W, base, at(f"{side}_ns_tid"), 0),
         asm.st(W, base, at(f"{side}_ns_tgid"), 0),
         *load_task,
-        *_ns_nr(layout, btf, base, at(f"{side}_ns_tid"), at(f"{side}_tid"), done_tid, labels),
+        *_ns_nr(layout, btf, base, at(f"{side}_ns_tid"), at(f"{side}_tid"), done_tid, labels,
+                at("flags") if side == "sender" else None),
         asm.label(done_tid),
         *leader,
         *_ns_nr(layout, btf, base, at(f"{side}_ns_tgid"), at(f"{side}_tgid"), done, labels),

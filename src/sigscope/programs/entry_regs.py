@@ -254,13 +254,7 @@ def exit_unparked(cfg, layout: RegsLayout, call: str, ret_offset: int) -> Callab
                 *sp.signal_filter(R9, f.signals, out, labels, f.excluded_signals)]
         if f.failed_only:
             prog += [asm.ldx(DW, R1, R6, ret_offset), asm.jmp_imm("JSGE", R1, 0, out)]
-        prog += [*sp.zero_stack_record(), *stage_args(layout, call, R8, STACK_RECORD)]
-        if f.target_ids:
-            keep = labels("target_keep")
-            for name in ("arg_pid", "arg_tid"):
-                prog += [asm.ldx(DW, R1, R10, STACK_RECORD + _f(name))]
-                prog += [asm.jmp_imm("JEQ", R1, i, keep) for i in sorted(f.target_ids)]
-            prog += [asm.ja(out), asm.label(keep)]
+        prog += [*sp.zero_stack_record()]
         prog += task_sender_to_stack(cfg.task, f.comm_bytes(), out, labels)
         if f.cgroups:  # a send that generated nothing matches --cgroup by its sender alone
             keep = labels("cgroup_keep")
@@ -270,8 +264,12 @@ def exit_unparked(cfg, layout: RegsLayout, call: str, ret_offset: int) -> Callab
         prog += [*sp._fill_call(R10, STACK_RECORD, call, None, False, uid_on_stack=True),
                  *context.sender_cgroup(R10, STACK_RECORD),
                  *context.sender_ns_ids(R10, STACK_RECORD, True, labels),
-                 *stage_args(layout, call, R8, STACK_RECORD),
-                 asm.ldx(DW, R1, R6, ret_offset), asm.stx(DW, R10, R1, STACK_RECORD + _f("ret")),
+                 *stage_args(layout, call, R8, STACK_RECORD)]
+        if f.target_ids:  # -T by the arguments, as a parked call without recipients
+            keep = labels("target_keep")
+            prog += [*sp.args_match_targets(R10, STACK_RECORD, f.target_ids, keep, out),
+                     asm.label(keep)]
+        prog += [asm.ldx(DW, R1, R6, ret_offset), asm.stx(DW, R10, R1, STACK_RECORD + _f("ret")),
                  asm.mov64_reg(R9, R10), asm.alu64_imm("ADD", R9, STACK_RECORD),
                  *cfg.output.write(R9, labels), asm.ja(out)]
         return prog

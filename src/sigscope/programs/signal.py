@@ -895,11 +895,8 @@ def build_sys_exit(cfg: ProbeConfig, call: str, exit_fmt: EventFormat,
         keep = labels("target_keep")
         prog += [asm.ldx(W, R1, R8, _f("ngen")), asm.jmp_imm("JNE", R1, 0, keep),
                  asm.ldx(W, R1, R8, _f("flags")),
-                 asm.jmp_imm("JSET", R1, rec.FLAG_RECIPIENT_FILTERED, idle)]
-        for name in ("arg_pid", "arg_tid"):
-            prog += [asm.ldx(DW, R1, R8, _f(name))]
-            prog += [asm.jmp_imm("JEQ", R1, i, keep) for i in sorted(f.target_ids)]
-        prog += [asm.ja(idle), asm.label(keep)]
+                 asm.jmp_imm("JSET", R1, rec.FLAG_RECIPIENT_FILTERED, idle),
+                 *args_match_targets(R8, 0, f.target_ids, keep, idle), asm.label(keep)]
     # A call with recipients keeps the generation time; one without gets the exit time.
     timed = labels("timed")
     prog += [asm.stx(DW, R8, R9, _f("ret")),
@@ -911,6 +908,20 @@ def build_sys_exit(cfg: ProbeConfig, call: str, exit_fmt: EventFormat,
     if unparked is not None:
         prog += [asm.ja(out), asm.label("unparked"), *unparked(labels, out)]
     return prog + epilogue(out)
+
+
+def args_match_targets(base: int, off0: int, ids: frozenset[int], keep: str,
+                       drop: str) -> list:
+    """-T for a call that generated nothing (its record at base+off0): jump to keep when its
+    pid arguments name one of `ids`, else to drop. A sender in a nested pid namespace
+    (FLAG_SENDER_NESTED_PIDNS) passed that namespace's numbers, which no host id matches.
+    Clobbers r1."""
+    prog = [asm.ldx(W, R1, base, off0 + _f("flags")),
+            asm.jmp_imm("JSET", R1, rec.FLAG_SENDER_NESTED_PIDNS, drop)]
+    for name in ("arg_pid", "arg_tid"):
+        prog += [asm.ldx(DW, R1, base, off0 + _f(name))]
+        prog += [asm.jmp_imm("JEQ", R1, i, keep) for i in sorted(ids)]
+    return [*prog, asm.ja(drop)]
 
 
 def syscalls_to_trace(filters: Filters) -> tuple[str, ...]:
