@@ -29,7 +29,8 @@ STACK_RECORD = -rec.RECORD_SIZE                 # one record being built
 STACK_KEY = STACK_RECORD - 8                   # u32 map key (tid or counter index)
 STACK_TASK = STACK_KEY - 8                     # the current task_struct pointer (spilled)
 STACK_SCRATCH = STACK_TASK - 8                 # a kernel pointer kept across a helper call
-STACK_USED = -STACK_SCRATCH                     # bytes of stack these programs use
+STACK_TIMED = STACK_SCRATCH - 8                # u64: the parked call's ktime is this event's
+STACK_USED = -STACK_TIMED                       # bytes of stack these programs use
 
 # Slots of the per-CPU `counters` array (u64 each; programs/count.py adds one after these).
 COUNTER_LOST = 0            # a record could not be written (buffer full)

@@ -1,9 +1,10 @@
 """A record's container context, read in the kernel at the event: the sender's cgroup v2 id and
 both sides' pids in their own (innermost) pid namespace.
 
-* ``sender_cgroup``: ``bpf_get_current_cgroup_id()`` (kernel/bpf/helpers.c: the kernfs node id
-  of the current task's cgroup in the default, v2, hierarchy; 4.18), on every CALL, FANOUT
-  (copied from its parked CALL) and KERNEL record.
+* ``sender_cgroup``: what ``bpf_get_current_cgroup_id()`` returns (kernel/bpf/helpers.c: the
+  kernfs node id of the current task's cgroup in the default, v2, hierarchy; 4.18), on every
+  CALL, FANOUT (copied from its parked CALL) and KERNEL record; read through the BTF-typed
+  current task with direct loads where the program has it, else by the helper.
 * ``sender_ns_tgid``/``sender_ns_tid`` and, in the tp_btf signal_generate program,
   ``target_ns_tgid``/``target_ns_tid``: ``task->thread_pid->numbers[level].nr`` for the thread and
   the same through ``task->group_leader`` for the process, where ``level`` is
@@ -90,15 +91,28 @@ def sender_context(base: int, off0: int, spilled: bool, cgroups: frozenset[tuple
     (sender_ns_ids) and FLAG_SENDER_IN_CGROUP (mark_sender_in_cgroups). Clobbers r0-r5."""
     # sender_ns_ids leaves the task at STACK_TASK (where there is a layout to read it with).
     on_stack = spilled or pid_layout() is not None
-    return [*sender_cgroup(base, off0), *sender_ns_ids(base, off0, spilled, labels),
+    return [*sender_cgroup(base, off0, labels, spilled),
+            *sender_ns_ids(base, off0, spilled, labels),
             *mark_sender_in_cgroups(cgroups, base, off0, labels, on_stack)]
 
 
-def sender_cgroup(base: int, off0: int) -> list:
-    """sender_cgroup of the record at base+off0 = bpf_get_current_cgroup_id(). base must
-    survive helper calls. Clobbers r0-r5."""
-    return [asm.call("get_current_cgroup_id"),
-            asm.stx(DW, base, R0, off0 + _f("sender_cgroup"))]
+def sender_cgroup(base: int, off0: int, labels: Labels, task_on_stack: bool = False) -> list:
+    """sender_cgroup of the record at base+off0: what bpf_get_current_cgroup_id() returns,
+    ``task_dfl_cgroup(current)->kn->id`` (kernel/bpf/helpers.c, include/linux/cgroup.h).
+    `task_on_stack`: the BTF-typed current task is at STACK_TASK, and the chain
+    task->cgroups->dfl_cgrp->kn->id is read with direct loads (cgroup_layout), which cost
+    less than the helper call (bench/README.md); a NULL on the way leaves 0, unknown. Else,
+    or without the layout, the helper. base must survive helper calls. Clobbers r0-r5."""
+    at = off0 + _f("sender_cgroup")
+    layout = cgroup_layout() if task_on_stack else None
+    if layout is None:
+        return [asm.call("get_current_cgroup_id"), asm.stx(DW, base, R0, at)]
+    done = labels("sender_cgroup_done")
+    prog = [asm.st(DW, base, at, 0), asm.ldx(DW, R1, R10, STACK_TASK)]
+    for off in (layout.task_cgroups, layout.dfl_cgrp, layout.kn):
+        prog += [asm.ldx(DW, R1, R1, off), asm.jmp_imm("JEQ", R1, 0, done)]
+    return [*prog, asm.ldx(DW, R1, R1, layout.kn_id), asm.stx(DW, base, R1, at),
+            asm.label(done)]
 
 
 def _ns_nr(layout: PidLayout, btf: bool, base: int, at: int, host_at: int, unknown: str,

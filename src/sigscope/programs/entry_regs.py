@@ -137,9 +137,12 @@ def _sext32(reg: int) -> list:
     return [asm.alu64_imm("LSH", reg, 32), asm.alu64_imm("ARSH", reg, 32)]
 
 
-def current_regs() -> list:
+def current_regs(task_on_stack: bool = False) -> list:
     """The current task at STACK_TASK, r0 = its saved user registers (struct pt_regs *,
-    BTF-typed). Clobbers r1-r5."""
+    BTF-typed). `task_on_stack`: the task is there already (task.task_prologue). Clobbers
+    r1-r5."""
+    if task_on_stack:
+        return [asm.ldx(DW, R1, R10, STACK_TASK), asm.call("task_pt_regs")]
     return [asm.call("get_current_task_btf"), asm.stx(DW, R10, R0, STACK_TASK),
             asm.mov64_reg(R1, R0), asm.call("task_pt_regs")]
 
@@ -205,13 +208,14 @@ def park_at_generate(cfg, layout: RegsLayout, src, parked: str, kernel: str, out
     (module docstring). Inside a traced call for the generated signal whose sender passes the
     entry filters, the call is claimed and parked in r8 and control goes to `parked`; a sender
     left out by the filters goes to `out` (the kernel branch would drop it by the same filters);
-    anything else goes to `kernel`. Expects r6 = ctx, r7 = pid_tgid."""
+    anything else goes to `kernel`. Expects r6 = ctx, r7 = pid_tgid and the current task
+    at STACK_TASK (task.task_prologue)."""
     from sigscope.programs import signal as sp
     from sigscope.programs.task import task_sender_to_stack
 
     calls = sp.syscalls_to_trace(cfg.filters)
     f = cfg.filters
-    prog = [*current_regs(), asm.mov64_reg(R8, R0)]
+    prog = [*current_regs(task_on_stack=True), asm.mov64_reg(R8, R0)]
     checks, targets = _in_call(layout, calls, R8, kernel, labels)
     prog += checks
     full = labels("inflight_full")
@@ -262,7 +266,7 @@ def exit_unparked(cfg, layout: RegsLayout, call: str, ret_offset: int) -> Callab
                      asm.ja(out), asm.label(keep)]
         # _fill_call clears the arguments: they are kept in r8's registers and put back after.
         prog += [*sp._fill_call(R10, STACK_RECORD, call, None, False, uid_on_stack=True),
-                 *context.sender_cgroup(R10, STACK_RECORD),
+                 *context.sender_cgroup(R10, STACK_RECORD, labels, task_on_stack=True),
                  *context.sender_ns_ids(R10, STACK_RECORD, True, labels),
                  *stage_args(layout, call, R8, STACK_RECORD)]
         if f.target_ids:  # -T by the arguments, as a parked call without recipients

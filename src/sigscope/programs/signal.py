@@ -36,6 +36,7 @@ from sigscope.programs.common import (
     COUNTER_INFLIGHT_FULL,
     STACK_KEY,
     STACK_RECORD,
+    STACK_TIMED,
     Labels,
     Output,
     ProgramPlan,
@@ -749,12 +750,19 @@ def build_signal_generate(cfg: ProbeConfig, src: Recipient | EventFormat) -> lis
     labels, out, kernel = Labels(), "out", "kernel_generated"
     f = cfg.filters
     regs = entry_regs.uses_regs(cfg)
-    prog = [*prologue(), *_lookup_inflight(cfg, kernel if regs is None else "unparked")]
-    if regs is not None:  # no sys_enter: a call not parked yet is read from the registers
-        parked = labels("parked")
-        prog += [asm.ja(parked), asm.label("unparked"),
-                 *entry_regs.park_at_generate(cfg, regs, src, parked, kernel, out, labels),
-                 asm.label(parked)]
+    if regs is None:
+        prog = [*prologue(), *_lookup_inflight(cfg, kernel)]
+    else:
+        # No sys_enter: a call not parked yet is read from the registers and parked here, its
+        # ktime taken once for the call and this first recipient (STACK_TIMED).
+        assert cfg.task is not None  # uses_regs() needs the sender's task layout
+        parked, parked_now = labels("parked"), labels("parked_now")
+        prog = [*task_prologue(cfg.task), *_lookup_inflight(cfg, "unparked"),
+                asm.st(DW, R10, STACK_TIMED, 0), asm.ja(parked),
+                asm.label("unparked"),
+                *entry_regs.park_at_generate(cfg, regs, src, parked_now, kernel, out, labels),
+                asm.label(parked_now), asm.st(DW, R10, STACK_TIMED, 1),
+                asm.label(parked)]
     prog += [asm.ldx(W, R3, R8, _f("kind")), asm.jmp_imm("JEQ", R3, rec.KIND_IDLE, kernel)]
     # Inside a signal syscall, but for another signal (seccomp's SIGSYS, say): the kernel's own.
     prog += [*_gen_sig(src, R1), asm.ldx(W, R2, R8, _f("sig")),
@@ -767,7 +775,7 @@ def build_signal_generate(cfg: ProbeConfig, src: Recipient | EventFormat) -> lis
         # rejects unreachable instructions.)
         prog.append(asm.ja(out))
     else:
-        prog += _attribute_to_call(cfg, src, out, labels)
+        prog += _attribute_to_call(cfg, src, out, labels, timed_on_stack=regs is not None)
     prog.append(asm.label(kernel))
     # Kernel-generated: outside any signal syscall (or another signal than the call's).
     if not f.include_kernel:
@@ -782,7 +790,7 @@ def build_signal_generate(cfg: ProbeConfig, src: Recipient | EventFormat) -> lis
         prog += current_comm_into_stack()
         prog += _comm_filter(R10, STACK_RECORD + _f("sender_comm"), f.comm_bytes(), out)
         prog += fill_sender_into_stack()
-        prog += context.sender_cgroup(R10, STACK_RECORD)
+        prog += context.sender_cgroup(R10, STACK_RECORD, labels)
         prog += context.sender_ns_ids(R10, STACK_RECORD, False, labels)
         prog += _copy_generate_fields(R10, STACK_RECORD, src, labels)
         prog += kernel_sigkill_stack(cfg.maps.stacks, labels)  # why the kernel killed
@@ -812,8 +820,11 @@ def _recipient_filtered_out(skip: str, matched: str, out: str) -> list:
             asm.label(matched)]
 
 
-def _attribute_to_call(cfg: ProbeConfig, src: Recipient, out: str, labels: Labels) -> list:
-    """The recipient belongs to the call parked in r8: complete it or write a FANOUT record."""
+def _attribute_to_call(cfg: ProbeConfig, src: Recipient, out: str, labels: Labels,
+                       timed_on_stack: bool = False) -> list:
+    """The recipient belongs to the call parked in r8: complete it or write a FANOUT record.
+    `timed_on_stack`: a non-zero u64 at STACK_TIMED says the call was parked by this very
+    event, whose ktime it already holds (one bpf_ktime_get_ns less per call)."""
     f = cfg.filters
     prog: list = []
     if f.target_ids and src.tp_btf:
@@ -849,8 +860,11 @@ def _attribute_to_call(cfg: ProbeConfig, src: Recipient, out: str, labels: Label
     prog += [asm.ldx(W, R9, R8, _f("ngen")), asm.jmp_imm("JNE", R9, 0, fanout)]
     # First recipient: completes the parked record.
     prog += _copy_generate_fields(R8, 0, src, labels)
+    timed = labels("timed")
+    if timed_on_stack:
+        prog += [asm.ldx(DW, R1, R10, STACK_TIMED), asm.jmp_imm("JNE", R1, 0, timed)]
     prog += [asm.call("ktime_get_ns"), asm.stx(DW, R8, R0, _f("ktime_ns")),
-             asm.st(W, R8, _f("ngen"), 1), asm.ja(out)]
+             asm.label(timed), asm.st(W, R8, _f("ngen"), 1), asm.ja(out)]
     # Further recipient: a FANOUT record of its own, tied to the call by call_id.
     prog.append(asm.label(fanout))
     prog += [asm.alu64_imm("ADD", R9, 1), asm.stx(W, R8, R9, _f("ngen"))]
