@@ -226,6 +226,17 @@ def test_chosen_labels_including_pids_and_error() -> None:
     }
 
 
+def test_label_values_from_other_processes_are_escaped() -> None:
+    # A comm may carry an escape sequence, a newline or a backslash (prctl PR_SET_NAME).
+    counts = FakeCounts([row(sender_comm="ev\x1b[2Jil\nx\\y", count=5)], HEALTH)
+    collector = SignalCollector(counts, labels=("sender_comm",))
+    with serve("127.0.0.1:0", collector) as running:
+        text = scrape(running.url)
+    assert "\x1b" not in text
+    found = samples(text)
+    assert signal_samples(found) == {labels_of(sender_comm="ev\\x1b[2Jil\\nx\\\\y"): 5.0}
+
+
 def test_no_labels_gives_one_total_series() -> None:
     collector = SignalCollector(FakeCounts(list(ROWS), HEALTH), labels=parse_labels(""))
     with serve("127.0.0.1:0", collector) as running:

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 from sigscope import __version__
 from sigscope.errors import UsageError
 from sigscope.model.counts import CountRow, Health
+from sigscope.model.escape import printable
 from sigscope.outputs.exporter_base import (  # noqa: F401 (METRICS_PATH: re-exported)
     METRICS_PATH,
     ExporterError,
@@ -83,8 +84,12 @@ def _require_prometheus_client() -> Any:
 
 
 def _label_value(value: object) -> str:
+    """A label's value as exposed: comms and container names are chosen by other processes,
+    and a scrape is often read on a terminal (curl), so control and other non-printable
+    characters are escaped as in the text outputs (model/escape.py), before prometheus_client
+    escapes backslash, quote and newline for the exposition format itself."""
     # Prometheus treats an empty label value as "label not set", which is what None means here.
-    return "" if value is None else str(value)
+    return "" if value is None else printable(str(value))
 
 
 class _MonotonicCounters:
