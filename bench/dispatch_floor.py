@@ -142,12 +142,14 @@ def missing_reason(points: Iterable[Point], has: Callable[[str], bool],
 
 class Measure(NamedTuple):
     """One configuration in one round: wall ns per signal, ns per getppid (None where not
-    measured), and for the Tracer what it drained (records from loadgen, lost)."""
+    measured), and for the Tracer what it drained: records of this round's storm, records
+    lost, records of other processes named loadgen (another benchmark running meanwhile)."""
 
     signal_ns: float
     syscall_ns: float | None = None
     captured: int | None = None
     lost: int | None = None
+    others: int | None = None
 
 
 class Summary(NamedTuple):
@@ -233,9 +235,12 @@ class Workload:
         OUT_DIR.mkdir(exist_ok=True)
         self.binary = compile_loadgen(OUT_DIR)
         self.children, self.via, self.count = children, via, count
+        self.storm_pid: int | None = None  # the process of the last storm
 
     def ns_per_call(self, via: str) -> float:
         done = run_loadgen(self.children, self.binary, via, self.count)
+        if via == self.via:
+            self.storm_pid = self.children.processes[-1].pid
         if done.failed or not done.sent:
             raise BenchError(f"loadgen --via {via}: {done.failed} of {self.count} calls failed")
         return done.elapsed_s * 1e9 / done.sent
@@ -276,9 +281,15 @@ def run_tracer(workload: Workload) -> Measure:
                     buffer_size=TRACER_BUFFER_SIZE)
     with tracer:
         measure = workload.measure(True)
-        captured = sum(1 for batch in tracer.drain() for item in batch
-                       if isinstance(item, Event) and item.via == workload.via)
-    return measure._replace(captured=captured, lost=tracer.lost)
+        ours = others = 0
+        for batch in tracer.drain():
+            for item in batch:
+                if isinstance(item, Event) and item.sender_pid == workload.storm_pid \
+                        and item.via == workload.via:
+                    ours += 1
+                elif isinstance(item, Event):
+                    others += 1
+    return measure._replace(captured=ours, lost=tracer.lost, others=others)
 
 
 def tracer_missing() -> str | None:
@@ -344,8 +355,13 @@ def bench(count: int, rounds: int, via: str) -> int:
           f"{base_syscall:.0f} ns/{UNRELATED_SYSCALL}\n")
     print(signal_table(configs, results, skipped))
     if TRACER in results:
-        print(f"\n{TRACER}: records drained (captured+lost of {count:,} sent) per round: "
+        print(f"\n{TRACER}: records of the storm + lost, of {count:,} sent, per round: "
               + ", ".join(f"{m.captured:,}+{m.lost:,}" for m in results[TRACER]))
+        others = [m.others or 0 for m in results[TRACER]]
+        if any(others):
+            print(f"  and records of other processes named {LOADGEN_COMM} (another benchmark "
+                  f"ran meanwhile: the figures are not from a quiet machine): "
+                  + ", ".join(f"{n:,}" for n in others))
     print(f"\ntax on an unrelated syscall ({UNRELATED_SYSCALL}, {count:,} calls, no signal):\n")
     print(syscall_table(configs, results, skipped))
     return 0
