@@ -310,6 +310,21 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def foreign_loadgens(children: ChildRegistry) -> int:
+    """How many processes named loadgen that this bench did not start are running: another
+    benchmark sharing the CPUs (and, for the Tracer, the comm filter)."""
+    ours = {proc.pid for proc in children.processes}
+    found = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) not in ours:
+            try:
+                with open(f"/proc/{entry}/comm") as comm:
+                    found += comm.read().strip() == LOADGEN_COMM
+            except OSError:
+                pass  # exited meanwhile
+    return found
+
+
 def bench(count: int, rounds: int, via: str) -> int:
     from sigscope.bpf import features, tracefs
 
@@ -329,8 +344,11 @@ def bench(count: int, rounds: int, via: str) -> int:
         workload = Workload(children, via, count)
         workload.measure(True)  # not counted: the first exec of loadgen pays page faults
         baseline_fds = open_fds()
+        shared: list[str] = []  # the runs that started with another loadgen running
 
         def one_run(name: str) -> Measure:
+            if foreign_loadgens(children):
+                shared.append(name)
             points = configs[name]
             if points is None:
                 measure = run_tracer(workload)
@@ -364,6 +382,9 @@ def bench(count: int, rounds: int, via: str) -> int:
                   + ", ".join(f"{n:,}" for n in others))
     print(f"\ntax on an unrelated syscall ({UNRELATED_SYSCALL}, {count:,} calls, no signal):\n")
     print(syscall_table(configs, results, skipped))
+    if shared:
+        print(f"\nnote: another process named {LOADGEN_COMM} was running at the start of "
+              f"{len(shared)} of {sum(map(len, results.values()))} runs: not a quiet machine")
     return 0
 
 
