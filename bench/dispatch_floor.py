@@ -24,7 +24,12 @@ A second table is the tax on an unrelated syscall: `loadgen --via getppid` (N ca
 signal) under every configuration with a syscall tracepoint (while one has a user, every task's
 syscalls take the syscall-work path), as ns per getppid over untraced.
 
-BPF_ENABLE_STATS stays off: its accounting would add to the very cost measured here.
+Another tracer's programs on the same tracepoints would add their cost to every configuration
+(untraced included), and another loadgen takes a CPU: before each run the bench waits (up to
+--quiet-timeout s) until no process named loadgen but its own runs and no tracing BPF program
+but its own is loaded, and runs again (up to 3 tries) a run during which one appeared; runs
+that never found the machine quiet are named in a note under the tables. BPF_ENABLE_STATS
+stays off: its accounting would add to the very cost measured here.
 """
 
 from __future__ import annotations
@@ -55,12 +60,22 @@ from run import (
     run_loadgen,
 )
 
+from sigscope.bpf import uapi
+
 UNRELATED_SYSCALL = "getppid"  # loadgen --via getppid: no signal, the syscall path only
 UNTRACED = "untraced"
 TRACER = "sigscope-programs"
 TRACER_BUFFER_SIZE = 256 << 20  # holds 1M records: nothing is lost or read during a run
 TP_BTF = "tp_btf"
 PERF = "perf"
+QUIET_POLL_S = 0.25
+RETRIES = 3  # a run during which another tracer or loadgen started is run again, so often
+BPF_PROG_TYPE_RAW_TRACEPOINT_WRITABLE = 24  # uapi/linux/bpf.h (not used by sigscope itself)
+# Program types that run on a tracepoint or in a traced function.
+TRACING_PROGRAM_TYPES = frozenset((
+    uapi.BPF_PROG_TYPE_KPROBE, uapi.BPF_PROG_TYPE_TRACEPOINT, uapi.BPF_PROG_TYPE_PERF_EVENT,
+    uapi.BPF_PROG_TYPE_RAW_TRACEPOINT, BPF_PROG_TYPE_RAW_TRACEPOINT_WRITABLE,
+    uapi.BPF_PROG_TYPE_TRACING))
 
 
 @dataclass(frozen=True)
@@ -250,9 +265,11 @@ class Workload:
         return Measure(signal_ns, self.ns_per_call(UNRELATED_SYSCALL) if syscall_too else None)
 
 
-def run_empty(points: tuple[Point, ...], workload: Workload, syscall_too: bool) -> Measure:
-    """Load and attach one empty program per point, run the workload, detach and close."""
-    from sigscope.bpf import asm, features, uapi
+def run_empty(points: tuple[Point, ...], workload: Workload, syscall_too: bool,
+              own: set[int]) -> Measure:
+    """Load and attach one empty program per point, run the workload, detach and close. The
+    programs' ids are added to `own`."""
+    from sigscope.bpf import asm, features
     from sigscope.bpf.attach import attach_tp_btf, attach_tracepoint
     from sigscope.bpf.program import Program
 
@@ -268,18 +285,20 @@ def run_empty(points: tuple[Point, ...], workload: Workload, syscall_too: bool) 
             else:
                 prog = stack.enter_context(Program.load(empty, name="floor_perf"))
                 stack.enter_context(attach_tracepoint(prog, point.system, point.event))
+            own.add(prog.info().id)
         return workload.measure(syscall_too)
 
 
-def run_tracer(workload: Workload) -> Measure:
+def run_tracer(workload: Workload, own: set[int]) -> Measure:
     """The real programs: a started Tracer, not read while the workload runs, then drained
-    (counting loadgen's records) and closed."""
+    (counting loadgen's records) and closed. The programs' ids are added to `own`."""
     from sigscope.model.event import Event
     from sigscope.tracer import Tracer, make_filters
 
     tracer = Tracer(make_filters(signals={BENCH_SIGNAL}, comm=LOADGEN_COMM),
                     buffer_size=TRACER_BUFFER_SIZE)
     with tracer:
+        own.update(prog.info().id for prog in tracer._programs)
         measure = workload.measure(True)
         ours = others = 0
         for batch in tracer.drain():
@@ -310,22 +329,47 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def foreign_loadgens(children: ChildRegistry) -> int:
-    """How many processes named loadgen that this bench did not start are running: another
-    benchmark sharing the CPUs (and, for the Tracer, the comm filter)."""
-    ours = {proc.pid for proc in children.processes}
-    found = 0
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) not in ours:
-            try:
-                with open(f"/proc/{entry}/comm") as comm:
-                    found += comm.read().strip() == LOADGEN_COMM
-            except OSError:
-                pass  # exited meanwhile
-    return found
+class Quiet:
+    """Whether someone else is measuring too: a process named loadgen that this bench did
+    not start (another benchmark on the same CPUs, and records for the Tracer's comm filter),
+    or a tracing BPF program this bench did not load (another tracer: its programs run on our
+    workload's tracepoints and add their cost to every configuration, untraced included)."""
+
+    def __init__(self, children: ChildRegistry, timeout_s: float) -> None:
+        self.children = children
+        self.timeout_s = timeout_s
+        self.own_programs: set[int] = set()  # ids of the programs this bench loaded
+
+    def busy(self) -> str | None:
+        """What makes the machine not quiet now (one phrase), or None."""
+        from sigscope.bpf.program import loaded_program_ids, program_info_by_id
+
+        ours = {proc.pid for proc in self.children.processes}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) not in ours:
+                try:
+                    with open(f"/proc/{entry}/comm") as comm:
+                        if comm.read().strip() == LOADGEN_COMM:
+                            return f"another {LOADGEN_COMM} (pid {entry})"
+                except OSError:
+                    pass  # exited meanwhile
+        for prog_id in loaded_program_ids():
+            if prog_id in self.own_programs:
+                continue
+            info = program_info_by_id(prog_id)
+            if info is not None and info.type in TRACING_PROGRAM_TYPES:
+                return f"another tracer's BPF program {info.name or prog_id!r}"
+        return None
+
+    def wait(self) -> str | None:
+        """Wait up to timeout_s for a quiet machine; what still makes it busy, or None."""
+        deadline = time.monotonic() + self.timeout_s
+        while (reason := self.busy()) is not None and time.monotonic() < deadline:
+            time.sleep(QUIET_POLL_S)
+        return reason
 
 
-def bench(count: int, rounds: int, via: str) -> int:
+def bench(count: int, rounds: int, via: str, quiet_timeout_s: float) -> int:
     from sigscope.bpf import features, tracefs
 
     missing = features.missing_essentials()
@@ -343,20 +387,27 @@ def bench(count: int, rounds: int, via: str) -> int:
     try:
         workload = Workload(children, via, count)
         workload.measure(True)  # not counted: the first exec of loadgen pays page faults
+        quiet = Quiet(children, quiet_timeout_s)
         baseline_fds = open_fds()
-        shared: list[str] = []  # the runs that started with another loadgen running
+        shared: list[str] = []  # the runs that were not alone on the machine, and why
 
         def one_run(name: str) -> Measure:
-            if foreign_loadgens(children):
-                shared.append(name)
             points = configs[name]
-            if points is None:
-                measure = run_tracer(workload)
-            else:
-                # untraced measures the unrelated syscall too: the base of the second table
-                measure = run_empty(points, workload, not points or sets_syscall_work(points))
-            if open_fds() != baseline_fds:
-                raise BenchError(f"{name} left {open_fds() - baseline_fds} fds open")
+            for attempt in range(RETRIES):
+                before = quiet.wait()
+                if points is None:
+                    measure = run_tracer(workload, quiet.own_programs)
+                else:
+                    # untraced measures the unrelated syscall too: the second table's base
+                    measure = run_empty(points, workload, not points or sets_syscall_work(points),
+                                        quiet.own_programs)
+                if open_fds() != baseline_fds:
+                    raise BenchError(f"{name} left {open_fds() - baseline_fds} fds open")
+                after = quiet.busy()
+                if before is None and after is None:
+                    break
+                if attempt == RETRIES - 1:
+                    shared.append(f"{name}: {before or after}")
             return measure
 
         results = rotated_rounds([c for c in configs if c not in skipped], rounds, one_run)
@@ -383,22 +434,26 @@ def bench(count: int, rounds: int, via: str) -> int:
     print(f"\ntax on an unrelated syscall ({UNRELATED_SYSCALL}, {count:,} calls, no signal):\n")
     print(syscall_table(configs, results, skipped))
     if shared:
-        print(f"\nnote: another process named {LOADGEN_COMM} was running at the start of "
-              f"{len(shared)} of {sum(map(len, results.values()))} runs: not a quiet machine")
+        print(f"\nnote: {len(shared)} of {sum(map(len, results.values()))} runs shared the "
+              f"machine with another benchmark or tracer even after {RETRIES} tries and "
+              f"{quiet_timeout_s:g} s of waiting each: " + "; ".join(shared))
     return 0
 
 
-def via_option(parser: argparse.ArgumentParser) -> None:
+def more_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--via", choices=VIAS, default="tgkill", help="the storm's send path")
+    parser.add_argument("--quiet-timeout", type=float, default=30.0, metavar="S",
+                        help="before each run, wait up to S seconds for no other loadgen and "
+                        "no other tracer's BPF programs (default 30)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = arguments(__doc__, argv, via_option)
-    if args.count <= 0 or args.rounds <= 0:
-        print("bench: -n and -r must be positive", file=sys.stderr)
+    args = arguments(__doc__, argv, more_options)
+    if args.count <= 0 or args.rounds <= 0 or args.quiet_timeout < 0:
+        print("bench: -n and -r must be positive, --quiet-timeout not negative", file=sys.stderr)
         return 2
     try:
-        return bench(args.count, args.rounds, args.via)
+        return bench(args.count, args.rounds, args.via, args.quiet_timeout)
     except BenchError as error:
         print(f"bench: {error}", file=sys.stderr)
         return 1
