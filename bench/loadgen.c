@@ -4,7 +4,7 @@
  * Benchmark tooling for sigscope (not part of the installed package). Build with
  *   cc -O2 -Wall -pthread -o loadgen loadgen.c
  * Usage:
- *   loadgen --via kill|tkill|tgkill|rt_sigqueueinfo|rt_tgsigqueueinfo|pidfd_send_signal
+ *   loadgen --via kill|tkill|tgkill|rt_sigqueueinfo|rt_tgsigqueueinfo|pidfd_send_signal|getppid
  *           --count N [--rate R] [--signal N]
  *
  * The signal is set to SIG_IGN process-wide before anything is sent, so every send is
@@ -12,6 +12,11 @@
  * the kernel's fast path, which makes the tracer's cost per signal as visible as possible.
  * Process-directed sends target our own pid; thread-directed sends target a sibling thread
  * that just waits. One JSON line is printed on stdout at the end.
+ *
+ * --via getppid sends no signal: it calls getppid(2) N times, an unrelated syscall whose cost
+ * shows what a tracer adds to every syscall of every task (while any syscall tracepoint has a
+ * user, every task's syscalls take the syscall-work path on entry and exit). Its "sent" counts
+ * the calls.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -32,8 +37,10 @@
 #endif
 
 static const char *const VIAS[] = {"kill", "tkill", "tgkill", "rt_sigqueueinfo",
-                                   "rt_tgsigqueueinfo", "pidfd_send_signal"};
-enum via { KILL, TKILL, TGKILL, RT_SIGQUEUEINFO, RT_TGSIGQUEUEINFO, PIDFD_SEND_SIGNAL, NVIAS };
+                                   "rt_tgsigqueueinfo", "pidfd_send_signal", "getppid"};
+enum via {
+    KILL, TKILL, TGKILL, RT_SIGQUEUEINFO, RT_TGSIGQUEUEINFO, PIDFD_SEND_SIGNAL, GETPPID, NVIAS
+};
 
 static int tid_pipe[2];  /* sibling -> main: the sibling's tid */
 static int quit_pipe[2]; /* main closes the write end to let the sibling exit */
@@ -69,7 +76,7 @@ static void usage(const char *prog)
 {
     fprintf(stderr,
             "usage: %s --via kill|tkill|tgkill|rt_sigqueueinfo|rt_tgsigqueueinfo|"
-            "pidfd_send_signal --count N [--rate R] [--signal N]\n",
+            "pidfd_send_signal|getppid --count N [--rate R] [--signal N]\n",
             prog);
     exit(2);
 }
@@ -143,7 +150,10 @@ int main(int argc, char **argv)
             case RT_TGSIGQUEUEINFO:
                 rc = syscall(SYS_rt_tgsigqueueinfo, pid, tid, sig, &info);
                 break;
-            default: rc = syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0); break;
+            case PIDFD_SEND_SIGNAL:
+                rc = syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+                break;
+            default: rc = syscall(SYS_getppid) < 0 ? -1 : 0; break; /* returns a pid */
             }
             if (rc == 0) {
                 sent++;

@@ -62,6 +62,14 @@ def test_loadgen_sends_every_signal(loadgen: Path, via: str) -> None:
     assert result["elapsed_s"] > 0 and result["rate"] > 0
 
 
+def test_loadgen_getppid_mode_calls_getppid_and_keeps_the_output_format(loadgen: Path) -> None:
+    done = run_loadgen(loadgen, "--via", "getppid", "--count", "1000")
+    assert done.returncode == 0, done.stderr
+    parsed = run.parse_loadgen_output(done.stdout)
+    assert (parsed.via, parsed.sent, parsed.failed) == ("getppid", 1000, 0)
+    assert parsed.elapsed_s > 0 and parsed.rate > 0
+
+
 def test_loadgen_paces_to_the_asked_rate(loadgen: Path) -> None:
     # 200 signals at 2000/s: the last batch is due 0.1 s after the start.
     result = json.loads(run_loadgen(loadgen, "--via", "tgkill", "--count", "200",
